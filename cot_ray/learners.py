@@ -16,6 +16,7 @@ from .config import Config, ModelConfig, OptimConfig
 from .data import BatchSampler
 from .losses import cot_generator_loss, mediator_loss, mle_loss
 from .models import LSTMLM, copy_weights, cpu_weights
+from .text import sequence_mask as text_mask
 
 # Offsets that give each RNG stream of a run its own seed.
 _INIT_G, _INIT_M, _SAMPLE_G, _BATCH_G, _BATCH_M, _DROPOUT_M = range(1, 7)
@@ -26,12 +27,8 @@ def stream_seed(run_seed: int, stream: int) -> int:
 
 
 def sequence_mask(tokens: torch.Tensor, eos_id: Optional[int]) -> Optional[torch.Tensor]:
-    """(B, T) -> (B, T) float, 1 up to and including the first EOS; None when there is no EOS."""
-    if eos_id is None:
-        return None
-    is_eos = (tokens == eos_id).long()
-    before = is_eos.cumsum(dim=1) - is_eos  # EOS tokens strictly before position t
-    return (before == 0).float()
+    """The loss mask of ``tokens``; None when sequences have no EOS (every position counts)."""
+    return None if eos_id is None else text_mask(tokens, eos_id)
 
 
 def _build(vocab_size: int, mcfg: ModelConfig, ocfg: OptimConfig, seed: int, device: torch.device):
