@@ -66,8 +66,10 @@ class GeneratorLearner:
         self.batches = None
         if cfg.cot.algo == "mle":
             self.batches = BatchSampler(train, cfg.cot.batch_size, stream_seed(cfg.run.seed, _BATCH_G))
-        # G's copy of the mediator: only ever evaluated, never trained here.
-        self.mediator = LSTMLM(vocab_size, cfg.mediator).to(self.device).eval().requires_grad_(False)
+        # G's copy of the mediator (CoT only): only ever evaluated, never trained here.
+        self.mediator = None
+        if cfg.cot.algo == "cot":
+            self.mediator = LSTMLM(vocab_size, cfg.mediator).to(self.device).eval().requires_grad_(False)
         self.steps = 0
 
     def sample(self, n: int) -> torch.Tensor:
@@ -104,13 +106,14 @@ class GeneratorLearner:
 
     def state(self) -> dict:
         return {"model": cpu_weights(self.model), "optim": self.optim.state_dict(),
-                "mediator": cpu_weights(self.mediator), "gen": self.gen.get_state(),
+                "mediator": cpu_weights(self.mediator) if self.mediator is not None else None, "gen": self.gen.get_state(),
                 "batches": self.batches.state() if self.batches else None, "steps": self.steps}
 
     def load_state(self, state: dict) -> None:
         copy_weights(self.model, state["model"])
         self.optim.load_state_dict(state["optim"])
-        copy_weights(self.mediator, state["mediator"])
+        if self.mediator is not None:
+            copy_weights(self.mediator, state["mediator"])
         self.gen.set_state(state["gen"])
         if self.batches is not None:
             self.batches.load_state(state["batches"])

@@ -321,7 +321,7 @@ class Trainer:
                         log.scalars("time", {"eval_s": eval_s}, it)
                         self.echo(f"[{cfg.cot.algo}] eval @ {it}: " + _fmt(
                             self.last_eval, ("nll_oracle", "nll_test", "balanced_nll", "jsd", "jsd_mediator")))
-                    if it % cfg.run.checkpoint_every == 0 or last:
+                    if it % cfg.run.checkpoint_every == 0 or last or flag.stop:
                         w.get(pending)
                         self.elapsed = elapsed0 + (time.perf_counter() - t_start)
                         self.save()

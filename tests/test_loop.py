@@ -1,0 +1,124 @@
+"""The in-process training loop: exact resume, Ctrl-C, logs, checkpoints, run directories."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+
+import pytest
+import torch
+
+from cot_ray.checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint
+from cot_ray.config import ConfigError, read_yaml
+from cot_ray.loop import METRICS_FILE, read_metrics, resume_config, train
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _assert_same_tree(a, b, path="state"):
+    """Bitwise equality of nested checkpoint states (tensors, dicts, lists, numbers)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            _assert_same_tree(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tree(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def _learner_state(run_dir):
+    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
+    return {"g": state["g"], "m": state["m"], "iteration": state["iteration"], "m_updates": state["m_updates"]}
+
+
+@pytest.mark.parametrize("algo", ["cot", "mle"])
+def test_resumed_run_equals_uninterrupted_run(tiny, algo):
+    overrides = (f"cot.algo={algo}", "cot.m_steps=2", "cot.g_steps=2", "eval.every=2", "run.checkpoint_every=100")
+    full = train(tiny(*overrides, "run.iters=6", "run.name=full"), echo=_quiet)
+    half = train(tiny(*overrides, "run.iters=3", "run.name=half"), echo=_quiet)
+    assert half["iteration"] == 3
+    resumed = train(resume_config(half["run_dir"], iters=6), resume_dir=half["run_dir"], echo=_quiet)
+    assert resumed["iteration"] == full["iteration"] == 6
+    _assert_same_tree(_learner_state(full["run_dir"]), _learner_state(resumed["run_dir"]))
+    # Evaluation is seeded by iteration, so the metrics agree too.
+    assert resumed["metrics"] == full["metrics"]
+    rows = read_metrics(resumed["run_dir"])
+    assert [r["iteration"] for r in rows] == [2, 3, 4, 6]  # 3: end of the first session
+
+
+def test_ctrl_c_checkpoints_and_resume_completes_exactly(tiny):
+    full = train(tiny("run.iters=5", "run.name=full"), echo=_quiet)
+    cfg = tiny("run.iters=5", "run.name=stopped", "run.checkpoint_every=100")
+
+    def interrupt_at_2(msg):
+        if msg.startswith("[cot] it 2/"):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler asks the loop to stop after this iteration
+
+    stopped = train(cfg, echo=interrupt_at_2)
+    assert stopped["interrupted"] and stopped["iteration"] in (2, 3)
+    run_dir = stopped["run_dir"]
+    assert load_checkpoint(os.path.join(run_dir, CHECKPOINT))["iteration"] == stopped["iteration"]
+    resumed = train(resume_config(run_dir), resume_dir=run_dir, echo=_quiet)
+    assert resumed["iteration"] == 5
+    _assert_same_tree(_learner_state(full["run_dir"]), _learner_state(run_dir))
+
+
+def _event_tags(run_dir):
+    """Scalar tags in the tensorboardX event files of ``run_dir`` (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for name in os.listdir(run_dir):
+        if not name.startswith("events.out.tfevents"):
+            continue
+        with open(os.path.join(run_dir, name), "rb") as f:
+            buf = f.read()
+        pos = 0
+        while pos < len(buf):
+            (length,) = struct.unpack("<Q", buf[pos:pos + 8])
+            event = event_pb2.Event.FromString(buf[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+def test_run_directory_holds_config_checkpoint_metrics_and_namespaced_scalars(tiny):
+    cfg = tiny("run.iters=2", "run.name=r", "cot.m_steps=3")
+    out = train(cfg, echo=_quiet)
+    run_dir = out["run_dir"]
+    saved = read_yaml(os.path.join(run_dir, CONFIG))
+    assert saved["cot"]["m_steps"] == 3 and saved["run"]["iters"] == 2
+    assert set(out["metrics"]) == {"nll_test", "nll_oracle", "balanced_nll", "jsd", "jsd_mediator"}
+    assert 0.0 <= out["metrics"]["jsd"] <= 0.6932
+    assert os.path.exists(os.path.join(run_dir, METRICS_FILE))
+    tags = _event_tags(run_dir)
+    assert {"train/m_balanced_nll", "train/g_kl", "eval/nll_oracle", "eval/jsd", "time/iters_per_sec"} <= tags
+    assert all(t.split("/")[0] in ("train", "eval", "time") for t in tags)
+
+
+def test_existing_run_is_never_overwritten(tiny):
+    cfg = tiny("run.iters=1", "run.name=taken")
+    out = train(cfg, echo=_quiet)
+    before = open(os.path.join(out["run_dir"], CHECKPOINT), "rb").read()
+    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
+        train(tiny("run.iters=1", "run.name=taken"), echo=_quiet)
+    assert open(os.path.join(out["run_dir"], CHECKPOINT), "rb").read() == before
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tiny):
+    out = train(tiny("run.iters=1", "run.name=c"), echo=_quiet)
+    path = os.path.join(out["run_dir"], CHECKPOINT)
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    damaged = open(path, "rb").read()
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        train(resume_config(out["run_dir"], iters=2), resume_dir=out["run_dir"], echo=_quiet)
+    assert open(path, "rb").read() == damaged
