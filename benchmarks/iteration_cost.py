@@ -1,0 +1,99 @@
+"""Cost of one CoT iteration relative to one MLE iteration, at the default sizes.
+
+Both loops run in this process on the same data, interleaved in rounds so that machine noise
+hits both alike; the figure is the ratio of medians. Prints one JSON line:
+``{"mle_ms", "cot_ms", "ratio", "cot_breakdown_ms": {...}, "device", "threads"}``.
+
+    python benchmarks/iteration_cost.py [--iters 30] [--rounds 5] [--device cpu] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from cot_ray.config import load_config
+from cot_ray.data import load_dataset
+from cot_ray.loop import initial_sync, local_workers, schedule_iteration
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_iterations(algo: str, data, iters: int, device: str, warmup: int = 3):
+    cfg = load_config(None, [f"cot.algo={algo}", f"run.device={device}"])
+    w = local_workers(cfg, data)
+    initial_sync(w)
+    m_updates = 0
+    for _ in range(warmup):
+        _, m_updates = schedule_iteration(w, cfg, m_updates)
+    _sync(device)
+
+    def run(n):
+        nonlocal m_updates
+        t0 = time.perf_counter()
+        for _ in range(n):
+            _, m_updates = schedule_iteration(w, cfg, m_updates)
+        _sync(device)
+        return (time.perf_counter() - t0) / n * 1e3
+
+    return w, cfg, run
+
+
+def cot_breakdown(w, cfg, device: str, reps: int = 10) -> dict:
+    """Milliseconds of each part of one CoT iteration (sample, mediator step, sync, generator step)."""
+    B = cfg.cot.batch_size
+    parts = {"sample": [], "m_step": [], "sync": [], "g_step": []}
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fake = w.g.sample(2 * B)
+        _sync(device)
+        t1 = time.perf_counter()
+        w.m.step(fake, 0, B)
+        _sync(device)
+        t2 = time.perf_counter()
+        w.g.set_mediator_weights(w.m.get_weights())
+        _sync(device)
+        t3 = time.perf_counter()
+        w.g.step_cot(fake, B, B)
+        _sync(device)
+        t4 = time.perf_counter()
+        for k, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            dt_ms = dt * 1e3
+            parts[k].append(dt_ms)
+    return {k: round(statistics.median(v), 2) for k, v in parts.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iters", type=int, default=30, help="iterations per timed block")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved MLE/CoT blocks")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_dataset(load_config().data)
+    _, _, run_mle = time_iterations("mle", data, args.iters, args.device)
+    w_cot, cfg_cot, run_cot = time_iterations("cot", data, args.iters, args.device)
+    mle, cot = [], []
+    for _ in range(args.rounds):
+        mle.append(run_mle(args.iters))
+        cot.append(run_cot(args.iters))
+    mle_ms, cot_ms = statistics.median(mle), statistics.median(cot)
+    print(json.dumps({
+        "mle_ms": round(mle_ms, 2), "cot_ms": round(cot_ms, 2), "ratio": round(cot_ms / mle_ms, 2),
+        "cot_breakdown_ms": cot_breakdown(w_cot, cfg_cot, args.device),
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
