@@ -66,7 +66,9 @@ class _StepKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_kl):
         p, diff, kl = ctx.saved_tensors
-        grad = diff.sub_(kl.unsqueeze(-1)).mul_(p).mul_(grad_kl.unsqueeze(-1))
+        # Out of place first: the saved tensors must survive a second backward (retain_graph,
+        # gradcheck); the in-place products that follow act on the fresh gradient buffer.
+        grad = (diff - kl.unsqueeze(-1)).mul_(p).mul_(grad_kl.unsqueeze(-1))
         return grad, None
 
 

@@ -1,0 +1,241 @@
+"""LSTMLM: causality, exact log-probabilities, the inverse-CDF sampler, dropout and init."""
+
+import copy
+import itertools
+import math
+
+import pytest
+import torch
+
+import cot_ray.models as models
+from cot_ray.config import ModelConfig
+from cot_ray.models import LSTMLM, copy_weights, cpu_weights
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(vocab=4, seed=0, init_std=1.0, hidden=8, emb=4, layers=1, dropout=0.0, start_token=0):
+    m = LSTMLM(vocab, ModelConfig(emb_dim=emb, hidden_dim=hidden, num_layers=layers, dropout=dropout,
+                                  init_std=init_std), start_token=start_token)
+    m.init_weights(torch.Generator().manual_seed(seed))
+    return m.eval()
+
+
+def all_sequences(vocab, seq_len):
+    return torch.tensor(list(itertools.product(range(vocab), repeat=seq_len)))
+
+
+def seq_index(x, vocab):
+    """(N, T) -> (N,) row of ``all_sequences`` (base-vocab number, first token most significant)."""
+    T = x.shape[1]
+    return (x * torch.tensor([vocab ** (T - 1 - k) for k in range(T)])).sum(1)
+
+
+@torch.no_grad()
+def exact_probs(model, seq_len):
+    """(V^T,) float64 probabilities of every sequence, from sequence_log_prob in float64."""
+    m64 = copy.deepcopy(model).double()
+    return m64.sequence_log_prob(all_sequences(model.vocab_size, seq_len)).exp()
+
+
+def frequencies_match(samples, probs, vocab, sigmas=5.0):
+    """Every empirical sequence frequency within ``sigmas`` binomial standard deviations (+1/N)."""
+    n = len(samples)
+    freq = torch.bincount(seq_index(samples, vocab), minlength=len(probs)).double() / n
+    bound = sigmas * (probs * (1 - probs) / n).sqrt() + 1.0 / n
+    return bool(((freq - probs).abs() <= bound).all())
+
+
+# ----------------------------------------------------------------------------- forward / log-probs
+
+def test_forward_is_causal_and_starts_from_the_start_token():
+    for start in (0, 2):
+        m = make(vocab=5, seed=1, start_token=start)
+        x = torch.randint(0, 5, (6, 4), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            logits = m(x)
+            assert logits.shape == (6, 4, 5)
+            # position 0 sees only the start token: the same for every row, and equal to the
+            # next-token logits after feeding the start token by hand
+            assert torch.allclose(logits[:, 0], logits[:1, 0].expand(6, -1), atol=0)
+            h, _ = m.lstm(m.embed(torch.full((1, 1), start)))
+            assert torch.allclose(logits[0, 0], m.out(h)[0, 0], atol=1e-6)
+            # changing x_t changes logits after t only
+            for t in range(4):
+                y = x.clone()
+                y[:, t] = (y[:, t] + 1) % 5
+                ly = m(y)
+                assert torch.equal(ly[:, : t + 1], logits[:, : t + 1])
+                if t < 3:
+                    assert (ly[:, t + 1] - logits[:, t + 1]).abs().max() > 1e-4
+
+
+def test_sequence_log_prob_sums_token_log_probs_and_respects_the_mask():
+    m = make(vocab=6, seed=2)
+    x = torch.randint(0, 6, (5, 4), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]], dtype=torch.float32)
+    with torch.no_grad():
+        tok = m.log_probs(x).gather(2, x[..., None]).squeeze(-1)
+        assert torch.allclose(m.sequence_log_prob(x), tok.sum(1), atol=1e-5)
+        assert torch.allclose(m.sequence_log_prob(x, mask), (tok * mask).sum(1), atol=1e-5)
+        assert torch.allclose(m.log_probs(x).exp().sum(-1), torch.ones(5, 4), atol=1e-5)
+
+
+def test_sequence_probabilities_sum_to_one():
+    for layers in (1, 2):
+        p = exact_probs(make(vocab=3, seed=3, layers=layers), 3)
+        assert p.sum().item() == pytest.approx(1.0, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- sampler
+
+V, T, N = 4, 3, 100_000
+
+
+def test_sampler_frequencies_match_the_exact_distribution():
+    m = make(vocab=V, seed=4, init_std=1.0)
+    probs = exact_probs(m, T)
+    assert probs.sum().item() == pytest.approx(1.0, abs=1e-12)
+    assert probs.max() > 0.05 and probs.max() / probs.min() > 50  # far from uniform
+    x = m.sample(N, T, torch.Generator().manual_seed(0))
+    assert x.shape == (N, T) and x.dtype == torch.long
+    assert frequencies_match(x, probs, V)
+    # the check has power: an other seed's model, or P shifted by one sequence, is rejected
+    assert not frequencies_match(x, exact_probs(make(vocab=V, seed=5, init_std=1.0), T), V)
+    assert not frequencies_match(x, probs.roll(1), V)
+
+
+@pytest.mark.parametrize("shift", [1, -1])
+def test_an_off_by_one_sampler_would_be_caught(monkeypatch, shift):
+    m = make(vocab=V, seed=4, init_std=1.0)
+    probs = exact_probs(m, T)
+    real = torch.searchsorted
+
+    def off_by_one(cdf, values, right=False):
+        return (real(cdf, values, right=right) + shift).clamp_(min=0)
+
+    monkeypatch.setattr(models.torch, "searchsorted", off_by_one)
+    x = m.sample(N, T, torch.Generator().manual_seed(0))
+    assert not frequencies_match(x, probs, V)
+
+
+def zero_prob_model(token):
+    """A model under which ``token`` has probability exactly 0 (exp underflows) at every step."""
+    m = make(vocab=V, seed=6, init_std=1.0)
+    with torch.no_grad():
+        m.out.weight[token] = 0.0
+        m.out.bias[token] = -300.0
+    return m
+
+
+@pytest.mark.parametrize("token", [0, 1, V - 1])
+def test_a_zero_probability_token_is_never_sampled(token):
+    m = zero_prob_model(token)
+    x, lp = m.sample(N, T, torch.Generator().manual_seed(1), with_log_prob=True)
+    assert not (x == token).any()
+    assert torch.isfinite(lp).all()
+    # every other token is sampled at every position
+    for t in range(T):
+        assert set(x[:, t].unique().tolist()) == set(range(V)) - {token}
+
+
+def test_zero_probability_token_would_be_sampled_by_an_off_by_one(monkeypatch):
+    m = zero_prob_model(1)
+    real = torch.searchsorted
+    monkeypatch.setattr(models.torch, "searchsorted",
+                        lambda cdf, values, right=False: real(cdf, values, right=right) + 1)
+    x = m.sample(2000, T, torch.Generator().manual_seed(1))
+    assert (x == 1).any()
+
+
+@pytest.mark.parametrize("layers,start", [(1, 0), (2, 0), (2, 3)])
+def test_sampled_log_probs_equal_sequence_log_prob(layers, start):
+    m = make(vocab=7, seed=7, hidden=6, emb=5, layers=layers, start_token=start)
+    x, lp = m.sample(500, 5, torch.Generator().manual_seed(2), with_log_prob=True)
+    assert lp.shape == (500,) and lp.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.allclose(lp, m.sequence_log_prob(x), atol=2e-5, rtol=0)
+    assert (lp < 0).all()
+
+
+def test_sampling_is_deterministic_given_the_generator():
+    m = make(vocab=V, seed=8)
+    a = m.sample(300, T, torch.Generator().manual_seed(3))
+    b, _ = m.sample(300, T, torch.Generator().manual_seed(3), with_log_prob=True)
+    c = m.sample(300, T, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert m.sample(0, T, torch.Generator().manual_seed(3)).shape == (0, T)
+
+
+# ----------------------------------------------------------------------------- dropout
+
+def test_dropout_only_in_training_mode_and_reproducible():
+    m = make(vocab=5, seed=9, hidden=16, dropout=0.5)
+    x = torch.randint(0, 5, (8, 6), generator=torch.Generator().manual_seed(5))
+    plain = copy.deepcopy(m)
+    plain.cfg = ModelConfig(emb_dim=4, hidden_dim=16, dropout=0.0, init_std=1.0)
+    with torch.no_grad():
+        ref = plain(x)
+        # eval mode: no dropout, whatever generator is passed
+        assert torch.equal(m.eval()(x, torch.Generator().manual_seed(1)), ref)
+        assert torch.equal(m(x), ref)
+        # dropout 0 in training mode: no dropout either
+        assert torch.equal(plain.train()(x, torch.Generator().manual_seed(1)), ref)
+
+        m.train()
+        a = m(x, torch.Generator().manual_seed(1))
+        b = m(x, torch.Generator().manual_seed(1))
+        c = m(x, torch.Generator().manual_seed(2))
+        assert torch.equal(a, b)
+        assert not torch.equal(a, c)
+        assert (a - ref).abs().max() > 1e-3
+        # exactly: out(h * keep / (1 - p)) with keep ~ Bernoulli(1 - p) drawn from the generator
+        h, _ = m.lstm(m.embed(m._inputs(x)))
+        keep = torch.empty_like(h).bernoulli_(0.5, generator=torch.Generator().manual_seed(1))
+        assert 0.4 < keep.mean().item() < 0.6
+        assert torch.allclose(a, m.out(h * keep / 0.5), atol=1e-6)
+        # sequence_log_prob in training mode uses the (dropped-out) forward; the sampler never does
+    s_train = m.sample(200, 4, torch.Generator().manual_seed(6))
+    s_eval = m.eval().sample(200, 4, torch.Generator().manual_seed(6))
+    assert torch.equal(s_train, s_eval)
+
+
+# ----------------------------------------------------------------------------- init / weights
+
+def test_init_weights_reproducible_and_normal():
+    cfg = ModelConfig(emb_dim=32, hidden_dim=32, init_std=0.1)
+    a, b, c = (LSTMLM(50, cfg) for _ in range(3))
+    a.init_weights(torch.Generator().manual_seed(11))
+    b.init_weights(torch.Generator().manual_seed(11))
+    c.init_weights(torch.Generator().manual_seed(12))
+    for (na, pa), (nb, pb), (_, pc) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
+        assert na == nb
+        assert torch.equal(pa, pb)
+        assert not torch.equal(pa, pc)
+    # every parameter, in order, is randn * init_std from the generator
+    gen = torch.Generator().manual_seed(11)
+    for p in a.parameters():
+        assert torch.equal(p, torch.randn(p.shape, generator=gen) * 0.1)
+    flat = torch.cat([p.flatten() for p in a.parameters()]).double()
+    n = flat.numel()
+    assert abs(flat.mean().item()) < 5 * 0.1 / math.sqrt(n)
+    assert flat.std().item() == pytest.approx(0.1, rel=5 * math.sqrt(0.5 / n))
+
+
+def test_copy_weights_round_trip():
+    a, b = make(seed=13), make(seed=14)
+    w = cpu_weights(a)
+    assert all(v.device.type == "cpu" and not v.requires_grad for v in w.values())
+    copy_weights(b, {k: v.numpy() for k, v in w.items()})
+    for (_, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb)
+    w["out.bias"].add_(1.0)  # a copy, not a view
+    assert not torch.equal(a.out.bias, w["out.bias"])
