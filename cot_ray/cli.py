@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -29,6 +30,78 @@ def main():
     """Cooperative Training (CoT) for discrete sequence models."""
 
 
+_RUNTIME_FLAGS = {  # click parameter -> (flag, config key); the schedule flags change the math
+    "local": ("--local/--actors", "runtime.mode"), "address": ("--address", "runtime.address"),
+    "spread": ("--spread/--pack", "runtime.spread"), "gpus_per_worker": ("--gpus-per-worker", "runtime.gpus_per_worker"),
+    "cpus_per_worker": ("--cpus-per-worker", "runtime.cpus_per_worker"),
+    "schedule": ("--schedule", "runtime.schedule"), "staleness": ("--staleness", "runtime.staleness"),
+}
+_MATH_FLAGS = ("schedule", "staleness")
+
+
+def _runtime_options(f):
+    """The runtime flags of ``train``, handed to it as one ``runtime`` dict of the given ones."""
+    options = [
+        click.option("--local/--actors", "local", default=None,
+                     help="--local: both learners in this process, without Ray; --actors (the default): "
+                          "generator and mediator as Ray actors (config runtime.mode)."),
+        click.option("--address", metavar="auto|ray://HOST:PORT",
+                     help="Join this Ray cluster instead of starting a local Ray (config runtime.address)."),
+        click.option("--schedule", type=click.Choice(["sync", "async"]),
+                     help="sync: exactly the in-process loop; async: G and M compute at once on a pipeline "
+                          "(config runtime.schedule)."),
+        click.option("--staleness", type=int, metavar="K",
+                     help="async: M trains on G samples, and G uses M weights, K iterations old "
+                          "(config runtime.staleness)."),
+        click.option("--spread/--pack", "spread", default=None,
+                     help="Put G and M on different nodes (STRICT_SPREAD) or pack them (config runtime.spread)."),
+        click.option("--gpus-per-worker", type=float, metavar="N",
+                     help="GPUs for each of G and M; -1: one each if there are two (config runtime.gpus_per_worker)."),
+        click.option("--cpus-per-worker", type=int, metavar="N",
+                     help="CPUs and torch threads for each of G and M (config runtime.cpus_per_worker)."),
+    ]
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        runtime = {name: kwargs.pop(name) for name in _RUNTIME_FLAGS}
+        return f(*args, runtime={k: v for k, v in runtime.items() if v is not None}, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _runtime_overrides(runtime: dict, resumed: bool) -> list:
+    """The given runtime flags as config overrides; a resumed run may move, not change its math."""
+    if resumed:
+        fixed = [_RUNTIME_FLAGS[k][0] for k in _MATH_FLAGS if k in runtime]
+        if fixed:
+            raise click.UsageError(f"{', '.join(fixed)} cannot change a resumed run (its checkpoint holds "
+                                   "that schedule's state): only where it runs may change")
+    items = []
+    for name, value in runtime.items():
+        key = _RUNTIME_FLAGS[name][1]
+        if name == "local":
+            value = "local" if value else "actors"
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = json.dumps(value)  # quoted: YAML reads it back as this very string
+        else:
+            text = repr(value)
+        items.append(f"{key}={text}")
+    return items
+
+
+def _run_training(cfg, resume_dir: Optional[str]) -> dict:
+    """The in-process loop for ``--local`` with the sync schedule; else the runtime (imports Ray)."""
+    if cfg.runtime.mode == "local" and cfg.runtime.schedule == "sync":
+        from .loop import train as run_train
+    else:
+        from .runtime import train as run_train
+    return run_train(cfg, resume_dir=resume_dir)
+
+
 @main.command()
 @click.option("--algo", type=click.Choice(["cot", "mle"]), help="Training algorithm (config cot.algo).")
 @click.option("--iters", type=int, help="Total training iterations (config run.iters).")
@@ -39,17 +112,26 @@ def main():
 @click.option("--logdir", help="Parent directory of runs (config run.logdir).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--seed", type=int, help="Seed of the run (config run.seed).")
-def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed):
-    """Train a generator with CoT (default) or MLE on the bundled oracle."""
-    from .loop import resume_config, train as run_train
+@click.option("--data", "data_arg", metavar="coco|oracle|PATH",
+              help="Training data: 'coco' (bundled COCO captions), 'oracle' (synthetic, the default) or a "
+                   "text file with one sentence per line (config data.source/data.train_path).")
+@click.option("--test-data", "test_data", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Held-out sentences for NLL_test and BLEU, with --data PATH (config data.test_path).")
+@_runtime_options
+def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed, data_arg, test_data, runtime):
+    """Train a generator with CoT (default) or MLE on the oracle, COCO captions or your sentences."""
+    from .config import from_dict, parse_overrides
+    from .loop import resume_config
 
     if resume_dir:
         changed = [n for n, v in (("--algo", algo), ("--config", config_path), ("--set", overrides),
-                                  ("--logdir", logdir), ("--seed", seed)) if v]
+                                  ("--logdir", logdir), ("--seed", seed), ("--data", data_arg),
+                                  ("--test-data", test_data)) if v]
         if changed:
             raise click.UsageError(f"{', '.join(changed)} cannot change a resumed run: only --iters and "
                                    "--minutes may be given with --resume")
         cfg = resume_config(resume_dir, iters, minutes)
+        cfg = from_dict(parse_overrides(_runtime_overrides(runtime, resumed=True)), cfg).validate()
     else:
         items = list(overrides)
         if algo:
@@ -64,9 +146,39 @@ def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed
             items.append(f"run.logdir={logdir}")
         if seed is not None:
             items.append(f"run.seed={seed}")
+        items.extend(_data_overrides(data_arg, test_data))
+        items.extend(_runtime_overrides(runtime, resumed=False))
         cfg = load_config(config_path, items)
-    summary = run_train(cfg, resume_dir=resume_dir)
+    summary = _run_training(cfg, resume_dir)
     click.echo(json.dumps({k: summary[k] for k in ("run_dir", "iteration", "metrics")}))
+
+
+def _data_overrides(data_arg: Optional[str], test_data: Optional[str]) -> list:
+    """``--data``/``--test-data`` as config overrides (paths made absolute and quoted for YAML)."""
+    if data_arg is None:
+        if test_data is not None:
+            raise click.UsageError("--test-data needs --data PATH/train.txt (the matching training file)")
+        return []
+    if data_arg in ("coco", "oracle"):
+        if test_data is not None:
+            raise click.UsageError(f"--test-data goes with --data PATH, not with --data {data_arg} "
+                                   "(which brings its own test set)")
+        return [f"data.source={data_arg}"]
+    if test_data is None:
+        raise click.UsageError(f"--data {data_arg} needs --test-data PATH/test.txt (held-out sentences "
+                               "for NLL_test and BLEU)")
+    return ["data.source=text", "data.train_path=" + json.dumps(os.path.abspath(data_arg)),
+            "data.test_path=" + json.dumps(os.path.abspath(test_data))]
+
+
+def _load_data(cfg):
+    """The run's data set; its remarks (truncation, a changed corpus) go to stderr."""
+    from .data import load_dataset
+
+    data = load_dataset(cfg.data)
+    for note in data.notes:
+        click.echo(f"[cot-ray] {note}", err=True)
+    return data
 
 
 def _load_run(run_dir: str):
@@ -80,31 +192,31 @@ def _load_run(run_dir: str):
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--samples", type=int, help="Generator samples for NLL_oracle and JSD (default: config eval.num_samples).")
+@click.option("--samples", type=int, help="Generator samples for NLL_oracle and JSD (default: config "
+              "eval.num_samples), or on text for BLEU and self-BLEU (default: config eval.bleu_samples).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation samples.")
 def eval_cmd(run_dir, as_json, samples, seed):
-    """Evaluate the latest checkpoint of RUN_DIR."""
-    from .data import load_dataset
+    """Evaluate the latest checkpoint of RUN_DIR (oracle metrics, or on text NLL_test, BLEU and self-BLEU)."""
     from .learners import sequence_mask
     from .loop import model_from_weights
-    from .metrics import Evaluator
+    from .metrics import METRIC_KEYS, ORACLE_KEYS, TEXT_KEYS, make_evaluator
 
     cfg, state = _load_run(run_dir)
-    data = load_dataset(cfg.data)
-    n = samples if samples is not None else cfg.eval.num_samples
-    if n < 1:
-        raise click.UsageError("--samples must be >= 1")
+    data = _load_data(cfg)
+    if samples is not None and samples < (2 if data.is_text else 1):
+        raise click.UsageError(f"--samples must be >= {2 if data.is_text else 1}")
     g = model_from_weights(data.vocab_size, cfg.generator, state["g"]["model"])
     m = model_from_weights(data.vocab_size, cfg.mediator, state["m"]["model"]) if state.get("m") else None
-    ev = Evaluator(data.test, data.seq_len, data.oracle, lambda x: sequence_mask(x, data.eos_id),
-                   n, cfg.eval.num_test)
+    ev = make_evaluator(data, cfg.eval, lambda x: sequence_mask(x, data.eos_id), samples)
     res = ev.evaluate(g, m, seed)
-    keys = ("nll_oracle", "nll_test", "balanced_nll", "jsd", "jsd_mediator")
-    out = {"iteration": state["iteration"], **{k: res.get(k) for k in keys}}
+    # --json: every key, null where it does not apply (oracle keys on text, BLEU keys on the oracle).
+    out = {"iteration": state["iteration"], **{k: res.get(k) for k in METRIC_KEYS}}
     if as_json:
         click.echo(json.dumps(out))
     else:
-        for k, v in out.items():
+        shown = ("iteration",) + (TEXT_KEYS if data.is_text else ORACLE_KEYS)
+        for k in shown:
+            v = out[k]
             click.echo(f"{k:>14}  {'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else v)}")
 
 
@@ -114,14 +226,13 @@ def eval_cmd(run_dir, as_json, samples, seed):
 @click.option("--ids", is_flag=True, help="Print token ids instead of decoded text.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 def sample(run_dir, num, ids, seed):
-    """Print samples of RUN_DIR's generator, one per line."""
+    """Print samples of RUN_DIR's generator, one per line (text: words up to <eos>, no padding)."""
     import torch
 
-    from .data import load_dataset
     from .loop import model_from_weights
 
     cfg, state = _load_run(run_dir)
-    data = load_dataset(cfg.data)
+    data = _load_data(cfg)
     g = model_from_weights(data.vocab_size, cfg.generator, state["g"]["model"])
     seqs = g.sample(num, data.seq_len, torch.Generator().manual_seed(seed))
     for row in seqs.tolist():

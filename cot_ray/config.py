@@ -56,13 +56,34 @@ class CoTConfig:
 
 @dataclass
 class DataConfig:
-    """Where training and test sequences come from."""
+    """Where training and test sequences come from.
 
-    source: str = "oracle"  # "oracle": the bundled SeqGAN oracle (synthetic Turing test)
+    Text sources ("coco", "text") read one sentence per line, split on whitespace, build the
+    vocabulary from the training file (ids 0 <pad>, 1 <eos>, 2 <unk>, then words by count) and
+    encode every sentence as its words, <eos>, then <pad> up to ``max_len``. Losses and NLL_test
+    count each sentence's words and its <eos>, never the padding. A sentence with more than
+    ``max_len - 1`` words is cut to its first ``max_len`` words (it then has no <eos>); the
+    number cut is printed when the run starts. Test words outside the vocabulary become <unk>;
+    a test file with more than half of its tokens unknown is rejected as another corpus.
+    A run saves its vocabulary as RUN_DIR/vocab.json and records it in ``vocab_path`` (and the
+    resolved ``max_len``), so that eval, sample and resume keep the ids of training.
+    """
+
+    source: str = "oracle"  # "oracle": SeqGAN oracle; "coco": bundled COCO captions; "text": train_path/test_path
     num_train: int = 9984  # oracle sequences in the training set
     num_test: int = 9984  # oracle sequences in the held-out test set
     seed: int = 88  # seed of the oracle data sets (fixed, so every run sees the same data)
     cache_dir: str = ""  # where generated data sets are cached; "" means ~/.cache/cot-ray
+    train_path: str = ""  # text: training file, one sentence per line (UTF-8)
+    test_path: str = ""  # text: held-out file, one sentence per line, for NLL_test and BLEU references
+    max_len: int = 0  # text: tokens per sequence, <eos> included; 0: longest training sentence + 1
+    min_count: int = 1  # text: words seen fewer times in the training file become <unk>
+    max_vocab: int = 0  # text: vocabulary size cap, the 3 special tokens included; 0: no cap
+    vocab_path: str = ""  # text: use this saved vocabulary (vocab.json) instead of building one; set by a run
+
+
+DATA_SOURCES = ("oracle", "coco", "text")
+TEXT_SOURCES = ("coco", "text")  # sources of real sentences: EOS and padding, BLEU metrics
 
 
 @dataclass
@@ -71,7 +92,8 @@ class EvalConfig:
 
     every: int = 500  # evaluate every this many iterations (and at the end); 0 only at the end
     num_samples: int = 9984  # generator samples for NLL_oracle and JSD (the paper uses 9,984)
-    num_test: int = 9984  # held-out sequences for NLL_test (at most data.num_test)
+    num_test: int = 9984  # held-out sequences for NLL_test (oracle: at most data.num_test; text: all if fewer)
+    bleu_samples: int = 1000  # text: generated sentences scored for BLEU-2..5 and self-BLEU-2..5
 
 
 @dataclass
@@ -89,13 +111,29 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
 
 
+@dataclass
+class RuntimeConfig:
+    """Where the learners live and how their work interleaves (``cot-ray train`` flags)."""
+
+    mode: str = "actors"  # "actors": G and M as Ray actors; "local": both in this process, no Ray
+    address: str = ""  # Ray cluster to join ("auto", "ray://HOST:PORT"); "" starts a local Ray
+    schedule: str = "sync"  # "sync": the in-process loop, exactly; "async": G and M compute at once
+    staleness: int = 1  # async: M trains on samples, and G uses M weights, this many iterations old
+    spread: bool = False  # place G and M on different nodes (STRICT_SPREAD) instead of packing them
+    gpus_per_worker: float = -1.0  # GPUs for each of G and M; -1: one each if the cluster has two, else 0
+    cpus_per_worker: int = 1  # CPUs (and torch threads) for each of G and M
+    max_restarts: int = 3  # times Ray restarts a dead worker; the run then resumes from its last checkpoint
+    placement_timeout_s: float = 60.0  # give up (with an error) if the workers cannot be placed in this time
+
+
 def _default_mediator() -> ModelConfig:
     return ModelConfig(emb_dim=64, hidden_dim=64, dropout=0.5)
 
 
 @dataclass
 class Config:
-    """Everything a training run needs. Defaults follow the CoT authors' synthetic setup."""
+    """Everything a training run needs. Defaults follow the CoT authors' synthetic setup
+    (text data sources start from wider models: see :func:`default_config`)."""
 
     cot: CoTConfig = field(default_factory=CoTConfig)
     generator: ModelConfig = field(default_factory=ModelConfig)
@@ -105,6 +143,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -113,7 +152,8 @@ class Config:
         """Raise ConfigError for impossible values; return self."""
         c = self
         _check(c.cot.algo in ("cot", "mle"), "cot.algo", f"must be 'cot' or 'mle', got {c.cot.algo!r}")
-        _check(c.data.source in ("oracle",), "data.source", f"must be 'oracle', got {c.data.source!r}")
+        _check(c.data.source in DATA_SOURCES, "data.source",
+               f"must be 'oracle', 'coco' or 'text', got {c.data.source!r}")
         for key in ("cot.batch_size", "cot.g_steps", "cot.sync_every", "data.num_train",
                     "data.num_test", "eval.num_samples", "eval.num_test", "run.log_every",
                     "run.checkpoint_every"):
@@ -124,8 +164,10 @@ class Config:
         _check(c.run.minutes >= 0, "run.minutes", f"must be >= 0, got {c.run.minutes}")
         _check(c.run.iters > 0 or c.run.minutes > 0, "run.iters",
                "give run.iters > 0 or run.minutes > 0 (the run must be able to stop)")
-        _check(c.eval.num_test <= c.data.num_test, "eval.num_test",
-               f"must be <= data.num_test ({c.data.num_test}), got {c.eval.num_test}")
+        if c.data.source == "oracle":
+            _check(c.eval.num_test <= c.data.num_test, "eval.num_test",
+                   f"must be <= data.num_test ({c.data.num_test}), got {c.eval.num_test}")
+        self._validate_text_data()
         for name in ("generator", "mediator"):
             m: ModelConfig = getattr(c, name)
             for f in ("emb_dim", "hidden_dim", "num_layers"):
@@ -138,7 +180,37 @@ class Config:
             for f in ("beta1", "beta2"):
                 _check(0.0 <= getattr(o, f) < 1.0, f"{name}.{f}", f"must be in [0, 1), got {getattr(o, f)}")
             _check(o.grad_clip >= 0, f"{name}.grad_clip", f"must be >= 0, got {o.grad_clip}")
+        self._validate_runtime()
         return self
+
+    def _validate_text_data(self) -> None:
+        d = self.data
+        if d.source == "text":
+            _check(d.train_path != "", "data.train_path",
+                   "is required for data.source 'text': give --data PATH/train.txt (or --data coco)")
+            _check(d.test_path != "", "data.test_path",
+                   "is required for data.source 'text': give --test-data PATH/test.txt")
+        _check(d.max_len >= 0, "data.max_len", f"must be >= 0 (0: longest training sentence + 1), got {d.max_len}")
+        _check(d.min_count >= 1, "data.min_count", f"must be >= 1, got {d.min_count}")
+        _check(d.max_vocab == 0 or d.max_vocab >= 4, "data.max_vocab",
+               f"must be 0 (no cap) or >= 4 (3 special tokens and a word), got {d.max_vocab}")
+        _check(self.eval.bleu_samples >= 2, "eval.bleu_samples",
+               f"must be >= 2 (self-BLEU compares each sentence with the others), got {self.eval.bleu_samples}")
+
+    def _validate_runtime(self) -> None:
+        r = self.runtime
+        _check(r.mode in ("actors", "local"), "runtime.mode", f"must be 'actors' or 'local', got {r.mode!r}")
+        _check(r.schedule in ("sync", "async"), "runtime.schedule", f"must be 'sync' or 'async', got {r.schedule!r}")
+        _check(r.staleness >= 0, "runtime.staleness", f"must be >= 0, got {r.staleness}")
+        _check(r.gpus_per_worker == -1 or r.gpus_per_worker >= 0, "runtime.gpus_per_worker",
+               f"must be >= 0 (or -1 for automatic), got {r.gpus_per_worker}")
+        _check(r.cpus_per_worker >= 1, "runtime.cpus_per_worker", f"must be >= 1, got {r.cpus_per_worker}")
+        _check(r.max_restarts >= 0, "runtime.max_restarts", f"must be >= 0, got {r.max_restarts}")
+        _check(r.placement_timeout_s > 0, "runtime.placement_timeout_s", f"must be > 0, got {r.placement_timeout_s}")
+        _check(r.address == "" or r.address == "auto" or r.address.startswith("ray://") or ":" in r.address,
+               "runtime.address", f"must be '', 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got {r.address!r}")
+        _check(r.mode == "actors" or r.address == "", "runtime.address",
+               "joins a Ray cluster, which runtime.mode 'local' does not use: drop --address or --local")
 
 
 def _check(ok: bool, key: str, msg: str) -> None:
@@ -237,14 +309,44 @@ def read_yaml(path: str) -> dict:
     return data
 
 
+def default_config(source: str = "oracle") -> Config:
+    """The defaults for a data source.
+
+    ``Config()`` holds the synthetic-oracle defaults (the CoT authors' setup: G 32/32, M 64/64).
+    Real text ("coco", "text") has a larger vocabulary and longer-range structure, so its
+    defaults widen both models, keeping M twice as wide as G: G emb/hidden 64/64, M 128/128
+    (dropout 0.5). Everything else is shared. Sized for a CPU: a CoT iteration on COCO
+    (6,100 words, 36 tokens) then costs about 5 MLE iterations.
+    """
+    cfg = Config()
+    cfg.data.source = source
+    if source in TEXT_SOURCES:
+        cfg.generator = ModelConfig(emb_dim=64, hidden_dim=64)
+        cfg.mediator = ModelConfig(emb_dim=128, hidden_dim=128, dropout=0.5)
+    return cfg
+
+
+def _source_of(*layers: dict) -> str:
+    """The data.source that the last layer naming one sets ("oracle" if none does)."""
+    source = "oracle"
+    for layer in layers:
+        data = layer.get("data") if isinstance(layer, dict) else None
+        if isinstance(data, dict) and isinstance(data.get("source"), str):
+            source = data["source"]
+    return source
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,
                 base: Optional[Config] = None) -> Config:
-    """Defaults <- YAML file <- ``key=value`` overrides, then validate."""
-    cfg = base if base is not None else Config()
-    if path:
-        cfg = from_dict(read_yaml(path), cfg)
-    if overrides:
-        cfg = from_dict(parse_overrides(overrides), cfg)
+    """Defaults <- YAML file <- ``key=value`` overrides, then validate.
+
+    Without ``base`` the defaults are :func:`default_config` of the data source that the file
+    or the overrides name, so text runs start from the text model sizes.
+    """
+    layers = [read_yaml(path) if path else {}, parse_overrides(overrides) if overrides else {}]
+    cfg = base if base is not None else default_config(_source_of(*layers))
+    for layer in layers:
+        cfg = from_dict(layer, cfg)
     return cfg.validate()
 
 

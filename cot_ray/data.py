@@ -2,13 +2,21 @@
 
 The synthetic source draws fixed training and test sets from the bundled oracle with a seed
 and caches them on disk, so every run (and every Ray worker) sees the same sequences.
+
+Text sources ("coco": the COCO captions shipped in ``assets/``; "text": any pair of files) are
+read, tokenised on whitespace and encoded with a vocabulary built from the training file, or
+with the run's saved one (``data.vocab_path``); see :mod:`cot_ray.text` for the id convention.
+All data loading goes through :func:`load_dataset`, so every process of a run gets the same
+sequences from the same config.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Callable, Optional
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -16,6 +24,10 @@ import torch
 from .config import DataConfig
 from .models import LSTMLM
 from .oracle import SEQ_LEN, build_oracle, sample_oracle
+from .text import EOS_ID, MAX_TEST_UNK_RATE, DataError, Vocab, encode_corpus, read_corpus
+
+VOCAB_FILE = "vocab.json"  # a text run's vocabulary, in its run directory
+COCO_FILES = ("coco_train.txt", "coco_test.txt")  # in cot_ray/assets
 
 
 @dataclass
@@ -29,6 +41,19 @@ class Dataset:
     eos_id: Optional[int] = None  # None: fixed-length sequences, every position counts
     oracle: Optional[LSTMLM] = None  # the true distribution, when it is known
     decode_fn: Optional[Callable[[list], str]] = None
+    vocab: Optional[Vocab] = None  # text: the token <-> id map
+    references: Optional[list] = None  # text: the test sentences as token lists, uncut (BLEU references)
+    summary: str = ""  # one line on what was loaded (sizes), for the run's log
+    notes: list = field(default_factory=list)  # one-line remarks the user should see (truncation, ...)
+    stats: dict = field(default_factory=dict)  # text: train/test encoding stats (see text.encode_corpus)
+
+    @property
+    def is_text(self) -> bool:
+        return self.vocab is not None
+
+    def tokens(self, ids) -> list:
+        """Text: the words of one sequence up to its first EOS, padding dropped."""
+        return self.vocab.decode_tokens(ids)
 
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]
@@ -70,7 +95,81 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         oracle = build_oracle()
         return Dataset(torch.from_numpy(train), torch.from_numpy(test), oracle.vocab_size, SEQ_LEN,
                        eos_id=None, oracle=oracle)
-    raise ValueError(f"config key 'data.source' must be 'oracle', got {cfg.source!r}")
+    if cfg.source == "coco":
+        with ExitStack() as stack:
+            train_path, test_path = [str(stack.enter_context(resources.as_file(
+                resources.files("cot_ray") / "assets" / name))) for name in COCO_FILES]
+            return text_dataset(cfg, train_path, test_path)
+    if cfg.source == "text":
+        if not cfg.train_path or not cfg.test_path:
+            raise DataError("data.source 'text' needs data.train_path and data.test_path: give "
+                            "--data PATH/train.txt --test-data PATH/test.txt")
+        return text_dataset(cfg, cfg.train_path, cfg.test_path)
+    raise ValueError(f"config key 'data.source' must be 'oracle', 'coco' or 'text', got {cfg.source!r}")
+
+
+def text_dataset(cfg: DataConfig, train_path: str, test_path: str) -> Dataset:
+    """Read and encode a training and a test file of sentences (see DataConfig for the rules).
+
+    With ``cfg.vocab_path`` the saved vocabulary is used as is (so ids match a trained model even
+    if the training file changed since; a note says so when it did); otherwise the vocabulary is
+    built from the training file with ``min_count`` and ``max_vocab``.
+    """
+    train_sents = read_corpus(train_path, role="training")
+    test_sents = read_corpus(test_path, role="test")
+    built = Vocab.build(train_sents, min_count=cfg.min_count, max_size=cfg.max_vocab or None)
+    notes = []
+    vocab = built
+    if cfg.vocab_path:
+        vocab = Vocab.load(cfg.vocab_path)
+        if vocab != built:
+            notes.append(f"the vocabulary of '{train_path}' ({len(built)} tokens) differs from the saved "
+                         f"'{cfg.vocab_path}' ({len(vocab)} tokens): using the saved one")
+    max_len = cfg.max_len or max(len(s) for s in train_sents) + 1
+    train, train_stats = encode_corpus(train_sents, vocab, max_len)
+    test, test_stats = encode_corpus(test_sents, vocab, max_len)
+    for role, path, st in (("training", train_path, train_stats), ("test", test_path, test_stats)):
+        if st["unk_rate"] > MAX_TEST_UNK_RATE:
+            source = f"'{cfg.vocab_path}'" if cfg.vocab_path else f"'{train_path}'"
+            raise DataError(f"{role} file '{path}' does not match the vocabulary of {source}: "
+                            f"{st['unk_rate']:.1%} of its tokens are unknown: give files of the same corpus "
+                            "(or lower data.min_count / raise data.max_vocab)")
+    summary = (f"text data: {len(train)} training and {len(test)} test sentences, vocabulary "
+               f"{len(vocab)} tokens, {max_len} tokens per sequence (<eos> included), "
+               f"{test_stats['unk_rate']:.2%} of test words unknown")
+    for role, st in (("training", train_stats), ("test", test_stats)):
+        if st["truncated"]:
+            notes.append(f"{st['truncated']} {role} sentences are longer than data.max_len - 1 = "
+                         f"{max_len - 1} words: cut to {max_len} words, without <eos>")
+    return Dataset(torch.from_numpy(train), torch.from_numpy(test), len(vocab), max_len, eos_id=EOS_ID,
+                   decode_fn=vocab.decode, vocab=vocab, references=test_sents, summary=summary, notes=notes,
+                   stats={"train": train_stats, "test": test_stats})
+
+
+def save_run_data(run_dir: str, cfg: DataConfig, data: Dataset) -> None:
+    """Keep what decodes a text run: RUN_DIR/vocab.json (atomically), and record it in ``cfg``.
+
+    ``cfg.vocab_path`` then names the saved vocabulary and ``cfg.max_len`` the resolved length,
+    so the saved config rebuilds exactly this data set. Nothing to do for the oracle.
+    """
+    if data.vocab is None:
+        return
+    path = os.path.abspath(os.path.join(run_dir, VOCAB_FILE))
+    data.vocab.save(path)
+    cfg.vocab_path = path
+    cfg.max_len = data.seq_len
+
+
+def run_vocab_path(run_dir: str) -> Optional[str]:
+    """RUN_DIR/vocab.json if the run saved one."""
+    path = os.path.join(run_dir, VOCAB_FILE)
+    return path if os.path.exists(path) else None
+
+
+def checkpoint_vocab_size(weights: dict) -> Optional[int]:
+    """The vocabulary size a model's weights were trained with (rows of its embedding)."""
+    emb: Any = weights.get("embed.weight") if isinstance(weights, dict) else None
+    return None if emb is None else int(emb.shape[0])
 
 
 def write_token_file(path: str, seqs: np.ndarray) -> None:

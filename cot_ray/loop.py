@@ -22,9 +22,9 @@ import torch
 
 from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, from_dict, save_config
-from .data import Dataset, load_dataset
+from .data import VOCAB_FILE, Dataset, checkpoint_vocab_size, load_dataset, run_vocab_path, save_run_data
 from .learners import GeneratorLearner, MediatorLearner, sequence_mask
-from .metrics import Evaluator, eval_seed
+from .metrics import METRIC_KEYS, Evaluator, eval_seed, make_evaluator
 from .models import LSTMLM, copy_weights
 
 METRICS_FILE = "metrics.jsonl"
@@ -32,12 +32,22 @@ METRICS_FILE = "metrics.jsonl"
 
 @dataclass
 class Workers:
-    """Handles to the generator and mediator learners, and how to call them."""
+    """Handles to the generator and mediator learners, and how to call them.
+
+    Optional hooks let a runtime add what the in-process loop does without: ``schedule``
+    replaces the sync ``schedule_iteration`` (an object with ``iteration(w, cfg, iteration,
+    m_updates)``, ``state(w)`` and ``load_state(w, state)``; its state travels in checkpoints);
+    ``is_failure(exc)`` says that an exception means a worker died, and ``recover(w)`` makes
+    the workers callable again, after which the Trainer reloads its last checkpoint into them.
+    """
 
     g: Any
     m: Any = None  # None for MLE
     call_fn: Callable[..., Any] = field(default=lambda w, name, *a: getattr(w, name)(*a))
     get_fn: Callable[[Any], Any] = field(default=lambda x: x)
+    schedule: Any = None  # None: the sync schedule_iteration
+    is_failure: Callable[[BaseException], bool] = field(default=lambda exc: False)
+    recover: Callable[["Workers"], None] = field(default=lambda w: None)
 
     def call(self, worker, method: str, *args):
         return self.call_fn(worker, method, *args)
@@ -45,15 +55,26 @@ class Workers:
     def get(self, x):
         return self.get_fn(x)
 
+    def iteration(self, cfg: Config, iteration: int, m_updates: int) -> tuple[list, int]:
+        """Submit training iteration ``iteration`` (0-based) with the workers' schedule."""
+        if self.schedule is None:
+            return schedule_iteration(self, cfg, m_updates)
+        return self.schedule.iteration(self, cfg, iteration, m_updates)
+
     def state(self) -> dict:
         g, m = self.get([self.call(self.g, "state"), self.call(self.m, "state") if self.m else None])
-        return {"g": g, "m": m}
+        out = {"g": g, "m": m}
+        if self.schedule is not None:
+            out["schedule"] = self.schedule.state(self)
+        return out
 
     def load_state(self, state: dict) -> None:
         refs = [self.call(self.g, "load_state", state["g"])]
         if self.m is not None:
             refs.append(self.call(self.m, "load_state", state["m"]))
         self.get(refs)
+        if self.schedule is not None:
+            self.schedule.load_state(self, state.get("schedule"))
 
 
 def local_workers(cfg: Config, data: Dataset, device: Optional[str] = None) -> Workers:
@@ -116,6 +137,12 @@ def resume_config(run_dir: str, iters: Optional[int] = None, minutes: Optional[f
                               "directory that `cot-ray train` printed")
     from .config import read_yaml  # local import: only resume needs it
     cfg = from_dict(read_yaml(path))
+    saved_vocab = run_vocab_path(run_dir)
+    if saved_vocab is not None:  # the run's own vocabulary, wherever its directory is now
+        cfg.data.vocab_path = os.path.abspath(saved_vocab)
+    elif cfg.data.vocab_path and not os.path.exists(cfg.data.vocab_path):
+        raise CheckpointError(f"run '{run_dir}' has lost its vocabulary (recorded as '{cfg.data.vocab_path}'): "
+                              f"copy that {VOCAB_FILE} back into the run directory")
     if iters is not None:
         cfg.run.iters = iters
     if minutes is not None:
@@ -123,7 +150,17 @@ def resume_config(run_dir: str, iters: Optional[int] = None, minutes: Optional[f
     return cfg.validate()
 
 
+def check_vocab_size(weights: dict, vocab_size: int) -> None:
+    """A clear error when a checkpoint's models were trained on another vocabulary than the data's."""
+    trained = checkpoint_vocab_size(weights)
+    if trained is not None and trained != vocab_size:
+        raise CheckpointError(f"the checkpoint's models have a vocabulary of {trained} tokens but the data "
+                              f"now has {vocab_size}: the corpus or data settings changed since training; "
+                              "restore the run's vocab.json (data.vocab_path) or its data files")
+
+
 def model_from_weights(vocab_size: int, mcfg, weights: dict, device: str = "cpu") -> LSTMLM:
+    check_vocab_size(weights, vocab_size)
     model = LSTMLM(vocab_size, mcfg).to(device)
     copy_weights(model, weights)
     return model.eval()
@@ -222,6 +259,7 @@ class Trainer:
         self.elapsed = 0.0  # training seconds, over all sessions of this run
         self.last_eval: dict = {}
         self._evaluator: Optional[Evaluator] = None
+        self._last: tuple = ({}, True)  # (last checkpoint state, whether it is a fresh start)
 
     # -- state
     def checkpoint_state(self) -> dict:
@@ -229,7 +267,9 @@ class Trainer:
                 "last_eval": self.last_eval, "config": self.cfg.to_dict(), **self.w.state()}
 
     def save(self) -> None:
-        save_checkpoint(self.ckpt_path, self.checkpoint_state())
+        state = self.checkpoint_state()
+        save_checkpoint(self.ckpt_path, state)
+        self._last = (state, False)
 
     def restore(self, state: dict) -> None:
         self.w.load_state(state)
@@ -242,8 +282,7 @@ class Trainer:
     def evaluator(self) -> Evaluator:
         if self._evaluator is None:
             d = self.data
-            self._evaluator = Evaluator(d.test, d.seq_len, d.oracle, self.mask_fn,
-                                        self.cfg.eval.num_samples, self.cfg.eval.num_test)
+            self._evaluator = make_evaluator(d, self.cfg.eval, self.mask_fn)
         return self._evaluator
 
     def mask_fn(self, x):
@@ -258,16 +297,39 @@ class Trainer:
         return self.evaluator().evaluate(g, m, eval_seed(self.cfg.run.seed, self.iteration))
 
     # -- the loop
-    def _done(self, session_start: float) -> bool:
+    def _done(self, session_start: float, elapsed0: float) -> bool:
+        """Whether the stopping rule is met; training seconds are ``elapsed0`` (earlier sessions)
+        plus the time since ``session_start`` (which evaluation pushes forward)."""
         run = self.cfg.run
         if run.iters > 0 and self.iteration >= run.iters:
             return True
-        return run.minutes > 0 and self.elapsed + (time.perf_counter() - session_start) >= run.minutes * 60
+        return run.minutes > 0 and elapsed0 + (time.perf_counter() - session_start) >= run.minutes * 60
 
     def run(self, fresh: bool = True) -> dict:
+        """Train until the stopping rule; return the summary.
+
+        If the workers report a failure (``Workers.is_failure``), they are recovered and
+        the last checkpoint (kept in memory; the start of the run before the first one) is
+        loaded back, so the run goes on from there and loses at most one checkpoint interval.
+        """
+        self._last = (self.checkpoint_state(), fresh)
+        while True:
+            try:
+                return self._run(fresh)
+            except Exception as exc:  # noqa: BLE001 - re-raised unless the workers call it a failure
+                if not self.w.is_failure(exc):
+                    raise
+                state, fresh = self._last
+                self.echo(f"[cot-ray] worker failure ({type(exc).__name__}): restoring both workers "
+                          f"from iteration {state['iteration']}")
+                self.w.recover(self.w)
+                self.restore(state)
+
+    def _run(self, fresh: bool) -> dict:
         cfg, w = self.cfg, self.w
         log = RunLog(self.run_dir, self.echo)
         if fresh:
+            save_run_data(self.run_dir, cfg.data, self.data)  # text: vocab.json, recorded in the config
             save_config(cfg, os.path.join(self.run_dir, CONFIG))
             initial_sync(w)
         else:
@@ -275,6 +337,8 @@ class Trainer:
         self.echo(f"[cot-ray] {cfg.cot.algo} run in {self.run_dir} from iteration {self.iteration}"
                   + (f" to {cfg.run.iters}" if cfg.run.iters else "")
                   + (f" (at most {cfg.run.minutes:g} min)" if cfg.run.minutes else ""))
+        for note in ([self.data.summary] if self.data.summary else []) + self.data.notes:
+            self.echo(f"[cot-ray] {note}")
         pending: list = []
         sums: dict = defaultdict(float)
         counts: dict = defaultdict(int)
@@ -282,14 +346,15 @@ class Trainer:
         elapsed0 = self.elapsed
         t_window, it_window = t_start, self.iteration
         stopped_by_user = False
+        last = self._done(t_start, elapsed0)  # decided once per iteration: the final one always evaluates and saves
         try:
             with _StopFlag() as flag:
-                while not self._done(t_start):
-                    stats, self.m_updates = schedule_iteration(w, cfg, self.m_updates)
+                while not last:
+                    stats, self.m_updates = w.iteration(cfg, self.iteration, self.m_updates)
                     pending.extend(stats)
                     self.iteration += 1
                     it = self.iteration
-                    last = self._done(t_start) or flag.stop
+                    last = self._done(t_start, elapsed0) or flag.stop
                     if it % cfg.run.log_every == 0 or last:
                         for s in w.get(pending):
                             for k, v in s.items():
@@ -307,7 +372,7 @@ class Trainer:
                         log.scalars("time", {"iters_per_sec": ips, "elapsed_s": self.elapsed}, it)
                         self.echo(f"[{cfg.cot.algo}] it {it}" + (f"/{cfg.run.iters}" if cfg.run.iters else "")
                                   + f"  {ips:.1f} it/s  " + _fmt(train, ("m_balanced_nll", "g_kl", "g_nll"))
-                                  + ("  | " + _fmt(self.last_eval, ("nll_oracle", "nll_test", "jsd"))
+                                  + ("  | " + _fmt(self.last_eval, ("nll_oracle", "nll_test", "jsd", "bleu4"))
                                      if self.last_eval else ""))
                     if (cfg.eval.every and it % cfg.eval.every == 0) or last:
                         w.get(pending)
@@ -319,8 +384,7 @@ class Trainer:
                         self.elapsed = elapsed0 + (time.perf_counter() - t_start)
                         log.eval_row(it, self.elapsed, self.last_eval)
                         log.scalars("time", {"eval_s": eval_s}, it)
-                        self.echo(f"[{cfg.cot.algo}] eval @ {it}: " + _fmt(
-                            self.last_eval, ("nll_oracle", "nll_test", "balanced_nll", "jsd", "jsd_mediator")))
+                        self.echo(f"[{cfg.cot.algo}] eval @ {it}: " + _fmt(self.last_eval, METRIC_KEYS))
                     if it % cfg.run.checkpoint_every == 0 or last or flag.stop:
                         w.get(pending)
                         self.elapsed = elapsed0 + (time.perf_counter() - t_start)
@@ -341,13 +405,15 @@ def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable
     """Start (or, with ``resume_dir``, continue) a run of the in-process loop; return its summary."""
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    data = load_dataset(cfg.data)  # first: unusable data leaves no empty run directory behind
     if resume_dir is not None:
         state = load_checkpoint(os.path.join(resume_dir, CHECKPOINT))
         run_dir = resume_dir
     else:
         state = None
         run_dir = new_run_dir(cfg)
-    data = load_dataset(cfg.data)
+    if state is not None:
+        check_vocab_size(state["g"]["model"], data.vocab_size)
     kwargs = {"echo": echo} if echo else {}
     trainer = Trainer(cfg, run_dir, data, make_workers(cfg, data), eval_device=cfg.run.device, **kwargs)
     if state is not None:

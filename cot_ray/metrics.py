@@ -11,33 +11,59 @@ divide by the number of counted tokens.
 - the mediator's JSD estimate: CoT's cooperative objective with the oracle's entropy shifted in,
   ``1/2 (E_P[log P - log M] + E_G[log G - log M])``; it equals the JSD when M is the exact
   mixture and is an upper bound in expectation otherwise.
+
+On text (no oracle), Texygen's real-data metrics instead:
+
+- bleu2..bleu5: mean sentence BLEU-n (nltk's ``sentence_bleu``, smoothing method1) of
+  ``eval.bleu_samples`` generated sentences, each against the WHOLE test set as references
+  (higher: samples look like real sentences). Tokens are words: a sample is cut at its first
+  <eos> and padding dropped; the references are the test sentences as read (uncut, unknown
+  words kept as words, so a generated <unk> never matches).
+- self_bleu2..self_bleu5: mean BLEU-n of each of those samples against the other samples
+  (higher: less diverse). All four orders are reported, as Texygen does; BLEU-4/self-BLEU-4 is
+  the usual single pair to quote.
+- nll_test, as above, counting each sentence's words and its <eos> but not the padding.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from .bleu import BleuScorer, self_bleu
 from .models import LSTMLM
 
 LN2 = math.log(2.0)
 MaskFn = Callable[[torch.Tensor], Optional[torch.Tensor]]
+BLEU_ORDERS = (2, 3, 4, 5)
+ORACLE_KEYS = ("nll_oracle", "nll_test", "balanced_nll", "jsd", "jsd_mediator")  # oracle runs
+TEXT_KEYS = ("nll_test",) + tuple(f"bleu{n}" for n in BLEU_ORDERS) + tuple(f"self_bleu{n}" for n in BLEU_ORDERS)
+METRIC_KEYS = ORACLE_KEYS + TEXT_KEYS[1:]  # every key an evaluation can report, in display order
 
 
 @torch.no_grad()
 def sequence_log_probs(model: LSTMLM, seqs: torch.Tensor, mask_fn: Optional[MaskFn] = None,
                        batch_size: int = 512) -> torch.Tensor:
-    """(N, T) -> (N,) float64 log p(x) under ``model`` (in eval mode: no dropout)."""
+    """(N, T) -> (N,) float64 log p(x) under ``model`` (in eval mode: no dropout).
+
+    ``mask_fn`` must give prefix masks (ones up to some position, zeros after), as
+    ``sequence_mask`` does; each batch is then cut after its longest masked prefix, which the
+    causal model scores exactly as the full rows (text batches are mostly padding).
+    """
     was_training = model.training
     model.eval()
     dev = model.out.weight.device
     out = []
     for i in range(0, len(seqs), batch_size):
-        x = seqs[i:i + batch_size].to(dev)
-        out.append(model.sequence_log_prob(x, mask_fn(x) if mask_fn else None).double().cpu())
+        x = seqs[i:i + batch_size]
+        mask = mask_fn(x) if mask_fn else None
+        if mask is not None:
+            keep = max(int(mask.sum(dim=1).max()), 1)
+            x, mask = x[:, :keep], mask[:, :keep].to(dev)
+        out.append(model.sequence_log_prob(x.to(dev), mask).double().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
 
@@ -91,6 +117,9 @@ class Evaluator:
     def __init__(self, test: torch.Tensor, seq_len: int, oracle: Optional[LSTMLM] = None,
                  mask_fn: Optional[MaskFn] = None, num_samples: int = 9984, num_test: int = 9984):
         self.test = test[:num_test]
+        mask = mask_fn(self.test) if mask_fn is not None and oracle is None else None
+        if mask is not None:  # shortest first: batches of similar length waste little on padding
+            self.test = self.test[torch.argsort(mask.sum(dim=1), stable=True)]
         self.seq_len = seq_len
         self.oracle = oracle
         self.mask_fn = mask_fn
@@ -113,6 +142,48 @@ class Evaluator:
             m_on_g = sequence_log_probs(mediator, samples, self.mask_fn)
             res["jsd_mediator"] = mediator_jsd(self._p_on_p, m_on_p, g_on_g, m_on_g)
         return res
+
+
+class TextEvaluator(Evaluator):
+    """NLL_test, BLEU-2..5 against the test set and self-BLEU-2..5 of generated sentences.
+
+    The reference tables are built once here (one evaluator per run), so each evaluation only
+    samples ``bleu_samples`` sentences and scores them.
+    """
+
+    def __init__(self, test: torch.Tensor, seq_len: int, references: Sequence[Sequence[str]],
+                 to_tokens: Callable[[list], list], mask_fn: Optional[MaskFn] = None,
+                 bleu_samples: int = 1000, num_test: int = 9984):
+        if bleu_samples < 2:
+            raise ValueError(f"bleu_samples must be >= 2 (self-BLEU needs two sentences), got {bleu_samples}")
+        super().__init__(test, seq_len, None, mask_fn, bleu_samples, num_test)
+        self.to_tokens = to_tokens
+        self.scorer = BleuScorer(references, max_n=max(BLEU_ORDERS))
+
+    def evaluate(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int) -> dict:
+        res = super().evaluate(generator, mediator, seed)
+        samples, _ = sample_with_log_probs(generator, self.num_samples, self.seq_len, seed)
+        hyps = [self.to_tokens(row) for row in samples.tolist()]
+        for n in BLEU_ORDERS:
+            res[f"bleu{n}"] = self.scorer.score(hyps, n)
+        for n in BLEU_ORDERS:
+            res[f"self_bleu{n}"] = self_bleu(hyps, n)
+        return res
+
+
+def make_evaluator(data, eval_cfg, mask_fn: Optional[MaskFn] = None,
+                   num_samples: Optional[int] = None) -> Evaluator:
+    """The evaluator of a ``Dataset`` under an ``EvalConfig``: exact oracle metrics or text metrics.
+
+    ``num_samples`` overrides the generated-sample count (``eval.num_samples`` for the oracle,
+    ``eval.bleu_samples`` for text).
+    """
+    if data.vocab is not None and data.references is not None:
+        n = num_samples if num_samples is not None else eval_cfg.bleu_samples
+        return TextEvaluator(data.test, data.seq_len, data.references, data.tokens, mask_fn, n,
+                             eval_cfg.num_test)
+    n = num_samples if num_samples is not None else eval_cfg.num_samples
+    return Evaluator(data.test, data.seq_len, data.oracle, mask_fn, n, eval_cfg.num_test)
 
 
 def eval_seed(run_seed: int, iteration: int) -> int:

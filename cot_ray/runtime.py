@@ -1,0 +1,478 @@
+"""The distributed runtime: the generator and the mediator as Ray actors.
+
+The learners of :mod:`cot_ray.learners` become actors here, at the call site
+(``ray.remote(GeneratorWorker)``), and the schedules of :mod:`cot_ray.loop` drive them through
+``Workers(call_fn=<.remote call>, get_fn=ray.get)``. Object refs go from actor to actor: G's
+sample batches reach M as refs, and M's weights (CPU tensors, through the object store) reach G
+every ``cot.sync_every`` mediator updates; G then computes log pi_M with its local copy of M.
+No per-step full-vocabulary tensor crosses between processes.
+
+Schedules
+    ``sync`` is :func:`cot_ray.loop.schedule_iteration`, the in-process loop itself, so with the
+    same seed N iterations through the actors give bitwise the parameters of N in-process
+    iterations on the CPU. ``async`` is :class:`PipelineSchedule`, a fixed pipeline in which G
+    and M work on different iterations at once, with staleness exactly K (see there); it is as
+    deterministic as the sync schedule, and ``--local --schedule async`` runs the same pipeline
+    in one process with the same results.
+
+Placement
+    Both actors live in one placement group, one bundle each (``runtime.cpus_per_worker`` CPUs,
+    ``runtime.gpus_per_worker`` GPUs), packed by default or on different nodes with
+    ``runtime.spread`` (STRICT_SPREAD). Requests the cluster cannot meet fail at once with a
+    one-line :class:`PlacementError`; requests that could be met but are not within
+    ``runtime.placement_timeout_s`` (resources busy) fail after that time. Each worker takes its
+    device from what Ray gave it: ``cuda:0`` (its own GPU, through CUDA_VISIBLE_DEVICES) when it
+    holds a GPU and CUDA works, else the CPU with ``cpus_per_worker`` torch threads.
+
+Faults
+    Actors restart up to ``runtime.max_restarts`` times, never retrying a task (a retried step on
+    a fresh actor would silently diverge). When a worker dies mid-run, the Trainer is told so by
+    :func:`is_worker_failure`, :meth:`ActorRuntime.recover` waits until both actors answer
+    again, and the Trainer loads its last checkpoint (kept in memory) into both, so the run
+    finishes every requested iteration and loses at most one checkpoint interval of work.
+
+This is the only module besides ``tune`` that imports Ray; the CLI imports it lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import deque
+from typing import Any, Callable, Optional
+
+import ray
+import ray.exceptions
+import torch
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from . import loop
+from .config import Config, ConfigError, RuntimeConfig
+from .data import Dataset
+from .learners import GeneratorLearner, MediatorLearner
+
+
+class PlacementError(ConfigError):
+    """The cluster cannot host the workers as configured: the message is one line with the fix."""
+
+
+class WorkerLostError(RuntimeError):
+    """A worker died and did not come back (no restarts left, or it never answered again)."""
+
+
+class WorkerNotReadyError(RuntimeError):
+    """A call reached a restarted worker before its learner was rebuilt: part of a failure."""
+
+
+# ----------------------------------------------------------------------------- the actors
+
+
+def worker_device(num_threads: int) -> str:
+    """Pick this worker's torch device from the resources Ray gave it; set its CPU threads.
+
+    Ray points CUDA_VISIBLE_DEVICES at the worker's own GPUs, so its first GPU is ``cuda:0``.
+    A GPU that Ray assigned but CUDA cannot see (a fake GPU, a CPU-only torch) means the CPU.
+    """
+    torch.set_num_threads(max(1, int(num_threads)))
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return "cuda:0"
+    return "cpu"
+
+
+class _Worker:
+    """A learner set up for life in a Ray actor.
+
+    The constructor takes only small arguments and picks the device; the training set arrives
+    in :meth:`setup`, which builds the learner. (An actor that Ray restarts reruns only its
+    constructor, and Ray cannot reliably restart an actor whose constructor arguments sit in the
+    object store, so :meth:`ActorRuntime.recover` sends the data again.)
+    """
+
+    learner_cls: type = object
+
+    def __init__(self, cfg: Config, vocab_size: int, seq_len: int, eos_id: Optional[int], num_threads: int):
+        self._args = (cfg, vocab_size, seq_len)
+        self._eos_id = eos_id
+        self.device = torch.device(worker_device(num_threads))
+        self._ready = False
+
+    def __getattr__(self, name: str):
+        # Only reached for attributes that do not exist: before setup, the learner's state.
+        if not self.__dict__.get("_ready", False):
+            raise WorkerNotReadyError(f"{type(self).__name__} was restarted and has no learner yet (needs '{name}')")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def setup(self, train: Optional[torch.Tensor]) -> None:
+        """Build the learner (fresh: initial weights, optimizer and RNG streams of the seed)."""
+        cfg, vocab_size, seq_len = self._args
+        self.learner_cls.__init__(self, cfg, vocab_size, seq_len, train, self._eos_id, str(self.device))
+        self._ready = True
+
+    def ping(self) -> bool:
+        """Answer as soon as the actor is alive; -> whether its learner is built."""
+        return self._ready
+
+    def placement(self) -> dict:
+        """Where Ray put this worker: node, assigned GPU ids, torch device, threads, process."""
+        return {"node_id": ray.get_runtime_context().get_node_id(),
+                "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+                "device": str(self.device), "threads": torch.get_num_threads(), "pid": os.getpid()}
+
+
+class GeneratorWorker(_Worker, GeneratorLearner):
+    """The generator learner as an actor class: ``ray.remote(GeneratorWorker)``."""
+
+    learner_cls = GeneratorLearner
+
+
+class MediatorWorker(_Worker, MediatorLearner):
+    """The mediator learner as an actor class: ``ray.remote(MediatorWorker)``."""
+
+    learner_cls = MediatorLearner
+
+
+def remote_call(actor, method: str, *args):
+    """``Workers.call_fn`` for actors: submit ``actor.method(*args)``; -> an object ref."""
+    return getattr(actor, method).remote(*args)
+
+
+def ray_get(x: Any) -> Any:
+    """``Workers.get_fn`` for actors: ``ray.get`` that lets plain values through.
+
+    A list may mix object refs and values (schedules add plain stats, restored pipelines hold
+    values); the refs are fetched in one ``ray.get`` and the values kept in place.
+    """
+    if isinstance(x, ray.ObjectRef):
+        return ray.get(x)
+    if isinstance(x, list):
+        idx = [i for i, v in enumerate(x) if isinstance(v, ray.ObjectRef)]
+        out = list(x)
+        for i, v in zip(idx, ray.get([x[i] for i in idx]) if idx else []):
+            out[i] = v
+        return out
+    return x
+
+
+_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError,
+             ray.exceptions.NodeDiedError, WorkerNotReadyError)
+
+
+def is_worker_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` means a worker process (or its node, or its results) was lost.
+
+    An ordinary exception raised inside a learner (a bug, bad input) is not a failure: it
+    propagates instead of being retried from a checkpoint.
+    """
+    seen = 0
+    while isinstance(exc, ray.exceptions.RayTaskError) and seen < 8:  # a task whose argument was lost
+        cause = getattr(exc, "cause", None)
+        if cause is None or cause is exc:
+            break
+        exc, seen = cause, seen + 1
+    return isinstance(exc, _FAILURES)
+
+
+# ----------------------------------------------------------------------------- the async schedule
+
+
+class PipelineSchedule:
+    """The async schedule: a fixed pipeline in which G and M work on different iterations at once.
+
+    At iteration t (0-based), with staleness K, batch B and S = ``cot.m_steps``:
+
+    * G draws ``(S + 1) * B`` samples from its current version G_t; the last B feed G's own
+      first CoT step now (CoT's generator loss needs on-policy samples), the first S * B are
+      queued for M;
+    * M takes its S steps on the batch queued K iterations earlier (from G_{t-K}); the first K
+      iterations use K batches of S * B drawn from G_0 before iteration 0 ("priming");
+    * every ``cot.sync_every`` M updates, M publishes its weights; G loads, before its step of
+      iteration t, the newest snapshot taken at the end of an M iteration <= t - K.
+
+    G's work at iteration t needs only M's iteration t - K and M's work needs only G's sampling
+    at t - K, so for K >= 1 the two actors compute at the same time, and nothing depends on
+    which finishes first: results are deterministic given the seed. ``train/staleness_samples``
+    (t minus the G version of M's batch) and ``train/staleness_weights`` (t + 1 minus the M
+    version G uses, in iterations; 0 in the sync schedule) are K once the pipeline is full.
+    K = 0 is exactly the sync schedule. MLE has no mediator and runs the sync schedule.
+
+    In-flight work at a checkpoint (the K queued sample batches and the snapshots G has not
+    loaded yet) is stored in the checkpoint, not regenerated, so resuming is exact.
+    """
+
+    def __init__(self, staleness: int):
+        self.k = staleness
+        self.samples: deque = deque()  # (G version, samples or their ref), oldest first
+        self.weights: deque = deque()  # (M version, weights or their ref), oldest first
+        self.g_weights_version = 0  # the M version of G's copy of M (0: the initial sync)
+
+    def iteration(self, w: loop.Workers, cfg: Config, t: int, m_updates: int) -> tuple[list, int]:
+        """Submit iteration ``t``; -> (stats or their refs, the new mediator update count)."""
+        c = cfg.cot
+        if c.algo == "mle" or w.m is None:
+            return loop.schedule_iteration(w, cfg, m_updates)
+        B, S = c.batch_size, c.m_steps
+        while len(self.samples) < self.k:  # priming, at a fresh start only
+            self.samples.append((t, w.call(w.g, "sample", S * B)))
+        fake = w.call(w.g, "sample", (S + 1) * B)
+        self.samples.append((t, fake))
+        sample_version, m_fake = self.samples.popleft()
+        stats = []
+        for i in range(S):
+            stats.append(w.call(w.m, "step", m_fake, i * B, B))
+            m_updates += 1
+            if m_updates % c.sync_every == 0:
+                self.weights.append((t + 1, w.call(w.m, "get_weights")))
+        newest = None
+        while self.weights and self.weights[0][0] <= t + 1 - self.k:
+            newest = self.weights.popleft()
+        if newest is not None:
+            self.g_weights_version = newest[0]
+            w.call(w.g, "set_mediator_weights", newest[1])
+        stats.append(w.call(w.g, "step_cot", fake, S * B, B))
+        for _ in range(c.g_steps - 1):
+            stats.append(w.call(w.g, "step_cot", w.call(w.g, "sample", B)))
+        stats.append({"staleness_samples": float(t - sample_version),
+                      "staleness_weights": float(t + 1 - self.g_weights_version)})
+        return stats, m_updates
+
+    def state(self, w: loop.Workers) -> dict:
+        """The pipeline's in-flight batches and snapshots, fetched (call between iterations)."""
+        samples = w.get([x for _, x in self.samples])
+        weights = w.get([x for _, x in self.weights])
+        return {"staleness": self.k, "g_weights_version": self.g_weights_version,
+                "samples": [[v, x] for (v, _), x in zip(self.samples, samples)],
+                "weights": [[v, x] for (v, _), x in zip(self.weights, weights)]}
+
+    def load_state(self, w: loop.Workers, state: Optional[dict]) -> None:
+        """Restore the pipeline of a checkpoint (None or empty: an empty pipeline, fresh start)."""
+        if not state:
+            self.samples.clear()
+            self.weights.clear()
+            self.g_weights_version = 0
+            return
+        if int(state["staleness"]) != self.k:
+            raise ConfigError(f"config key 'runtime.staleness' is {self.k} but the checkpoint's pipeline was "
+                              f"built with {state['staleness']}: resume with the run's own staleness")
+        self.samples = deque((int(v), x) for v, x in state["samples"])
+        self.weights = deque((int(v), x) for v, x in state["weights"])
+        self.g_weights_version = int(state["g_weights_version"])
+
+
+def make_schedule(cfg: Config) -> Optional[PipelineSchedule]:
+    """The schedule ``cfg`` asks for: None (the loop's sync schedule) or the async pipeline."""
+    return PipelineSchedule(cfg.runtime.staleness) if cfg.runtime.schedule == "async" else None
+
+
+def local_workers(cfg: Config, data: Dataset) -> loop.Workers:
+    """Both learners in this process with the configured schedule (no Ray involved)."""
+    w = loop.local_workers(cfg, data)
+    w.schedule = make_schedule(cfg)
+    return w
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def _fmt_res(bundle: dict) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in bundle.items())
+
+
+def _fits(node: dict, bundle: dict) -> bool:
+    return all(node.get(k, 0.0) >= v for k, v in bundle.items())
+
+
+def alive_nodes() -> list[dict]:
+    """Total resources of each alive node of the connected cluster."""
+    return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def placement_problem(bundles: list[dict], spread: bool, nodes: list[dict], total: dict) -> Optional[str]:
+    """Why ``bundles`` can never be placed on a cluster of ``nodes``; None if they can.
+
+    Judged on the nodes' total resources: resources busy with other work are what the wait
+    on the placement group (with its timeout) is for.
+    """
+    n = len(bundles)
+    for res, key, flag in (("GPU", "gpus_per_worker", "--gpus-per-worker"),
+                           ("CPU", "cpus_per_worker", "--cpus-per-worker")):
+        need = sum(b.get(res, 0.0) for b in bundles)
+        have = total.get(res, 0.0)
+        if need > have:
+            return (f"config key 'runtime.{key}' asks for {need:g} {res}s for the {n} worker(s) but the Ray "
+                    f"cluster has {have:g}: lower {flag}" + (" (0 trains on CPUs)" if res == "GPU" else ""))
+    bundle = bundles[0]
+    if spread:
+        fitting = sum(_fits(node, bundle) for node in nodes)
+        if fitting < n:
+            return (f"config key 'runtime.spread' puts the {n} workers on different nodes, each with "
+                    f"{_fmt_res(bundle)}, but only {fitting} alive node(s) have that much: add nodes, "
+                    "ask for less per worker, or drop --spread")
+        return None
+    free = [dict(node) for node in nodes]
+    for b in bundles:  # PACK may still use several nodes: first fit on what is left
+        home = next((node for node in free if _fits(node, b)), None)
+        if home is None:
+            return (f"the nodes of the Ray cluster cannot host {n} workers with {_fmt_res(b)} each: lower "
+                    "--cpus-per-worker / --gpus-per-worker or add nodes")
+        for k, v in b.items():
+            home[k] = home.get(k, 0.0) - v
+    return None
+
+
+def worker_bundle(rcfg: RuntimeConfig, num_workers: int) -> dict:
+    """The resources of one worker's bundle; ``gpus_per_worker`` -1 means one GPU each if the
+    cluster can give every worker one, else none."""
+    gpus = rcfg.gpus_per_worker
+    if gpus < 0:
+        with_gpu = {"CPU": float(rcfg.cpus_per_worker), "GPU": 1.0}
+        ok = placement_problem([with_gpu] * num_workers, rcfg.spread, alive_nodes(), ray.cluster_resources()) is None
+        gpus = 1.0 if ok else 0.0
+    bundle = {"CPU": float(rcfg.cpus_per_worker)}
+    if gpus > 0:
+        bundle["GPU"] = float(gpus)
+    return bundle
+
+
+def create_placement_group(bundles: list[dict], spread: bool, timeout_s: float) -> PlacementGroup:
+    """A ready placement group for ``bundles``, or a :class:`PlacementError` (never a hang)."""
+    problem = placement_problem(bundles, spread, alive_nodes(), ray.cluster_resources())
+    if problem:
+        raise PlacementError(problem)
+    pg = placement_group(bundles, strategy="STRICT_SPREAD" if spread else "PACK")
+    if not pg.wait(timeout_seconds=timeout_s):
+        remove_placement_group(pg)
+        raise PlacementError(f"the workers ({len(bundles)} x {_fmt_res(bundles[0])}) could not be placed within "
+                             f"{timeout_s:g}s: the resources are busy with other work; free them or raise "
+                             "runtime.placement_timeout_s")
+    return pg
+
+
+# ----------------------------------------------------------------------------- the runtime
+
+
+class ActorRuntime:
+    """G and M as actors in one placement group of the connected Ray cluster.
+
+    ``make_workers`` is the ``make_workers`` argument of :func:`cot_ray.loop.train`;
+    ``shutdown`` kills the actors and frees their placement group.
+    """
+
+    def __init__(self, rcfg: RuntimeConfig, echo: Optional[Callable[[str], None]] = None):
+        self.rcfg = rcfg
+        self.echo = echo
+        self.pg: Optional[PlacementGroup] = None
+        self.actors: dict = {}
+        self.train_ref: Optional[ray.ObjectRef] = None
+
+    def make_workers(self, cfg: Config, data: Dataset) -> loop.Workers:
+        r = self.rcfg
+        names = ["generator", "mediator"] if cfg.cot.algo == "cot" else ["generator"]
+        bundle = worker_bundle(r, len(names))
+        self.pg = create_placement_group([bundle] * len(names), r.spread, r.placement_timeout_s)
+        self.train_ref = ray.put(data.train)  # held here, so a restarted worker can get it again
+        args = (cfg, data.vocab_size, data.seq_len, data.eos_id, r.cpus_per_worker)
+        for i, (name, cls) in enumerate(zip(names, (GeneratorWorker, MediatorWorker))):
+            self.actors[name] = ray.remote(cls).options(
+                num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0.0),
+                max_restarts=r.max_restarts, max_task_retries=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            ).remote(*args)
+        ray.get([a.setup.remote(self.train_ref) for a in self.actors.values()])  # fail here, not mid-run
+        if self.echo is not None:
+            where = self.placements()
+            self.echo("[cot-ray] workers: " + ", ".join(
+                f"{n} on {p['device']} ({p['threads']} thread(s), node {p['node_id'][:8]}"
+                + (f", GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else "") + ")" for n, p in where.items())
+                + f" ({'spread' if self.rcfg.spread else 'packed'}, {cfg.runtime.schedule} schedule"
+                + (f", staleness {cfg.runtime.staleness}" if cfg.runtime.schedule == "async" else "") + ")")
+        return loop.Workers(self.actors["generator"], self.actors.get("mediator"), call_fn=remote_call,
+                            get_fn=ray_get, schedule=make_schedule(cfg), is_failure=is_worker_failure,
+                            recover=self.recover)
+
+    def recover(self, w: loop.Workers) -> None:
+        """Wait until every worker answers again (Ray restarts a dead one) and rebuild the learner
+        of a restarted one; raise WorkerLostError if one stays dead. The Trainer then loads the
+        last checkpoint into both."""
+        deadline = time.monotonic() + self.rcfg.placement_timeout_s
+        for name, actor in self.actors.items():
+            while True:
+                try:
+                    ready = ray.get(actor.ping.remote(), timeout=max(deadline - time.monotonic(), 0.1))
+                    break
+                except ray.exceptions.GetTimeoutError:
+                    raise WorkerLostError(f"the {name} worker did not come back within "
+                                          f"{self.rcfg.placement_timeout_s:g}s after a failure") from None
+                except ray.exceptions.ActorDiedError:
+                    raise WorkerLostError(
+                        f"the {name} worker died and has no restarts left (runtime.max_restarts="
+                        f"{self.rcfg.max_restarts}): raise it, or look for the cause in the Ray logs") from None
+                except ray.exceptions.RayActorError:  # unavailable: restarting, ask again
+                    if time.monotonic() > deadline:
+                        raise WorkerLostError(f"the {name} worker did not come back within "
+                                              f"{self.rcfg.placement_timeout_s:g}s after a failure") from None
+                    time.sleep(0.2)
+            if not ready:
+                ray.get(actor.setup.remote(self.train_ref))
+
+    def placements(self) -> dict:
+        """name -> :meth:`_Worker.placement` of each worker."""
+        names = list(self.actors)
+        return dict(zip(names, ray.get([self.actors[n].placement.remote() for n in names])))
+
+    def shutdown(self) -> None:
+        for actor in self.actors.values():
+            ray.kill(actor, no_restart=True)
+        self.actors = {}
+        self.train_ref = None
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
+
+
+def connect(rcfg: RuntimeConfig) -> bool:
+    """Connect to Ray as ``rcfg.address`` says; -> whether this call started a local Ray.
+
+    An already connected driver (tests, notebooks) is used as it is. "" starts a private local
+    Ray in this process (never joining another cluster by accident); "auto" joins the cluster
+    of this machine (or $RAY_ADDRESS); "ray://HOST:PORT" joins through Ray Client, shipping this
+    package to the cluster.
+    """
+    if ray.is_initialized():
+        return False
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
+    if not rcfg.address:
+        # Ray runs its workers at niceness 15 by default; here the workers are the training
+        # itself, so they get the priority that the in-process loop would have.
+        ray.init(address="local", include_dashboard=False, _system_config={"worker_niceness": 0}, **quiet)
+        return True
+    import cot_ray  # the package itself, for Ray Client's py_modules
+
+    runtime_env = {"py_modules": [cot_ray]} if rcfg.address.startswith("ray://") else None
+    try:
+        ray.init(address=rcfg.address, runtime_env=runtime_env, **quiet)
+    except ConnectionError as e:
+        raise ConfigError(f"config key 'runtime.address' {rcfg.address!r}: cannot connect to a Ray cluster "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return False
+
+
+def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None) -> dict:
+    """Run (or resume) training as ``cfg.runtime`` says; -> the summary of :func:`cot_ray.loop.train`.
+
+    ``runtime.mode`` "local" runs both learners in this process without Ray (the async
+    schedule then runs its pipeline sequentially, with the same results); "actors" connects to
+    Ray (:func:`connect`), runs the learners as actors and cleans up after itself.
+    """
+    if cfg.runtime.mode == "local":
+        return loop.train(cfg, resume_dir, echo, make_workers=local_workers)
+    started = connect(cfg.runtime)
+    rt = ActorRuntime(cfg.runtime, echo or (lambda msg: print(msg, file=sys.stderr, flush=True)))
+    try:
+        return loop.train(cfg, resume_dir, echo, make_workers=rt.make_workers)
+    finally:
+        rt.shutdown()
+        if started:
+            ray.shutdown()

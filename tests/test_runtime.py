@@ -1,0 +1,301 @@
+"""The Ray runtime: sync parity with the in-process loop, the async pipeline, GPU bundles,
+fail-fast placement, worker failures, Ctrl-C and the CLI in actor mode.
+
+One local Ray (4 logical CPUs, 2 fake GPUs) serves the whole module. The learners never touch
+CUDA here: a worker only uses a GPU that Ray assigned *and* CUDA can see.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from click.testing import CliRunner  # noqa: E402
+
+from cot_ray import loop, runtime  # noqa: E402
+from cot_ray.checkpoint import CHECKPOINT, load_checkpoint  # noqa: E402
+from cot_ray.cli import main  # noqa: E402
+from cot_ray.data import load_dataset  # noqa: E402
+
+# Same thread count in the driver as in each worker, so the in-process reference does the
+# very same float operations as the actors.
+ONE_THREAD = "run.threads=1"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_local():
+    """One Ray for the module: 4 CPUs, 2 fake GPUs, quiet."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _states(run_dir: str) -> dict:
+    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
+    return {k: state.get(k) for k in ("g", "m", "schedule", "iteration", "m_updates")}
+
+
+def _assert_same(a, b, path="state"):
+    """Bitwise equality of nested states (tensors, dicts, lists, numbers)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            _assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def _differs(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a["g"]["model"][k], b["g"]["model"][k]) for k in a["g"]["model"])
+
+
+def _train_scalars(run_dir: str) -> dict:
+    """tag -> [(step, value)] from the run's tensorboardX event files (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    out = defaultdict(list)
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                out[v.tag].append((event.step, v.simple_value))
+    return out
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_sync_actors_equal_the_in_process_loop_and_each_has_its_own_gpu(tiny):
+    """Same seed, N iterations: actors with the sync schedule == the in-process loop, bitwise.
+
+    With 2 (fake) GPUs the automatic choice gives G and M one GPU bundle each; they still
+    compute on the CPU, since CUDA cannot see those GPUs.
+    """
+    common = ("cot.m_steps=2", "cot.g_steps=2", "cot.sync_every=3", "eval.every=2", "run.iters=5", ONE_THREAD)
+    ref = loop.train(tiny(*common, "runtime.mode=local", "run.name=local"), echo=_quiet)
+    cfg = tiny(*common, "run.name=actors")
+    rt = runtime.ActorRuntime(cfg.runtime)
+    try:
+        act = loop.train(cfg, echo=_quiet, make_workers=rt.make_workers)
+        where = rt.placements()
+        bundles = ray.util.placement_group_table(rt.pg)["bundles"]
+    finally:
+        rt.shutdown()
+    assert act["iteration"] == ref["iteration"] == 5
+    _assert_same(_states(ref["run_dir"]), _states(act["run_dir"]))
+    assert act["metrics"] == ref["metrics"]
+    assert loop.read_metrics(act["run_dir"]) == [
+        {**r, "elapsed_s": a["elapsed_s"]} for r, a in zip(loop.read_metrics(ref["run_dir"]), loop.read_metrics(act["run_dir"]))]
+    assert [len(where[n]["gpu_ids"]) for n in ("generator", "mediator")] == [1, 1]
+    assert where["generator"]["gpu_ids"] != where["mediator"]["gpu_ids"]
+    assert {p["device"] for p in where.values()} == {"cpu"}
+    assert {p["threads"] for p in where.values()} == {1}
+    assert all(b == {"CPU": 1.0, "GPU": 1.0} for b in bundles.values())
+
+
+def test_async_pipeline_is_deterministic_and_logs_staleness(tiny):
+    """async K=2: actors == the same pipeline run in one process; staleness is logged and bounded."""
+    common = ("runtime.schedule=async", "runtime.staleness=2", "run.iters=5", ONE_THREAD)
+    ref = runtime.train(tiny(*common, "runtime.mode=local", "run.name=local"), echo=_quiet)
+    act = runtime.train(tiny(*common, "run.name=actors"), echo=_quiet)
+    _assert_same(_states(ref["run_dir"]), _states(act["run_dir"]))
+    state = _states(act["run_dir"])
+    assert [v for v, _ in state["schedule"]["samples"]] == [3, 4]  # in flight: G versions 3 and 4
+    scalars = _train_scalars(act["run_dir"])
+    # iteration t: M trains on samples of G_{max(t-2, 0)} (G_0's for the priming batches),
+    # G uses M's weights of the end of its iteration t-2 (the initial ones before that).
+    assert [v for _, v in scalars["train/staleness_samples"]] == [0, 1, 2, 2, 2]
+    assert [v for _, v in scalars["train/staleness_weights"]] == [1, 2, 2, 2, 2]
+    sync = loop.train(tiny("run.iters=5", ONE_THREAD, "runtime.mode=local", "run.name=sync"), echo=_quiet)
+    assert _differs(_states(sync["run_dir"]), state)
+
+
+def test_async_with_staleness_zero_is_the_sync_schedule(tiny):
+    common = ("cot.m_steps=2", "cot.sync_every=2", "run.iters=4", "runtime.mode=local")
+    sync = loop.train(tiny(*common, "run.name=sync"), echo=_quiet)
+    k0 = runtime.train(tiny(*common, "runtime.schedule=async", "runtime.staleness=0", "run.name=k0"), echo=_quiet)
+    a, b = _states(sync["run_dir"]), _states(k0["run_dir"])
+    for key in ("g", "m"):
+        _assert_same(a[key], b[key], key)
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+@pytest.mark.parametrize("override,key", [
+    ("runtime.gpus_per_worker=2", "runtime.gpus_per_worker"),
+    ("runtime.cpus_per_worker=64", "runtime.cpus_per_worker"),
+    ("runtime.spread=true", "runtime.spread"),  # one node only
+])
+def test_impossible_requests_fail_fast(tiny, override, key):
+    cfg = tiny(override, "runtime.placement_timeout_s=600")
+    rt = runtime.ActorRuntime(cfg.runtime)
+    t0 = time.monotonic()
+    with pytest.raises(runtime.PlacementError, match=key) as err:
+        rt.make_workers(cfg, load_dataset(cfg.data))
+    assert time.monotonic() - t0 < 10
+    assert "\n" not in str(err.value)
+    assert rt.pg is None and not rt.actors
+
+
+def test_busy_resources_time_out_and_free_the_group(tiny):
+    """Possible in principle but not now (CPUs held by others): error after the timeout, group removed."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    blocker = placement_group([{"CPU": 3.0}])
+    assert blocker.wait(timeout_seconds=30)
+    try:
+        cfg = tiny("runtime.placement_timeout_s=1", "runtime.gpus_per_worker=0")
+        rt = runtime.ActorRuntime(cfg.runtime)
+        with pytest.raises(runtime.PlacementError, match="could not be placed within 1s"):
+            rt.make_workers(cfg, load_dataset(cfg.data))
+        states = [pg["state"] for pg in ray.util.placement_group_table().values()]
+        assert states.count("CREATED") == 1  # only the blocker; ours was removed
+    finally:
+        remove_placement_group(blocker)
+
+
+# ----------------------------------------------------------------------------- faults and Ctrl-C
+
+
+def _hook(at: str, action):
+    """An echo that runs ``action`` once, when the progress line of ``at`` (e.g. 'it 3/') shows."""
+    done = []
+    lines = []
+
+    def echo(msg: str) -> None:
+        lines.append(msg)
+        if at in msg and not done:
+            done.append(True)
+            action()
+
+    return echo, lines
+
+
+@pytest.mark.parametrize("schedule,victim", [("sync", "generator"), ("async", "mediator")])
+def test_killed_worker_restarts_from_the_last_checkpoint(tiny, schedule, victim):
+    """Kill a worker mid-run: the run restores both from the last checkpoint and finishes exactly."""
+    common = (f"runtime.schedule={schedule}", "run.iters=6", "run.checkpoint_every=2", "eval.every=3", ONE_THREAD)
+    ref = runtime.train(tiny(*common, "runtime.mode=local", "run.name=ref"), echo=_quiet)
+    cfg = tiny(*common, "run.name=killed")
+    rt = runtime.ActorRuntime(cfg.runtime)
+    before: dict = {}
+
+    def kill():
+        before.update(rt.placements())
+        ray.kill(rt.actors[victim], no_restart=False)
+
+    echo, lines = _hook("it 3/", kill)
+    try:
+        summary = loop.train(cfg, echo=echo, make_workers=rt.make_workers)
+        after = rt.placements()
+    finally:
+        rt.shutdown()
+    assert summary["iteration"] == 6
+    assert any("worker failure" in line and "from iteration 2" in line for line in lines), lines
+    _assert_same(_states(ref["run_dir"]), _states(summary["run_dir"]))
+    assert summary["metrics"] == ref["metrics"]
+    assert [r["iteration"] for r in loop.read_metrics(summary["run_dir"])] == [3, 6]
+    assert after[victim]["pid"] != before[victim]["pid"]  # a new process: Ray restarted it
+
+
+def test_worker_without_restarts_fails_with_a_clear_error(tiny):
+    cfg = tiny("run.iters=6", "runtime.max_restarts=0", "run.name=dead")
+    rt = runtime.ActorRuntime(cfg.runtime)
+    echo, _ = _hook("it 2/", lambda: ray.kill(rt.actors["mediator"], no_restart=False))
+    try:
+        with pytest.raises(runtime.WorkerLostError, match="max_restarts=0"):
+            loop.train(cfg, echo=echo, make_workers=rt.make_workers)
+    finally:
+        rt.shutdown()
+
+
+def test_ctrl_c_in_actor_mode_checkpoints_and_async_resume_is_exact(tiny):
+    """Ctrl-C writes a final checkpoint, in-flight sample batch included, and --resume goes on
+    from it exactly: stop + resume == an uninterrupted run."""
+    common = ("runtime.schedule=async", "runtime.staleness=1", "run.iters=6", "run.checkpoint_every=100", ONE_THREAD)
+    full = runtime.train(tiny(*common, "runtime.mode=local", "run.name=full"), echo=_quiet)
+    echo, lines = _hook("it 3/", lambda: os.kill(os.getpid(), signal.SIGINT))
+    stopped = runtime.train(tiny(*common, "run.name=stopped"), echo=echo)
+    assert stopped["interrupted"] and stopped["iteration"] == 3
+    assert any("--resume" in line for line in lines)
+    assert len(_states(stopped["run_dir"])["schedule"]["samples"]) == 1
+    resumed = runtime.train(loop.resume_config(stopped["run_dir"]), resume_dir=stopped["run_dir"], echo=_quiet)
+    assert resumed["iteration"] == 6
+    _assert_same(_states(full["run_dir"]), _states(resumed["run_dir"]))
+    assert resumed["metrics"] == full["metrics"]
+
+
+# ----------------------------------------------------------------------------- CLI and imports
+
+
+def _cli_args(tmp_path, data_cache):
+    from conftest import TINY
+
+    sets = [a for item in TINY + [f"data.cache_dir={data_cache}"] for a in ("--set", item)]
+    return ["train", "--iters", "2", "--logdir", str(tmp_path / "runs"), *sets]
+
+
+def test_cli_trains_with_actors_by_default_and_resumes_locally(tmp_path, data_cache):
+    runner = CliRunner()
+    res = runner.invoke(main, _cli_args(tmp_path, data_cache) + ["--schedule", "async", "--staleness", "1"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["iteration"] == 2
+    cfg = loop.resume_config(out["run_dir"])
+    assert (cfg.runtime.mode, cfg.runtime.schedule, cfg.runtime.staleness) == ("actors", "async", 1)
+    # Where a run lives may change on resume; its schedule may not.
+    res = runner.invoke(main, ["train", "--resume", out["run_dir"], "--iters", "3", "--local"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["iteration"] == 3
+    res = runner.invoke(main, ["train", "--resume", out["run_dir"], "--iters", "4", "--schedule", "sync"])
+    assert res.exit_code == 2 and "--schedule cannot change a resumed run" in res.output
+
+
+@pytest.mark.parametrize("flags,key", [
+    (["--staleness", "-1"], "runtime.staleness"),
+    (["--cpus-per-worker", "0"], "runtime.cpus_per_worker"),
+    (["--gpus-per-worker", "-2"], "runtime.gpus_per_worker"),
+    (["--local", "--address", "auto"], "runtime.address"),
+])
+def test_cli_rejects_bad_runtime_flags_in_one_line(tmp_path, data_cache, flags, key):
+    res = CliRunner().invoke(main, _cli_args(tmp_path, data_cache) + flags)
+    assert res.exit_code == 1
+    assert key in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_pure_modules_do_not_import_ray():
+    code = ("import sys; import cot_ray.cli, cot_ray.loop, cot_ray.learners, cot_ray.metrics, cot_ray.data; "
+            "sys.exit(1 if 'ray' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,207 @@
+"""Training on real sentences: text data sets, BLEU metrics, the saved vocabulary, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cot_ray.checkpoint import CheckpointError
+from cot_ray.cli import main
+from cot_ray.config import ConfigError, load_config
+from cot_ray.data import VOCAB_FILE, load_dataset
+from cot_ray.loop import read_metrics, train
+from cot_ray.metrics import TEXT_KEYS
+from cot_ray.text import EOS_ID, PAD_ID, Vocab, read_corpus
+
+WORDS = "a the cat dog bird sat ran on under mat tree red big small".split()
+LONG = " ".join(["the big red cat"] * 4)  # 16 words: longer than MAX_LEN - 1
+MAX_LEN = 10
+BLEU_KEYS = [k for k in TEXT_KEYS if k != "nll_test"]
+TINY_TEXT = [
+    "generator.emb_dim=8", "generator.hidden_dim=8", "mediator.emb_dim=16", "mediator.hidden_dim=16",
+    "cot.batch_size=8", f"data.max_len={MAX_LEN}", "eval.bleu_samples=16", "run.log_every=2",
+]
+
+
+def _sentences(n: int, seed: int) -> list:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 7))) for _ in range(n)]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """(train path, test path): one sentence per line, one training sentence too long for MAX_LEN."""
+    train_path, test_path = tmp_path / "train.txt", tmp_path / "test.txt"
+    train_path.write_text("\n".join(_sentences(60, 0) + [LONG]) + "\n", encoding="utf-8")
+    test_path.write_text("\n".join(_sentences(20, 1)) + "\n", encoding="utf-8")
+    return str(train_path), str(test_path)
+
+
+def _cfg(tmp_path, corpus, *overrides):
+    return load_config(None, TINY_TEXT + [
+        "data.source=text", f"data.train_path={corpus[0]}", f"data.test_path={corpus[1]}",
+        f"run.logdir={tmp_path / 'runs'}", *overrides])
+
+
+@pytest.fixture
+def cli(tmp_path):
+    runner = CliRunner()
+
+    def invoke(*args):
+        args = list(args)
+        if args[0] == "train":
+            args.insert(1, "--local")  # the in-process loop: no Ray in this module
+            if "--resume" not in args:
+                args[2:2] = ["--logdir", str(tmp_path / "runs")] + [a for kv in TINY_TEXT for a in ("--set", kv)]
+        return runner.invoke(main, args, catch_exceptions=False)
+
+    return invoke
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def test_text_dataset_eos_padding_truncation(tmp_path, corpus):
+    data = load_dataset(_cfg(tmp_path, corpus).data)
+    assert data.train.shape == (61, MAX_LEN) and data.test.shape == (20, MAX_LEN)
+    assert data.eos_id == EOS_ID and data.oracle is None
+    assert data.vocab == Vocab.build(read_corpus(corpus[0]))
+    first = read_corpus(corpus[0])[0]
+    row = data.train[0].tolist()
+    assert row[len(first)] == EOS_ID and set(row[len(first) + 1:]) <= {PAD_ID}
+    assert data.decode(row) == " ".join(first)
+    long_row = data.train[-1].tolist()  # cut to MAX_LEN words, no EOS
+    assert EOS_ID not in long_row and data.decode(long_row) == " ".join(LONG.split()[:MAX_LEN])
+    assert any("1 training sentences are longer" in n for n in data.notes)
+    assert data.references[0] == read_corpus(corpus[1])[0]  # BLEU references: uncut test sentences
+
+
+def test_max_len_zero_is_longest_plus_one(tmp_path, corpus):
+    data = load_dataset(_cfg(tmp_path, corpus, "data.max_len=0").data)
+    assert data.seq_len == len(LONG.split()) + 1 and not data.notes
+
+
+def test_bundled_coco():
+    data = load_dataset(load_config(None, ["data.source=coco"]).data)
+    assert data.train.shape == (10000, 36) and data.test.shape == (10000, 36)
+    assert data.vocab_size == 6097
+    assert data.decode(data.train[0]) == "a bicycle replica with a clock as the front wheel."
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="'data.train_path' is required"):
+        load_config(None, ["data.source=text"])
+    with pytest.raises(ConfigError, match="'data.test_path' is required"):
+        load_config(None, ["data.source=text", "data.train_path=x.txt"])
+    for bad, key in (("data.source=wiki", "data.source"), ("data.max_vocab=3", "data.max_vocab"),
+                     ("data.min_count=0", "data.min_count"), ("eval.bleu_samples=1", "eval.bleu_samples"),
+                     ("data.max_len=-1", "data.max_len")):
+        with pytest.raises(ConfigError, match=f"'{key}'"):
+            load_config(None, ["data.source=coco", bad])
+    cfg = load_config(None, ["data.source=coco"])  # text defaults: wider models, M twice G
+    assert (cfg.generator.hidden_dim, cfg.mediator.hidden_dim) == (64, 128)
+    assert load_config(None, ["data.source=coco", "generator.hidden_dim=16"]).generator.hidden_dim == 16
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+@pytest.mark.parametrize("algo", ["cot", "mle"])
+def test_train_both_algorithms_on_text(tmp_path, corpus, algo):
+    cfg = _cfg(tmp_path, corpus, f"cot.algo={algo}", "run.iters=4", "eval.every=2", f"run.name={algo}",
+               "eval.num_test=100000")  # more than the test set: all of it
+    lines: list = []
+    out = train(cfg, echo=lines.append)
+    m = out["metrics"]
+    assert out["iteration"] == 4
+    assert set(m) == set(TEXT_KEYS)  # no oracle metrics on text
+    assert math.isfinite(m["nll_test"]) and 0 < m["nll_test"] < math.log(len(WORDS) + 3) + 0.5
+    assert all(0.0 <= m[k] <= 1.0 for k in BLEU_KEYS)
+    assert [r["iteration"] for r in read_metrics(out["run_dir"])] == [2, 4]
+    assert all(k in read_metrics(out["run_dir"])[-1] for k in BLEU_KEYS)
+    assert any("1 training sentences are longer" in s for s in lines)
+    # The vocabulary is saved with the run and recorded, with the resolved length, in its config.
+    vocab_path = os.path.join(out["run_dir"], VOCAB_FILE)
+    assert Vocab.load(vocab_path) == Vocab.build(read_corpus(corpus[0]))
+    with open(os.path.join(out["run_dir"], "config.yaml"), encoding="utf-8") as f:
+        saved = yaml.safe_load(f)["data"]
+    assert saved["vocab_path"] == os.path.abspath(vocab_path) and saved["max_len"] == MAX_LEN
+
+
+def test_minutes_budget_is_used_in_full_and_ends_with_eval_and_checkpoint(tmp_path, corpus):
+    cfg = _cfg(tmp_path, corpus, "cot.algo=mle", "run.iters=0", "run.minutes=0.02", "eval.every=0",
+               "run.log_every=1", "run.name=clock")  # 1.2 s of training
+    out = train(cfg, echo=lambda s: None)
+    assert 1.2 <= out["elapsed_s"] < 5.0  # the whole budget (not half of it), evaluation excluded
+    assert set(out["metrics"]) == set(TEXT_KEYS)  # the last iteration evaluated...
+    assert os.path.exists(os.path.join(out["run_dir"], "checkpoint.pt"))  # ...and saved
+
+
+def test_cli_eval_sample_resume_and_saved_vocab(cli, corpus, tmp_path):
+    res = cli("train", "--data", corpus[0], "--test-data", corpus[1], "--iters", "3", "--algo", "mle",
+              "--set", "run.name=t")
+    assert res.exit_code == 0, res.output
+    run_dir = json.loads(res.output.strip().splitlines()[-1])["run_dir"]
+
+    res = cli("eval", run_dir, "--json", "--samples", "8")
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.output.strip().splitlines()[-1])
+    assert ev["iteration"] == 3 and all(isinstance(ev[k], float) for k in TEXT_KEYS)
+    assert ev["nll_oracle"] is None and ev["jsd"] is None  # oracle-only keys are null on text
+
+    vocab = Vocab.load(os.path.join(run_dir, VOCAB_FILE))
+    res = cli("sample", run_dir, "-n", "6")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.split("\n")[:6]
+    assert len(lines) == 6
+    assert all(w in vocab and w not in ("<pad>", "<eos>") for line in lines for w in line.split())
+    assert all(len(line.split()) <= MAX_LEN for line in lines)
+
+    # A changed training file would change the ids: the run keeps its saved vocabulary.
+    with open(corpus[0], "a", encoding="utf-8") as f:
+        f.write("zebra giraffe zebra okapi\n" * 3)
+    res = cli("sample", run_dir, "-n", "6")
+    assert res.exit_code == 0 and res.stdout.split("\n")[:6] == lines
+    assert "differs from the saved" in res.stderr
+    res = cli("train", "--resume", run_dir, "--iters", "4")
+    assert res.exit_code == 0, res.output
+    assert Vocab.load(os.path.join(run_dir, VOCAB_FILE)) == vocab
+
+    # Without its vocabulary (and with the recorded path gone too): a clear one-line error.
+    os.remove(os.path.join(run_dir, VOCAB_FILE))
+    res = cli("sample", run_dir)
+    assert res.exit_code != 0 and "has lost its vocabulary" in res.output
+    # A config that rebuilds the vocabulary from the changed corpus: size mismatch, clear error.
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    with open(cfg_path, encoding="utf-8") as f:
+        saved = yaml.safe_load(f)
+    saved["data"]["vocab_path"] = ""
+    with open(cfg_path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(saved, f)
+    res = cli("eval", run_dir, "--json")
+    assert res.exit_code != 0 and "vocabulary of" in res.output and "Traceback" not in res.output
+    with pytest.raises(CheckpointError, match="the corpus or data settings changed"):
+        train(load_config(cfg_path, ["run.iters=5"]), resume_dir=run_dir)
+
+
+def test_cli_bad_data_one_line_errors(cli, corpus, tmp_path):
+    empty, binary, other = tmp_path / "empty.txt", tmp_path / "bin.bin", tmp_path / "other.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    binary.write_bytes(b"\x00\x01\x02caption\x00")
+    other.write_text("zwei drei vier\nfunf sechs\n", encoding="utf-8")
+    cases = [((str(empty), corpus[1]), "is empty"), ((str(binary), corpus[1]), "looks binary"),
+             ((corpus[0], str(other)), "does not match the vocabulary"),
+             ((str(tmp_path / "missing.txt"), corpus[1]), "does not exist")]
+    for (train_file, test_file), message in cases:
+        res = cli("train", "--data", train_file, "--test-data", test_file, "--iters", "1")
+        assert res.exit_code != 0 and message in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    res = cli("train", "--data", corpus[0], "--iters", "1")
+    assert res.exit_code != 0 and "needs --test-data" in res.output
+    assert not os.path.exists(tmp_path / "runs")  # nothing was started
