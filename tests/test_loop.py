@@ -7,31 +7,15 @@ import signal
 import struct
 
 import pytest
-import torch
 
 from cot_ray.checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint
 from cot_ray.config import ConfigError, read_yaml
 from cot_ray.loop import METRICS_FILE, read_metrics, resume_config, train
+from tests.conftest import assert_same_tree
 
 
 def _quiet(_msg: str) -> None:
     pass
-
-
-def _assert_same_tree(a, b, path="state"):
-    """Bitwise equality of nested checkpoint states (tensors, dicts, lists, numbers)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            _assert_same_tree(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_tree(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def _learner_state(run_dir):
@@ -47,7 +31,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny, algo):
     assert half["iteration"] == 3
     resumed = train(resume_config(half["run_dir"], iters=6), resume_dir=half["run_dir"], echo=_quiet)
     assert resumed["iteration"] == full["iteration"] == 6
-    _assert_same_tree(_learner_state(full["run_dir"]), _learner_state(resumed["run_dir"]))
+    assert_same_tree(_learner_state(full["run_dir"]), _learner_state(resumed["run_dir"]))
     # Evaluation is seeded by iteration, so the metrics agree too.
     assert resumed["metrics"] == full["metrics"]
     rows = read_metrics(resumed["run_dir"])
@@ -68,7 +52,7 @@ def test_ctrl_c_checkpoints_and_resume_completes_exactly(tiny):
     assert load_checkpoint(os.path.join(run_dir, CHECKPOINT))["iteration"] == stopped["iteration"]
     resumed = train(resume_config(run_dir), resume_dir=run_dir, echo=_quiet)
     assert resumed["iteration"] == 5
-    _assert_same_tree(_learner_state(full["run_dir"]), _learner_state(run_dir))
+    assert_same_tree(_learner_state(full["run_dir"]), _learner_state(run_dir))
 
 
 def _event_tags(run_dir):

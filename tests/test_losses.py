@@ -21,13 +21,8 @@ V, T = 3, 3
 ALL = torch.tensor(list(itertools.product(range(V), repeat=T)))  # (27, T), lexicographic
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny tensors: one intra-op thread (shared fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_lm(seed, init_std=1.0, hidden=8, emb=4, dtype=torch.float64):

@@ -12,13 +12,8 @@ from cot_ray.config import ModelConfig
 from cot_ray.models import LSTMLM, copy_weights, cpu_weights
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny tensors: one intra-op thread (shared fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(vocab=4, seed=0, init_std=1.0, hidden=8, emb=4, layers=1, dropout=0.0, start_token=0):

@@ -28,6 +28,7 @@ from cot_ray import loop, runtime  # noqa: E402
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint  # noqa: E402
 from cot_ray.cli import main  # noqa: E402
 from cot_ray.data import load_dataset  # noqa: E402
+from tests.conftest import assert_same_tree  # noqa: E402
 
 # Same thread count in the driver as in each worker, so the in-process reference does the
 # very same float operations as the actors.
@@ -52,22 +53,6 @@ def _quiet(_msg: str) -> None:
 def _states(run_dir: str) -> dict:
     state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
     return {k: state.get(k) for k in ("g", "m", "schedule", "iteration", "m_updates")}
-
-
-def _assert_same(a, b, path="state"):
-    """Bitwise equality of nested states (tensors, dicts, lists, numbers)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            _assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def _differs(a: dict, b: dict) -> bool:
@@ -113,7 +98,7 @@ def test_sync_actors_equal_the_in_process_loop_and_each_has_its_own_gpu(tiny):
     finally:
         rt.shutdown()
     assert act["iteration"] == ref["iteration"] == 5
-    _assert_same(_states(ref["run_dir"]), _states(act["run_dir"]))
+    assert_same_tree(_states(ref["run_dir"]), _states(act["run_dir"]))
     assert act["metrics"] == ref["metrics"]
     assert loop.read_metrics(act["run_dir"]) == [
         {**r, "elapsed_s": a["elapsed_s"]} for r, a in zip(loop.read_metrics(ref["run_dir"]), loop.read_metrics(act["run_dir"]))]
@@ -129,7 +114,7 @@ def test_async_pipeline_is_deterministic_and_logs_staleness(tiny):
     common = ("runtime.schedule=async", "runtime.staleness=2", "run.iters=5", ONE_THREAD)
     ref = runtime.train(tiny(*common, "runtime.mode=local", "run.name=local"), echo=_quiet)
     act = runtime.train(tiny(*common, "run.name=actors"), echo=_quiet)
-    _assert_same(_states(ref["run_dir"]), _states(act["run_dir"]))
+    assert_same_tree(_states(ref["run_dir"]), _states(act["run_dir"]))
     state = _states(act["run_dir"])
     assert [v for v, _ in state["schedule"]["samples"]] == [3, 4]  # in flight: G versions 3 and 4
     scalars = _train_scalars(act["run_dir"])
@@ -147,7 +132,7 @@ def test_async_with_staleness_zero_is_the_sync_schedule(tiny):
     k0 = runtime.train(tiny(*common, "runtime.schedule=async", "runtime.staleness=0", "run.name=k0"), echo=_quiet)
     a, b = _states(sync["run_dir"]), _states(k0["run_dir"])
     for key in ("g", "m"):
-        _assert_same(a[key], b[key], key)
+        assert_same_tree(a[key], b[key], key)
 
 
 # ----------------------------------------------------------------------------- placement
@@ -224,7 +209,7 @@ def test_killed_worker_restarts_from_the_last_checkpoint(tiny, schedule, victim)
         rt.shutdown()
     assert summary["iteration"] == 6
     assert any("worker failure" in line and "from iteration 2" in line for line in lines), lines
-    _assert_same(_states(ref["run_dir"]), _states(summary["run_dir"]))
+    assert_same_tree(_states(ref["run_dir"]), _states(summary["run_dir"]))
     assert summary["metrics"] == ref["metrics"]
     assert [r["iteration"] for r in loop.read_metrics(summary["run_dir"])] == [3, 6]
     assert after[victim]["pid"] != before[victim]["pid"]  # a new process: Ray restarted it
@@ -253,7 +238,7 @@ def test_ctrl_c_in_actor_mode_checkpoints_and_async_resume_is_exact(tiny):
     assert len(_states(stopped["run_dir"])["schedule"]["samples"]) == 1
     resumed = runtime.train(loop.resume_config(stopped["run_dir"]), resume_dir=stopped["run_dir"], echo=_quiet)
     assert resumed["iteration"] == 6
-    _assert_same(_states(full["run_dir"]), _states(resumed["run_dir"]))
+    assert_same_tree(_states(full["run_dir"]), _states(resumed["run_dir"]))
     assert resumed["metrics"] == full["metrics"]
 
 
