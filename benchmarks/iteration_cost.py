@@ -19,6 +19,7 @@ import torch
 from cot_ray.config import load_config
 from cot_ray.data import load_dataset
 from cot_ray.loop import initial_sync, local_workers, schedule_iteration
+from cot_ray.memory import retain_freed_memory
 
 
 def _sync(device: str) -> None:
@@ -79,6 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    retain_freed_memory()
     data = load_dataset(load_config().data)
     _, _, run_mle = time_iterations("mle", data, args.iters, args.device)
     w_cot, cfg_cot, run_cot = time_iterations("cot", data, args.iters, args.device)

@@ -123,7 +123,26 @@ class RuntimeConfig:
     gpus_per_worker: float = -1.0  # GPUs for each of G and M; -1: one each if the cluster has two, else 0
     cpus_per_worker: int = 1  # CPUs (and torch threads) for each of G and M
     max_restarts: int = 3  # times Ray restarts a dead worker; the run then resumes from its last checkpoint
+    inner_actor: bool = False  # nested: run the inner mediators in their own actor (own GPU when there are enough)
     placement_timeout_s: float = 60.0  # give up (with an error) if the workers cannot be placed in this time
+
+
+@dataclass
+class NestedConfig:
+    """Nested CoT (``--nested``): the mediator is trained with CoT instead of MLE.
+
+    M's target is the balanced mixture of real data and G's samples. In nested mode M plays
+    the generator of an inner CoT game on that mixture: an inner mediator (``inner_mediator``)
+    learns the mixture of "mixture samples" and M's own samples by MLE, and M takes CoT
+    generator steps against it. With ``depth`` > 1 the inner mediator is itself trained the
+    same way, one level further down; every level uses ``inner_mediator``, ``inner_optim``
+    and the ratios below.
+    """
+
+    enabled: bool = False  # train the mediator with an inner CoT game (``--nested``)
+    depth: int = 1  # inner levels (``--nest-depth``); 1: one inner mediator
+    m_steps: int = 1  # inner-mediator updates per mediator step
+    g_steps: int = 1  # CoT updates of the mediator per mediator step
 
 
 def _default_mediator() -> ModelConfig:
@@ -140,6 +159,9 @@ class Config:
     mediator: ModelConfig = field(default_factory=_default_mediator)
     g_optim: OptimConfig = field(default_factory=OptimConfig)
     m_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3))
+    nested: NestedConfig = field(default_factory=NestedConfig)
+    inner_mediator: ModelConfig = field(default_factory=_default_mediator)  # nested: inner mediators' model
+    inner_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3))  # nested: inner mediators
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -168,13 +190,14 @@ class Config:
             _check(c.eval.num_test <= c.data.num_test, "eval.num_test",
                    f"must be <= data.num_test ({c.data.num_test}), got {c.eval.num_test}")
         self._validate_text_data()
-        for name in ("generator", "mediator"):
+        self._validate_nested()
+        for name in ("generator", "mediator", "inner_mediator"):
             m: ModelConfig = getattr(c, name)
             for f in ("emb_dim", "hidden_dim", "num_layers"):
                 _check(getattr(m, f) >= 1, f"{name}.{f}", f"must be >= 1, got {getattr(m, f)}")
             _check(0.0 <= m.dropout < 1.0, f"{name}.dropout", f"must be in [0, 1), got {m.dropout}")
             _check(m.init_std > 0, f"{name}.init_std", f"must be > 0, got {m.init_std}")
-        for name in ("g_optim", "m_optim"):
+        for name in ("g_optim", "m_optim", "inner_optim"):
             o: OptimConfig = getattr(c, name)
             _check(o.lr > 0, f"{name}.lr", f"must be > 0, got {o.lr}")
             for f in ("beta1", "beta2"):
@@ -182,6 +205,19 @@ class Config:
             _check(o.grad_clip >= 0, f"{name}.grad_clip", f"must be >= 0, got {o.grad_clip}")
         self._validate_runtime()
         return self
+
+    def _validate_nested(self) -> None:
+        n = self.nested
+        for key in ("nested.depth", "nested.m_steps", "nested.g_steps"):
+            _check(_get(self, key) >= 1, key, f"must be >= 1 when given, got {_get(self, key)}"
+                   + (" (turn nesting off by leaving out --nested)" if key == "nested.depth" else ""))
+        if n.enabled:
+            _check(self.cot.algo == "cot", "nested.enabled",
+                   "needs cot.algo 'cot' (an MLE run has no mediator): drop --nested or use --algo cot")
+        _check(n.enabled or not self.runtime.inner_actor, "runtime.inner_actor",
+               "places the inner mediator of a nested run: add --nested, or drop --inner-actor")
+        _check(not self.runtime.inner_actor or self.runtime.mode == "actors", "runtime.inner_actor",
+               "needs actors (runtime.mode 'actors'): drop --local or drop --inner-actor")
 
     def _validate_text_data(self) -> None:
         d = self.data

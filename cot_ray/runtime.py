@@ -134,6 +134,14 @@ class MediatorWorker(_Worker, MediatorLearner):
     learner_cls = MediatorLearner
 
 
+WORKER_CLASSES = {"generator": GeneratorWorker, "mediator": MediatorWorker}
+
+
+def worker_names(cfg: Config) -> list[str]:
+    """The actors a run of ``cfg`` needs, in placement-bundle order (one bundle each)."""
+    return ["generator", "mediator"] if cfg.cot.algo == "cot" else ["generator"]
+
+
 def remote_call(actor, method: str, *args):
     """``Workers.call_fn`` for actors: submit ``actor.method(*args)``; -> an object ref."""
     return getattr(actor, method).remote(*args)
@@ -369,12 +377,13 @@ class ActorRuntime:
 
     def make_workers(self, cfg: Config, data: Dataset) -> loop.Workers:
         r = self.rcfg
-        names = ["generator", "mediator"] if cfg.cot.algo == "cot" else ["generator"]
+        names = worker_names(cfg)
         bundle = worker_bundle(r, len(names))
         self.pg = create_placement_group([bundle] * len(names), r.spread, r.placement_timeout_s)
         self.train_ref = ray.put(data.train)  # held here, so a restarted worker can get it again
         args = (cfg, data.vocab_size, data.seq_len, data.eos_id, r.cpus_per_worker)
-        for i, (name, cls) in enumerate(zip(names, (GeneratorWorker, MediatorWorker))):
+        for i, name in enumerate(names):
+            cls = WORKER_CLASSES[name]
             self.actors[name] = ray.remote(cls).options(
                 num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0.0),
                 max_restarts=r.max_restarts, max_task_retries=0,
