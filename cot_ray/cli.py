@@ -35,6 +35,7 @@ _RUNTIME_FLAGS = {  # click parameter -> (flag, config key); the schedule flags 
     "spread": ("--spread/--pack", "runtime.spread"), "gpus_per_worker": ("--gpus-per-worker", "runtime.gpus_per_worker"),
     "cpus_per_worker": ("--cpus-per-worker", "runtime.cpus_per_worker"),
     "schedule": ("--schedule", "runtime.schedule"), "staleness": ("--staleness", "runtime.staleness"),
+    "inner_actor": ("--inner-actor/--inner-local", "runtime.inner_actor"),
 }
 _MATH_FLAGS = ("schedule", "staleness")
 
@@ -59,6 +60,9 @@ def _runtime_options(f):
                      help="GPUs for each of G and M; -1: one each if there are two (config runtime.gpus_per_worker)."),
         click.option("--cpus-per-worker", type=int, metavar="N",
                      help="CPUs and torch threads for each of G and M (config runtime.cpus_per_worker)."),
+        click.option("--inner-actor/--inner-local", "inner_actor", default=None,
+                     help="--nested: run the inner mediators in their own actor (own device) instead of "
+                          "inside the mediator's worker (config runtime.inner_actor)."),
     ]
 
     @functools.wraps(f)
@@ -117,8 +121,13 @@ def _run_training(cfg, resume_dir: Optional[str]) -> dict:
                    "text file with one sentence per line (config data.source/data.train_path).")
 @click.option("--test-data", "test_data", type=click.Path(dir_okay=False), metavar="PATH",
               help="Held-out sentences for NLL_test and BLEU, with --data PATH (config data.test_path).")
+@click.option("--nested", is_flag=True, default=None,
+              help="Nested CoT: train the mediator with its own inner CoT game instead of MLE (config nested.enabled).")
+@click.option("--nest-depth", "nest_depth", type=int, metavar="D",
+              help="With --nested: levels of inner mediators, 1 or more (config nested.depth).")
 @_runtime_options
-def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed, data_arg, test_data, runtime):
+def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed, data_arg, test_data,
+          nested, nest_depth, runtime):
     """Train a generator with CoT (default) or MLE on the oracle, COCO captions or your sentences."""
     from .config import from_dict, parse_overrides
     from .loop import resume_config
@@ -126,7 +135,8 @@ def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed
     if resume_dir:
         changed = [n for n, v in (("--algo", algo), ("--config", config_path), ("--set", overrides),
                                   ("--logdir", logdir), ("--seed", seed), ("--data", data_arg),
-                                  ("--test-data", test_data)) if v]
+                                  ("--test-data", test_data), ("--nested", nested),
+                                  ("--nest-depth", nest_depth is not None)) if v]
         if changed:
             raise click.UsageError(f"{', '.join(changed)} cannot change a resumed run: only --iters and "
                                    "--minutes may be given with --resume")
@@ -147,6 +157,12 @@ def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed
         if seed is not None:
             items.append(f"run.seed={seed}")
         items.extend(_data_overrides(data_arg, test_data))
+        if nest_depth is not None and not nested:
+            raise ConfigError("--nest-depth sets the depth of nested CoT: add --nested")
+        if nested:
+            items.append("nested.enabled=true")
+        if nest_depth is not None:
+            items.append(f"nested.depth={nest_depth}")
         items.extend(_runtime_overrides(runtime, resumed=False))
         cfg = load_config(config_path, items)
     summary = _run_training(cfg, resume_dir)
@@ -187,6 +203,49 @@ def _load_run(run_dir: str):
     cfg = resume_config(run_dir)
     state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
     return cfg, state
+
+
+@main.command("tune")
+@click.argument("sweep_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
+@click.option("--address", metavar="auto|ray://HOST:PORT", default="",
+              help="Join this Ray cluster instead of starting a local Ray.")
+@click.option("--num-samples", type=click.IntRange(min=1), help="Samples of the search space (tune.num_samples).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), metavar="EXPERIMENT_DIR",
+              help="Continue an interrupted sweep (the directory printed when it started).")
+@click.option("--storage", metavar="DIR|URI", help="Where experiments go (tune.storage_path).")
+@click.option("--name", help="Experiment name (tune.name; default: the file name and the time).")
+@click.option("--max-concurrent", type=click.IntRange(min=0), help="Trials at once; 0: no limit (tune.max_concurrent).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key of the base training config, e.g. --set data.cache_dir=/data (repeatable).")
+def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_concurrent, overrides):
+    """Sweep training hyperparameters with Ray Tune (ASHA, PBT); see the sweep file format in the README."""
+    from . import tune as sweeps  # imports Ray Tune: only this command needs it
+
+    if resume_dir:
+        changed = [n for n, v in (("--num-samples", num_samples), ("--storage", storage), ("--name", name),
+                                  ("--max-concurrent", max_concurrent)) if v is not None]
+        if changed:
+            raise click.UsageError(f"{', '.join(changed)} cannot change a resumed sweep: give CONFIG.yaml "
+                                   "(and --set) as when it started, and --address if needed")
+    sweep = sweeps.load_sweep(sweep_path, overrides, num_samples, max_concurrent, storage, name)
+    summary = sweeps.run_sweep(sweep, address=address, resume_dir=resume_dir)
+    click.echo(summary["table"])
+    best = summary["best"]
+    if summary["interrupted"]:
+        click.echo(f"[cot-ray] sweep interrupted: continue it with: cot-ray tune {sweep_path} "
+                   f"--resume {summary['experiment']}", err=True)
+    elif best is None:
+        raise click.ClickException(f"no trial of {summary['experiment']} reported {sweep.tune.metric}: see the "
+                                   "error.txt files in its trial directories")
+    else:
+        click.echo(f"[cot-ray] best trial {best.trial_id}: {sweep.tune.metric} {best.metric:.4f}; its config: "
+                   f"{summary['best_config']} (cot-ray train --config {summary['best_config']})", err=True)
+    click.echo(json.dumps({"experiment": summary["experiment"], "trials": len(summary["rows"]),
+                           "interrupted": summary["interrupted"],
+                           "best_trial": best.trial_id if best else None,
+                           "metric": sweep.tune.metric, "best_metric": best.metric if best else None,
+                           "best_values": best.values if best else None,
+                           "best_config": summary["best_config"]}))
 
 
 @main.command("eval")

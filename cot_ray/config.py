@@ -211,6 +211,7 @@ class Config:
         for key in ("nested.depth", "nested.m_steps", "nested.g_steps"):
             _check(_get(self, key) >= 1, key, f"must be >= 1 when given, got {_get(self, key)}"
                    + (" (turn nesting off by leaving out --nested)" if key == "nested.depth" else ""))
+        _check(n.depth <= 8, "nested.depth", f"must be <= 8 (each level trains a whole model), got {n.depth}")
         if n.enabled:
             _check(self.cot.algo == "cot", "nested.enabled",
                    "needs cot.algo 'cot' (an MLE run has no mediator): drop --nested or use --algo cot")

@@ -14,16 +14,30 @@ import torch
 
 from .config import Config, ModelConfig, OptimConfig
 from .data import BatchSampler
-from .losses import cot_generator_loss, mediator_loss, mle_loss
+from .fused import fused_cot_generator_loss, fused_mediator_loss_joint, fused_mle_loss
+from .losses import mixture_loss
+from .memory import retain_freed_memory
 from .models import LSTMLM, copy_weights, cpu_weights
 from .text import sequence_mask as text_mask
 
-# Offsets that give each RNG stream of a run its own seed.
-_INIT_G, _INIT_M, _SAMPLE_G, _BATCH_G, _BATCH_M, _DROPOUT_M = range(1, 7)
+# Offsets that give each RNG stream of a run its own seed. Mediators of nested CoT have
+# three streams per level: level L > 0 uses 10 * L + (_INIT_M, _DROPOUT_M, _SAMPLE_M).
+_INIT_G, _INIT_M, _SAMPLE_G, _BATCH_G, _BATCH_M, _DROPOUT_M, _SAMPLE_M = range(1, 8)
 
 
 def stream_seed(run_seed: int, stream: int) -> int:
     return run_seed * 1000 + stream
+
+
+def level_stream(level: int, stream: int) -> int:
+    """The RNG stream ``stream`` of the mediator at nesting ``level`` (0: M itself)."""
+    return stream if level == 0 else 10 * level + stream
+
+
+def level_prefix(level: int) -> str:
+    """Stats prefix of a mediator: "m_" for M; "inner/" per level below it (TensorBoard
+    then shows them as train/inner/..., train/inner/inner/...)."""
+    return "m_" if level == 0 else "inner/" * level
 
 
 def sequence_mask(tokens: torch.Tensor, eos_id: Optional[int]) -> Optional[torch.Tensor]:
@@ -32,6 +46,9 @@ def sequence_mask(tokens: torch.Tensor, eos_id: Optional[int]) -> Optional[torch
 
 
 def _build(vocab_size: int, mcfg: ModelConfig, ocfg: OptimConfig, seed: int, device: torch.device):
+    # Every learner's process (an actor, or the in-process loop) trains with large temporaries:
+    # let malloc keep freed memory instead of re-faulting fresh pages (see memory.py).
+    retain_freed_memory()
     model = LSTMLM(vocab_size, mcfg)
     model.init_weights(torch.Generator().manual_seed(seed))
     model.to(device)
@@ -49,6 +66,30 @@ def _update(model: LSTMLM, optim: torch.optim.Optimizer, loss: torch.Tensor, gra
 
 def _to_floats(stats: dict, prefix: str) -> dict:
     return {f"{prefix}{k}": float(v) for k, v in stats.items()}
+
+
+def _mean_stats(stats: list[dict]) -> dict:
+    """Per-key means of several steps' stats (a key missing from some steps averages the rest)."""
+    sums: dict = {}
+    for st in stats:
+        for k, v in st.items():
+            total, n = sums.get(k, (0.0, 0))
+            sums[k] = (total + v, n + 1)
+    return {k: total / n for k, (total, n) in sums.items()}
+
+
+def _cot_update(model: LSTMLM, optim: torch.optim.Optimizer, target: LSTMLM, own: torch.Tensor,
+                mask: Optional[torch.Tensor], grad_clip: float, dropout_gen: Optional[torch.Generator] = None) -> dict:
+    """One CoT generator update of ``model`` on its own samples ``own`` (B, T): minimise the
+    per-step KL(pi_model || pi_target) with ``target`` held fixed (no gradient reaches it)."""
+    model.train()
+    with torch.no_grad():
+        t_hidden = target.hidden(own)  # (B, T, H_target); the fused loss runs both output layers
+    loss, stats = fused_cot_generator_loss(model.hidden(own, dropout_gen), model.out.weight, model.out.bias,
+                                           t_hidden, target.out.weight, target.out.bias, mask)
+    stats["grad_norm"] = _update(model, optim, loss, grad_clip)
+    model.eval()
+    return stats
 
 
 class GeneratorLearner:
@@ -83,12 +124,8 @@ class GeneratorLearner:
     def step_cot(self, fake: torch.Tensor, start: int = 0, size: Optional[int] = None) -> dict:
         """One CoT update on ``fake[start:start+size]``, G's own samples: minimise KL(pi_G || pi_M)."""
         fake = fake[start:start + (size or len(fake))].to(self.device)
-        mask = sequence_mask(fake, self.eos_id)
-        self.model.train()
-        with torch.no_grad():
-            m_logits = self.mediator(fake)
-        loss, stats = cot_generator_loss(self.model(fake), m_logits, mask)
-        stats["grad_norm"] = _update(self.model, self.optim, loss, self.cfg.g_optim.grad_clip)
+        stats = _cot_update(self.model, self.optim, self.mediator, fake, sequence_mask(fake, self.eos_id),
+                            self.cfg.g_optim.grad_clip)
         self.steps += 1
         return _to_floats(stats, "g_")
 
@@ -96,7 +133,8 @@ class GeneratorLearner:
         """One MLE update on a batch of real sequences."""
         real = self.batches.next().to(self.device)
         self.model.train()
-        loss, stats = mle_loss(self.model(real), real, sequence_mask(real, self.eos_id))
+        loss, stats = fused_mle_loss(self.model.hidden(real), self.model.out.weight, self.model.out.bias, real,
+                                     sequence_mask(real, self.eos_id))
         stats["grad_norm"] = _update(self.model, self.optim, loss, self.cfg.g_optim.grad_clip)
         self.steps += 1
         return _to_floats(stats, "g_")
@@ -120,46 +158,148 @@ class GeneratorLearner:
         self.steps = int(state["steps"])
 
 
-class MediatorLearner:
-    """M: maximum likelihood on a balanced batch of real sequences and G's samples."""
+class MixtureLearner:
+    """A model fitted to a weighted mixture of groups of sequences: by MLE, or by nested CoT.
 
-    def __init__(self, cfg: Config, vocab_size: int, seq_len: int, train: torch.Tensor,
-                 eos_id: Optional[int] = None, device: str = "cpu"):
+    ``fit(groups)`` takes one step towards ``sum_k w_k * D_k``, where ``groups`` is
+    ``[(tokens_k (n_k, T), w_k), ...]`` with weights summing to 1 and ``tokens_k`` samples of
+    ``D_k``. At the innermost level that step is MLE on the groups, each group's mean per-token
+    NLL weighted by ``w_k`` (with two halves of weight 1/2 this is exactly ``L_M``).
+
+    Above it (``cfg.nested``), the model plays the generator of an inner CoT game whose data
+    distribution is that mixture: it draws ``(nested.m_steps + 1) * B`` samples; an inner
+    learner one level down takes ``nested.m_steps`` steps towards the balanced mixture of the
+    groups (weights halved) and those samples (weight 1/2); this model then takes
+    ``nested.g_steps`` CoT steps against the inner model (the first on the last chunk of the
+    samples, each further one on fresh samples), exactly as G does against M.
+
+    The inner learner is built here (same process and device) unless ``runtime.inner_actor``
+    asks for its own actor, which the runtime then attaches with :meth:`attach_inner`; either
+    way it is reached through the same four calls (``fit``, ``get_weights``, ``state``,
+    ``load_state``) and its weights are copied into ``inner_model`` before the CoT steps, so
+    both placements compute the same numbers.
+    """
+
+    def __init__(self, cfg: Config, vocab_size: int, seq_len: int, eos_id: Optional[int] = None,
+                 device: str = "cpu", level: int = 1):
         self.cfg = cfg
+        self.seq_len = seq_len
         self.eos_id = eos_id
+        self.level = level
         self.device = torch.device(device)
-        self.model, self.optim = _build(vocab_size, cfg.mediator, cfg.m_optim,
-                                        stream_seed(cfg.run.seed, _INIT_M), self.device)
-        self.batches = BatchSampler(train, cfg.cot.batch_size, stream_seed(cfg.run.seed, _BATCH_M))
-        self.dropout_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.run.seed, _DROPOUT_M))
+        mcfg, self.ocfg = (cfg.mediator, cfg.m_optim) if level == 0 else (cfg.inner_mediator, cfg.inner_optim)
+        seed = cfg.run.seed
+        self.model, self.optim = _build(vocab_size, mcfg, self.ocfg, stream_seed(seed, level_stream(level, _INIT_M)),
+                                        self.device)
+        self.dropout_gen = torch.Generator(device=self.device).manual_seed(
+            stream_seed(seed, level_stream(level, _DROPOUT_M)))
+        self.nested = cfg.nested.enabled and level < cfg.nested.depth
+        self.inner = None
+        if self.nested:
+            self.gen = torch.Generator(device=self.device).manual_seed(stream_seed(seed, level_stream(level, _SAMPLE_M)))
+            self.inner_model = LSTMLM(vocab_size, cfg.inner_mediator).to(self.device).eval().requires_grad_(False)
+            if not (level == 0 and cfg.runtime.inner_actor):
+                self.inner = MixtureLearner(cfg, vocab_size, seq_len, eos_id, device, level + 1)
         self.steps = 0
 
-    def step(self, fake: torch.Tensor, start: int = 0, size: Optional[int] = None) -> dict:
-        """One update of ``L_M`` on a fresh real batch and ``fake[start:start+size]``."""
-        fake = fake[start:start + (size or len(fake))].to(self.device)
-        real = self.batches.next().to(self.device)
-        both = torch.cat([real, fake])  # one forward pass over the 2B sequences
-        self.model.train()  # dropout on, drawn from this learner's own generator
-        logits = self.model(both, self.dropout_gen)
-        n = len(real)
-        loss, stats = mediator_loss(logits[:n], real, logits[n:], fake,
-                                    sequence_mask(real, self.eos_id), sequence_mask(fake, self.eos_id))
-        stats["grad_norm"] = _update(self.model, self.optim, loss, self.cfg.m_optim.grad_clip)
+    def attach_inner(self, inner) -> None:
+        """Use ``inner`` (an object with fit/get_weights/state/load_state, e.g. a handle to an
+        actor) as the inner learner."""
+        self.inner = inner
+
+    def sample(self, n: int) -> torch.Tensor:
+        """-> (n, T) int64 on the CPU: this model's own samples (nested levels only)."""
         self.model.eval()
+        return self.model.sample(n, self.seq_len, self.gen).cpu()
+
+    def fit(self, groups: list) -> dict:
+        """One step towards the mixture of ``groups``; -> float stats named for this level."""
+        stats = self._cot_fit(groups) if self.nested else self._mle_fit(groups)
         self.steps += 1
-        return _to_floats(stats, "m_")
+        return stats
+
+    def _mle_fit(self, groups: list) -> dict:
+        tokens = [x.to(self.device) for x, _ in groups]
+        self.model.train()
+        logits = self.model(torch.cat(tokens), self.dropout_gen)  # one forward pass over every group
+        loss, stats = mixture_loss(logits.split([len(x) for x in tokens]), tokens, [w for _, w in groups],
+                                   [sequence_mask(x, self.eos_id) for x in tokens])
+        stats["grad_norm"] = _update(self.model, self.optim, loss, self.ocfg.grad_clip)
+        self.model.eval()
+        return _to_floats(stats, level_prefix(self.level))
+
+    def _cot_fit(self, groups: list) -> dict:
+        if self.inner is None:
+            raise RuntimeError("nested mediator has no inner learner: the runtime must attach_inner() it")
+        B, n = self.cfg.cot.batch_size, self.cfg.nested
+        own = self.sample((n.m_steps + 1) * B)
+        halved = [(x, 0.5 * w) for x, w in groups]
+        inner_stats = [self.inner.fit(halved + [(own[i * B:(i + 1) * B], 0.5)]) for i in range(n.m_steps)]
+        copy_weights(self.inner_model, self.inner.get_weights())
+        chunks = [own[n.m_steps * B:]] + [self.sample(B) for _ in range(n.g_steps - 1)]
+        own_stats = []
+        for x in chunks:
+            x = x.to(self.device)
+            st = _cot_update(self.model, self.optim, self.inner_model, x, sequence_mask(x, self.eos_id),
+                             self.ocfg.grad_clip, self.dropout_gen)
+            own_stats.append(_to_floats(st, level_prefix(self.level)))
+        return {**_mean_stats(inner_stats), **_mean_stats(own_stats)}
 
     def get_weights(self) -> dict:
         return cpu_weights(self.model)
 
     def state(self) -> dict:
-        return {"model": cpu_weights(self.model), "optim": self.optim.state_dict(),
-                "batches": self.batches.state(), "dropout_gen": self.dropout_gen.get_state(),
-                "steps": self.steps}
+        out = {"model": cpu_weights(self.model), "optim": self.optim.state_dict(),
+               "dropout_gen": self.dropout_gen.get_state(), "steps": self.steps}
+        if self.nested:
+            out["gen"] = self.gen.get_state()
+            out["inner"] = self.inner.state()
+        return out
 
     def load_state(self, state: dict) -> None:
         copy_weights(self.model, state["model"])
         self.optim.load_state_dict(state["optim"])
-        self.batches.load_state(state["batches"])
         self.dropout_gen.set_state(state["dropout_gen"])
         self.steps = int(state["steps"])
+        if self.nested:
+            if "inner" not in state:
+                raise ValueError("the checkpoint holds a mediator trained without nesting; this run is nested "
+                                 "(nested.enabled): resume it with its own saved config")
+            self.gen.set_state(state["gen"])
+            self.inner.load_state(state["inner"])
+
+
+class MediatorLearner(MixtureLearner):
+    """M: fitted to the balanced mixture of real sequences and G's samples.
+
+    By MLE (``L_M``) by default; with ``nested.enabled`` by an inner CoT game (see
+    :class:`MixtureLearner`) on the same two halves.
+    """
+
+    def __init__(self, cfg: Config, vocab_size: int, seq_len: int, train: torch.Tensor,
+                 eos_id: Optional[int] = None, device: str = "cpu"):
+        super().__init__(cfg, vocab_size, seq_len, eos_id, device, level=0)
+        self.batches = BatchSampler(train, cfg.cot.batch_size, stream_seed(cfg.run.seed, _BATCH_M))
+
+    def step(self, fake: torch.Tensor, start: int = 0, size: Optional[int] = None) -> dict:
+        """One update towards ``(P + G) / 2`` on a fresh real batch and ``fake[start:start+size]``."""
+        fake = fake[start:start + (size or len(fake))].to(self.device)
+        real = self.batches.next().to(self.device)
+        if self.nested:
+            return self.fit([(real, 0.5), (fake, 0.5)])
+        both = torch.cat([real, fake])  # one forward pass over the 2B sequences
+        self.model.train()  # dropout on, drawn from this learner's own generator
+        hidden = self.model.hidden(both, self.dropout_gen)  # (2B, T, H); the fused loss runs the output layer
+        loss, stats = fused_mediator_loss_joint(hidden, both, len(real), self.model.out.weight, self.model.out.bias,
+                                                sequence_mask(real, self.eos_id), sequence_mask(fake, self.eos_id))
+        stats["grad_norm"] = _update(self.model, self.optim, loss, self.cfg.m_optim.grad_clip)
+        self.model.eval()
+        self.steps += 1
+        return _to_floats(stats, "m_")
+
+    def state(self) -> dict:
+        return {**super().state(), "batches": self.batches.state()}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.batches.load_state(state["batches"])

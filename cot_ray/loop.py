@@ -29,6 +29,10 @@ from .models import LSTMLM, copy_weights
 
 METRICS_FILE = "metrics.jsonl"
 
+# Called after each evaluation and the checkpoint that follows it:
+# (iteration, metrics, run directory, training seconds so far).
+EvalHook = Callable[[int, dict, str, float], None]
+
 
 @dataclass
 class Workers:
@@ -246,13 +250,18 @@ class _StopFlag:
 
 
 class Trainer:
-    """Runs the schedule over ``Workers`` with evaluation, logging and checkpoints."""
+    """Runs the schedule over ``Workers`` with evaluation, logging and checkpoints.
+
+    ``on_eval`` (a Tune trial's reporter) is called after every evaluation, once the checkpoint
+    of that iteration is written: with a hook, every evaluation is followed by a checkpoint.
+    """
 
     def __init__(self, cfg: Config, run_dir: str, data: Dataset, workers: Workers,
                  echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-                 eval_device: str = "cpu"):
+                 eval_device: str = "cpu", on_eval: Optional[EvalHook] = None):
         self.cfg, self.run_dir, self.data, self.w, self.echo = cfg, run_dir, data, workers, echo
         self.eval_device = eval_device
+        self.on_eval = on_eval
         self.ckpt_path = os.path.join(run_dir, CHECKPOINT)
         self.iteration = 0
         self.m_updates = 0
@@ -371,10 +380,11 @@ class Trainer:
                         log.scalars("train", train, it)
                         log.scalars("time", {"iters_per_sec": ips, "elapsed_s": self.elapsed}, it)
                         self.echo(f"[{cfg.cot.algo}] it {it}" + (f"/{cfg.run.iters}" if cfg.run.iters else "")
-                                  + f"  {ips:.1f} it/s  " + _fmt(train, ("m_balanced_nll", "g_kl", "g_nll"))
+                                  + f"  {ips:.1f} it/s  " + _fmt(train, ("m_balanced_nll", "m_kl", "g_kl", "g_nll"))
                                   + ("  | " + _fmt(self.last_eval, ("nll_oracle", "nll_test", "jsd", "bleu4"))
                                      if self.last_eval else ""))
-                    if (cfg.eval.every and it % cfg.eval.every == 0) or last:
+                    evaluated = bool(cfg.eval.every and it % cfg.eval.every == 0) or last
+                    if evaluated:
                         w.get(pending)
                         t0 = time.perf_counter()
                         self.last_eval = self.evaluate()
@@ -385,10 +395,12 @@ class Trainer:
                         log.eval_row(it, self.elapsed, self.last_eval)
                         log.scalars("time", {"eval_s": eval_s}, it)
                         self.echo(f"[{cfg.cot.algo}] eval @ {it}: " + _fmt(self.last_eval, METRIC_KEYS))
-                    if it % cfg.run.checkpoint_every == 0 or last or flag.stop:
+                    if it % cfg.run.checkpoint_every == 0 or last or flag.stop or (evaluated and self.on_eval):
                         w.get(pending)
                         self.elapsed = elapsed0 + (time.perf_counter() - t_start)
                         self.save()
+                    if evaluated and self.on_eval is not None:
+                        self.on_eval(it, dict(self.last_eval), self.run_dir, self.elapsed)
                     if flag.stop:
                         stopped_by_user = True
                         self.echo(f"[cot-ray] interrupted: checkpoint at iteration {it} written; "
@@ -401,8 +413,11 @@ class Trainer:
 
 
 def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,
-          make_workers: Callable[[Config, Dataset], Workers] = local_workers) -> dict:
-    """Start (or, with ``resume_dir``, continue) a run of the in-process loop; return its summary."""
+          make_workers: Callable[[Config, Dataset], Workers] = local_workers,
+          on_eval: Optional[EvalHook] = None) -> dict:
+    """Start (or, with ``resume_dir``, continue) a run of the in-process loop; return its summary.
+
+    ``on_eval``: see :class:`Trainer`."""
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     data = load_dataset(cfg.data)  # first: unusable data leaves no empty run directory behind
@@ -415,7 +430,8 @@ def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable
     if state is not None:
         check_vocab_size(state["g"]["model"], data.vocab_size)
     kwargs = {"echo": echo} if echo else {}
-    trainer = Trainer(cfg, run_dir, data, make_workers(cfg, data), eval_device=cfg.run.device, **kwargs)
+    trainer = Trainer(cfg, run_dir, data, make_workers(cfg, data), eval_device=cfg.run.device,
+                      on_eval=on_eval, **kwargs)
     if state is not None:
         trainer.restore(state)
     return trainer.run(fresh=state is None)

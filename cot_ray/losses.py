@@ -45,6 +45,22 @@ def mediator_loss(logits_real: torch.Tensor, real: torch.Tensor,
                   "nll_fake": nll_fake.detach()}
 
 
+def mixture_loss(logits: list, tokens: list, weights: list, masks: Optional[list] = None):
+    """MLE on a weighted mixture of groups: ``sum_k w_k * mean NLL of group k``.
+
+    ``logits[k]`` (n_k, T, V) and ``tokens[k]`` (n_k, T) are group k, a sample of the
+    distribution D_k; with weights summing to 1 the expected loss is the cross-entropy of the
+    model with ``sum_k w_k D_k`` (per token), minimised by that mixture. Two groups of weight
+    1/2 give :func:`mediator_loss`; nested CoT's inner mediators use more. Stats: the loss
+    as ``balanced_nll`` and the last group's mean NLL as ``nll_own`` (nested CoT puts the
+    outer model's own samples last).
+    """
+    masks = masks if masks is not None else [None] * len(tokens)
+    nlls = [_masked_mean(token_nll(lg, x), m) for lg, x, m in zip(logits, tokens, masks)]
+    loss = sum(w * nll for w, nll in zip(weights, nlls))
+    return loss, {"balanced_nll": loss.detach(), "nll_own": nlls[-1].detach()}
+
+
 class _StepKL(torch.autograd.Function):
     """Per-position KL(softmax(g) || softmax(m)) with a hand-written gradient.
 

@@ -15,8 +15,14 @@ Schedules
     deterministic as the sync schedule, and ``--local --schedule async`` runs the same pipeline
     in one process with the same results.
 
+Nested CoT
+    The mediator's inner mediators (``--nested``) live inside the mediator's worker, unless
+    ``runtime.inner_actor`` gives them a third actor (:class:`InnerWorker`) and bundle; the
+    mediator then reaches them through an :class:`InnerHandle`, sending its own samples and the
+    mixture batch and receiving the inner weights, with the same numbers as in one process.
+
 Placement
-    Both actors live in one placement group, one bundle each (``runtime.cpus_per_worker`` CPUs,
+    All actors live in one placement group, one bundle each (``runtime.cpus_per_worker`` CPUs,
     ``runtime.gpus_per_worker`` GPUs), packed by default or on different nodes with
     ``runtime.spread`` (STRICT_SPREAD). Requests the cluster cannot meet fail at once with a
     one-line :class:`PlacementError`; requests that could be met but are not within
@@ -52,7 +58,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from . import loop
 from .config import Config, ConfigError, RuntimeConfig
 from .data import Dataset
-from .learners import GeneratorLearner, MediatorLearner
+from .learners import GeneratorLearner, MediatorLearner, MixtureLearner
 
 
 class PlacementError(ConfigError):
@@ -134,12 +140,44 @@ class MediatorWorker(_Worker, MediatorLearner):
     learner_cls = MediatorLearner
 
 
-WORKER_CLASSES = {"generator": GeneratorWorker, "mediator": MediatorWorker}
+class InnerWorker(_Worker, MixtureLearner):
+    """Nested CoT's inner mediators (every level below M) as an actor (``--inner-actor``)."""
+
+    def setup(self, train: Optional[torch.Tensor]) -> None:
+        """Build the level-1 learner (and the levels below it); it needs no training data."""
+        cfg, vocab_size, seq_len = self._args
+        MixtureLearner.__init__(self, cfg, vocab_size, seq_len, self._eos_id, str(self.device), level=1)
+        self._ready = True
+
+
+class InnerHandle:
+    """The mediator's view of an :class:`InnerWorker`: the learner calls of a local inner
+    learner, each a blocking call to the actor (samples go as arguments, weights come back)."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def fit(self, groups: list) -> dict:
+        return ray.get(self.actor.fit.remote(groups))
+
+    def get_weights(self) -> dict:
+        return ray.get(self.actor.get_weights.remote())
+
+    def state(self) -> dict:
+        return ray.get(self.actor.state.remote())
+
+    def load_state(self, state: dict) -> None:
+        ray.get(self.actor.load_state.remote(state))
+
+
+WORKER_CLASSES = {"generator": GeneratorWorker, "mediator": MediatorWorker, "inner": InnerWorker}
 
 
 def worker_names(cfg: Config) -> list[str]:
     """The actors a run of ``cfg`` needs, in placement-bundle order (one bundle each)."""
-    return ["generator", "mediator"] if cfg.cot.algo == "cot" else ["generator"]
+    if cfg.cot.algo == "mle":
+        return ["generator"]
+    return ["generator", "mediator"] + (["inner"] if cfg.nested.enabled and cfg.runtime.inner_actor else [])
 
 
 def remote_call(actor, method: str, *args):
@@ -358,6 +396,17 @@ def create_placement_group(bundles: list[dict], spread: bool, timeout_s: float) 
     return pg
 
 
+def given_bundle(pg: PlacementGroup, offset: int, num_workers: int) -> dict:
+    """The worker bundle of a placement group made by someone else (a Tune trial's): bundles
+    ``offset`` .. ``offset + num_workers - 1`` must exist, one per worker, all alike."""
+    specs = [dict(b) for b in pg.bundle_specs[offset:offset + num_workers]]
+    if len(specs) < num_workers or any(b != specs[0] for b in specs):
+        raise PlacementError(f"the given placement group has {len(pg.bundle_specs)} bundle(s) "
+                             f"{pg.bundle_specs}, not {num_workers} equal worker bundles from bundle {offset}: "
+                             "request one bundle per worker (runtime.worker_names)")
+    return specs[0]
+
+
 # ----------------------------------------------------------------------------- the runtime
 
 
@@ -368,9 +417,15 @@ class ActorRuntime:
     ``shutdown`` kills the actors and frees their placement group.
     """
 
-    def __init__(self, rcfg: RuntimeConfig, echo: Optional[Callable[[str], None]] = None):
+    def __init__(self, rcfg: RuntimeConfig, echo: Optional[Callable[[str], None]] = None,
+                 placement: Optional[PlacementGroup] = None, bundle_offset: int = 0):
+        """``placement``: an existing, ready placement group (a Tune trial's) whose bundles
+        ``bundle_offset``, ``bundle_offset + 1``, ... host the workers, one each; it is
+        neither created nor removed here. None: the runtime makes (and frees) its own."""
         self.rcfg = rcfg
         self.echo = echo
+        self.given_pg = placement
+        self.bundle_offset = bundle_offset if placement is not None else 0
         self.pg: Optional[PlacementGroup] = None
         self.actors: dict = {}
         self.train_ref: Optional[ray.ObjectRef] = None
@@ -378,8 +433,12 @@ class ActorRuntime:
     def make_workers(self, cfg: Config, data: Dataset) -> loop.Workers:
         r = self.rcfg
         names = worker_names(cfg)
-        bundle = worker_bundle(r, len(names))
-        self.pg = create_placement_group([bundle] * len(names), r.spread, r.placement_timeout_s)
+        if self.given_pg is None:
+            bundle = worker_bundle(r, len(names))
+            self.pg = create_placement_group([bundle] * len(names), r.spread, r.placement_timeout_s)
+        else:
+            self.pg = self.given_pg
+            bundle = given_bundle(self.pg, self.bundle_offset, len(names))
         self.train_ref = ray.put(data.train)  # held here, so a restarted worker can get it again
         args = (cfg, data.vocab_size, data.seq_len, data.eos_id, r.cpus_per_worker)
         for i, name in enumerate(names):
@@ -387,9 +446,10 @@ class ActorRuntime:
             self.actors[name] = ray.remote(cls).options(
                 num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0.0),
                 max_restarts=r.max_restarts, max_task_retries=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=self.bundle_offset + i),
             ).remote(*args)
         ray.get([a.setup.remote(self.train_ref) for a in self.actors.values()])  # fail here, not mid-run
+        self._attach_inner()
         if self.echo is not None:
             where = self.placements()
             self.echo("[cot-ray] workers: " + ", ".join(
@@ -425,6 +485,11 @@ class ActorRuntime:
                     time.sleep(0.2)
             if not ready:
                 ray.get(actor.setup.remote(self.train_ref))
+        self._attach_inner()  # a restarted mediator has lost its handle; the checkpoint restores both
+
+    def _attach_inner(self) -> None:
+        if "inner" in self.actors:
+            ray.get(self.actors["mediator"].attach_inner.remote(InnerHandle(self.actors["inner"])))
 
     def placements(self) -> dict:
         """name -> :meth:`_Worker.placement` of each worker."""
@@ -436,9 +501,9 @@ class ActorRuntime:
             ray.kill(actor, no_restart=True)
         self.actors = {}
         self.train_ref = None
-        if self.pg is not None:
+        if self.pg is not None and self.given_pg is None:
             remove_placement_group(self.pg)
-            self.pg = None
+        self.pg = None
 
 
 def connect(rcfg: RuntimeConfig) -> bool:
@@ -468,19 +533,24 @@ def connect(rcfg: RuntimeConfig) -> bool:
     return False
 
 
-def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None) -> dict:
+def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,
+          on_eval: Optional[loop.EvalHook] = None, placement: Optional[PlacementGroup] = None,
+          bundle_offset: int = 0) -> dict:
     """Run (or resume) training as ``cfg.runtime`` says; -> the summary of :func:`cot_ray.loop.train`.
 
     ``runtime.mode`` "local" runs both learners in this process without Ray (the async
     schedule then runs its pipeline sequentially, with the same results); "actors" connects to
     Ray (:func:`connect`), runs the learners as actors and cleans up after itself.
+    ``on_eval`` is the Trainer's hook after each evaluation; ``placement``/``bundle_offset``
+    put the workers into an existing placement group (see :class:`ActorRuntime`).
     """
     if cfg.runtime.mode == "local":
-        return loop.train(cfg, resume_dir, echo, make_workers=local_workers)
+        return loop.train(cfg, resume_dir, echo, make_workers=local_workers, on_eval=on_eval)
     started = connect(cfg.runtime)
-    rt = ActorRuntime(cfg.runtime, echo or (lambda msg: print(msg, file=sys.stderr, flush=True)))
+    rt = ActorRuntime(cfg.runtime, echo or (lambda msg: print(msg, file=sys.stderr, flush=True)),
+                      placement=placement, bundle_offset=bundle_offset)
     try:
-        return loop.train(cfg, resume_dir, echo, make_workers=rt.make_workers)
+        return loop.train(cfg, resume_dir, echo, make_workers=rt.make_workers, on_eval=on_eval)
     finally:
         rt.shutdown()
         if started:

@@ -89,6 +89,11 @@ def test_data_synthetic_writes_token_files(cli, tmp_path):
     (["--set", "cot.batch_size=0"], "config key 'cot.batch_size' must be >= 1"),
     (["--set", "nonsense"], "must look like key=value"),
     (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+    (["--nested", "--nest-depth", "0"], "config key 'nested.depth' must be >= 1"),
+    (["--nest-depth", "2"], "--nest-depth sets the depth of nested CoT: add --nested"),
+    (["--inner-actor"], "config key 'runtime.inner_actor' places the inner mediator of a nested run"),
+    (["--nested", "--algo", "mle"], "config key 'nested.enabled' needs cot.algo 'cot'"),
+    (["--nested", "--local", "--inner-actor"], "config key 'runtime.inner_actor' needs actors"),
 ])
 def test_bad_config_is_one_line_error(cli, args, message):
     res = CliRunner().invoke(main, ["train", *LOCAL, "--iters", "1", *args])

@@ -215,6 +215,34 @@ def test_killed_worker_restarts_from_the_last_checkpoint(tiny, schedule, victim)
     assert after[victim]["pid"] != before[victim]["pid"]  # a new process: Ray restarted it
 
 
+def test_inner_actor_equals_nested_in_process_and_survives_its_death(tiny):
+    """--inner-actor: the inner mediators get a third actor and bundle; the run equals the
+    nested in-process run bitwise, even when the inner actor is killed mid-run."""
+    common = ("nested.enabled=true", "nested.depth=2", "inner_mediator.emb_dim=8", "inner_mediator.hidden_dim=8",
+              "run.iters=4", "run.checkpoint_every=2", "eval.every=4", ONE_THREAD)
+    ref = runtime.train(tiny(*common, "runtime.mode=local", "run.name=ref"), echo=_quiet)
+    cfg = tiny(*common, "runtime.inner_actor=true", "runtime.gpus_per_worker=0", "run.name=inner")
+    rt = runtime.ActorRuntime(cfg.runtime)
+    before: dict = {}
+
+    def kill():
+        before.update(rt.placements())
+        ray.kill(rt.actors["inner"], no_restart=False)
+
+    echo, lines = _hook("it 3/", kill)
+    try:
+        summary = loop.train(cfg, echo=echo, make_workers=rt.make_workers)
+        after = rt.placements()
+        bundles = ray.util.placement_group_table(rt.pg)["bundles"]
+    finally:
+        rt.shutdown()
+    assert list(after) == ["generator", "mediator", "inner"] and len(bundles) == 3
+    assert any("worker failure" in line and "from iteration 2" in line for line in lines), lines
+    assert after["inner"]["pid"] != before["inner"]["pid"]
+    assert_same_tree(_states(ref["run_dir"]), _states(summary["run_dir"]))
+    assert summary["metrics"] == ref["metrics"]
+
+
 def test_worker_without_restarts_fails_with_a_clear_error(tiny):
     cfg = tiny("run.iters=6", "runtime.max_restarts=0", "run.name=dead")
     rt = runtime.ActorRuntime(cfg.runtime)
