@@ -158,7 +158,8 @@ class InnerHandle:
         self.actor = actor
 
     def fit(self, groups: list) -> dict:
-        return ray.get(self.actor.fit.remote(groups))
+        # CPU tensors between processes: the inner actor may sit on another GPU or node.
+        return ray.get(self.actor.fit.remote([(x.cpu(), w) for x, w in groups]))
 
     def get_weights(self) -> dict:
         return ray.get(self.actor.get_weights.remote())
