@@ -8,6 +8,7 @@ exact JSD, not an estimate. The learners are the production ones, fed with sampl
 from __future__ import annotations
 
 import itertools
+import json
 import os
 
 import pytest
@@ -123,3 +124,26 @@ def test_a_plain_checkpoint_cannot_resume_as_nested(tiny):
     m = MediatorLearner(cfg, 5000, 20, torch.zeros(16, 20, dtype=torch.long))
     with pytest.raises(ValueError, match="trained without nesting"):
         m.load_state(state["m"])
+
+
+def test_cli_trains_nested_and_eval_reports_the_same_metrics(tmp_path, data_cache):
+    from click.testing import CliRunner
+
+    from cot_ray.cli import main
+    from tests.conftest import TINY
+
+    sets = [a for kv in TINY + [f"data.cache_dir={data_cache}", "inner_mediator.emb_dim=8",
+                                "inner_mediator.hidden_dim=8"] for a in ("--set", kv)]
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "--local", "--nested", "--nest-depth", "1", "--iters", "2",
+                               "--logdir", str(tmp_path), *sets], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert "m_kl" in res.output  # the progress line shows the mediator's CoT loss
+    ev = runner.invoke(main, ["eval", summary["run_dir"], "--json"], catch_exceptions=False)
+    assert ev.exit_code == 0, ev.output
+    metrics = json.loads(ev.output.strip().splitlines()[-1])
+    assert set(metrics) >= {"nll_oracle", "nll_test", "balanced_nll", "jsd", "jsd_mediator"}
+    # the checkpoint's G and M: NLL_test is exact; the rest is over other G samples (eval's seed)
+    assert metrics["nll_test"] == pytest.approx(summary["metrics"]["nll_test"], rel=1e-6)
+    assert metrics["jsd_mediator"] == pytest.approx(summary["metrics"]["jsd_mediator"], rel=0.01)
