@@ -89,6 +89,11 @@ class LSTMLM(nn.Module):
         probabilities, searched with ``searchsorted``. It is exact (P(token i) = p_i) and on a
         CPU several times faster than ``torch.multinomial`` or Gumbel-max over 5,000 tokens
         (see benchmarks/sampler.py). Dropout is never applied while sampling.
+
+        Per step the (n, V) logits and CDF live in two buffers allocated once, and the row
+        maximum is ``amax`` (``max(dim)`` also computes the argmax, which cost more than the
+        exponentials). Same operations on the same values as a plain out-of-place version, so
+        the samples are bitwise the same.
         """
         dev = self.out.weight.device
         w_ih = [getattr(self.lstm, f"weight_ih_l{k}") for k in range(self.cfg.num_layers)]
@@ -104,6 +109,9 @@ class LSTMLM(nn.Module):
         uniforms = torch.rand(seq_len, n, 1, generator=generator, device=generator.device).to(dev)
         x = torch.full((n,), self.start_token, dtype=torch.long, device=dev)
         log_prob = torch.zeros(n, device=dev)
+        out_w, out_b = self.out.weight.t(), self.out.bias  # (H, V), (V,)
+        logits = torch.empty(n, self.vocab_size, dtype=out_b.dtype, device=dev)  # (n, V), reused every step
+        cdf = torch.empty_like(logits)  # (n, V) unnormalised CDF, reused every step
         for t in range(seq_len):
             inp = None
             for k in range(self.cfg.num_layers):
@@ -115,9 +123,9 @@ class LSTMLM(nn.Module):
                 c[k] = torch.sigmoid(f) * c[k] + torch.sigmoid(i) * torch.tanh(g)
                 h[k] = torch.sigmoid(o) * torch.tanh(c[k])
                 inp = h[k]
-            logits = self.out(inp)  # (n, V)
-            shifted = logits - logits.max(dim=1, keepdim=True).values
-            cdf = shifted.exp().cumsum_(dim=1)
+            torch.addmm(out_b, inp, out_w, out=logits)  # (n, V), as self.out(inp)
+            shifted = logits.sub_(logits.amax(dim=1, keepdim=True))  # kept for the log-probability
+            torch.exp(shifted, out=cdf).cumsum_(dim=1)
             total = cdf[:, -1:]
             x = torch.searchsorted(cdf, uniforms[t] * total, right=True).clamp_(max=self.vocab_size - 1)
             if with_log_prob:
