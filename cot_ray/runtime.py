@@ -24,7 +24,9 @@ Nested CoT
 Placement
     All actors live in one placement group, one bundle each (``runtime.cpus_per_worker`` CPUs,
     ``runtime.gpus_per_worker`` GPUs), packed by default or on different nodes with
-    ``runtime.spread`` (STRICT_SPREAD). Requests the cluster cannot meet fail at once with a
+    ``runtime.spread`` (STRICT_SPREAD); in a Tune trial they take bundles 1..n of the trial's
+    own group instead (``ActorRuntime(placement=...)``). Requests the cluster cannot meet fail
+    at once with a
     one-line :class:`PlacementError`; requests that could be met but are not within
     ``runtime.placement_timeout_s`` (resources busy) fail after that time. Each worker takes its
     device from what Ray gave it: ``cuda:0`` (its own GPU, through CUDA_VISIBLE_DEVICES) when it
@@ -447,7 +449,8 @@ class ActorRuntime:
             self.actors[name] = ray.remote(cls).options(
                 num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0.0),
                 max_restarts=r.max_restarts, max_task_retries=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=self.bundle_offset + i),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.pg, placement_group_bundle_index=self.bundle_offset + i),
             ).remote(*args)
         ray.get([a.setup.remote(self.train_ref) for a in self.actors.values()])  # fail here, not mid-run
         self._attach_inner()

@@ -1,0 +1,226 @@
+"""Shipped configuration files, offline: every sweep in tune_configs/ validates, malformed sweep
+files fail before anything starts with one-line errors, and cluster.yaml passes Ray's own
+autoscaler config schema (no cloud credentials involved)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import glob
+import json
+import os
+
+import pytest
+import yaml
+
+pytest.importorskip("ray.tune")
+
+from cot_ray import tune as sweeps  # noqa: E402
+from cot_ray.config import ConfigError, load_config, save_config  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEPS = sorted(glob.glob(os.path.join(ROOT, "tune_configs", "*.yaml")))
+
+
+def test_the_three_headline_sweeps_are_shipped():
+    names = {os.path.basename(p) for p in SWEEPS}
+    assert {"ratios_dropout.yaml", "nested.yaml", "smoke.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=os.path.basename)
+def test_every_shipped_sweep_validates(path, tmp_path):
+    sweep = sweeps.load_sweep(path)
+    assert sweep.varying, "a sweep must search something"
+    assert sweep.tune.metric in sweeps.reported_metrics(sweep.base)
+    # Every trial config the sweep can produce at its bounds is a valid training config...
+    for p in sweep.params:
+        for value in p.candidates():
+            cfg = sweep.trial_config({p.key: value})
+            assert functools.reduce(getattr, p.key.split("."), cfg) == value
+    # ...that `cot-ray train --config` accepts once written out.
+    save_config(cfg, str(tmp_path / "trial.yaml"))
+    assert load_config(str(tmp_path / "trial.yaml")) == cfg
+    with open(path, encoding="utf-8") as f:
+        assert f.readline().startswith("#"), "each sweep file starts with a comment saying what it is for"
+
+
+def test_headline_and_nested_sweeps_search_what_the_issue_names():
+    ratios = sweeps.load_sweep(os.path.join(ROOT, "tune_configs", "ratios_dropout.yaml"))
+    assert {"cot.g_steps", "cot.m_steps", "mediator.dropout", "g_optim.lr", "m_optim.lr"} <= set(ratios.varying)
+    nested = sweeps.load_sweep(os.path.join(ROOT, "tune_configs", "nested.yaml"))
+    assert {"nested.enabled", "nested.depth", "nested.m_steps", "nested.g_steps"} <= set(nested.varying)
+    smoke = sweeps.load_sweep(os.path.join(ROOT, "tune_configs", "smoke.yaml"))
+    assert smoke.tune.num_samples >= 4 and smoke.tune.scheduler.name == "asha"
+    assert smoke.base.mediator.hidden_dim <= 32 and smoke.base.run.iters <= 50  # tiny: a CPU minute
+
+
+def _write(tmp_path, text: str) -> str:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+GOOD = """
+base: {eval: {every: 5}}
+search:
+  {key}: {spec}
+tune: {tune}
+"""
+
+
+def _sweep(tmp_path, key="mediator.dropout", spec="{uniform: [0.1, 0.5]}", tune="{per_trial: {iters: 10}}"):
+    return sweeps.load_sweep(_write(tmp_path, GOOD.replace("{key}", key).replace("{spec}", spec)
+                                    .replace("{tune}", tune)))
+
+
+def test_specs_become_tune_domains_and_bounds_are_kept(tmp_path):
+    sweep = _sweep(tmp_path, "cot.g_steps", "{randint: [1, 3]}")
+    (p,) = sweep.params
+    assert p.int_key and p.args == [1, 3]
+    seen = {p.domain().sample() for _ in range(200)}
+    assert seen == {1, 2, 3}  # randint includes both ends
+    assert sweep.base.run.iters == 10 and sweep.base.run.minutes == 0  # per_trial budget applied
+    assert p.clip(7.4) == 3 and p.clip(0.2) == 1 and isinstance(p.clip(2.4), int)
+
+
+@pytest.mark.parametrize("key,spec,tune,expect", [
+    ("mediator.dropout", "{uniform: [0.2, 1.0]}", "{}", "config key 'mediator.dropout' must be in [0, 1), got 1.0"),
+    ("mediator.dropout", "{uniform: [0.5, 0.2]}", "{}", "needs lo < hi"),
+    ("m_optim.lr", "{loguniform: [0.0, 0.01]}", "{}", "loguniform needs lo > 0"),
+    ("cot.g_steps", "{uniform: [1, 3]}", "{}", "holds int values: use randint or choice"),
+    ("mediator.dropout", "{randint: [0, 1]}", "{}", "use uniform or loguniform, not randint"),
+    ("cot.g_steps", "{randint: [0, 3]}", "{}", "config key 'cot.g_steps' must be >= 1, got 0"),
+    ("cot.m_step", "{randint: [1, 3]}", "{}", "unknown config key 'cot.m_step' in search"),
+    ("mediator", "{choice: [1]}", "{}", "names a section"),
+    ("run.iters", "{choice: [10, 20]}", "{}", "use tune.per_trial"),
+    ("cot.algo", "[cot, mle]", "{}", "write {choice:"),
+    ("cot.algo", "{choice: [cot, gan]}", "{}", "config key 'cot.algo' must be 'cot' or 'mle'"),
+    ("cot.g_steps", "{normal: [1, 3]}", "{}", "give a plain value or one of"),
+    ("cot.g_steps", "{choice: []}", "{}", "needs a non-empty list"),
+    ("mediator.dropout", "{uniform: [0.1, 0.5]}", "{metric: eval/bleu4}", "config key 'tune.metric' must be a metric"),
+    ("mediator.dropout", "{uniform: [0.1, 0.5]}", "{mode: maximum}", "config key 'tune.mode' must be 'min' or 'max'"),
+    ("mediator.dropout", "{uniform: [0.1, 0.5]}", "{num_samples: 0}", "config key 'tune.num_samples' must be >= 1"),
+    ("mediator.dropout", "{uniform: [0.1, 0.5]}", "{sample_count: 3}", "unknown config key 'tune.sample_count'"),
+    ("mediator.dropout", "{uniform: [0.1, 0.5]}", "{scheduler: hyperband}", "must be one of asha, pbt, fifo"),
+    ("mediator.dropout", "{uniform: [0.1, 0.5]}", "{scheduler: {name: asha, perturbation_interval: 5}}",
+     "is an option of pbt, not of asha"),
+    ("mediator.dropout", "{uniform: [0.1, 0.5]}", "{scheduler: {name: asha, grace_period: 50}, per_trial: {iters: 20}}",
+     "must be <= max_t (20)"),
+    ("mediator.dropout", "{uniform: [0.1, 0.5]}", "{per_trial: {iters: 0}}", "needs iters > 0 or minutes > 0"),
+    ("mediator.dropout", "{uniform: [0.1, 0.5]}", "{per_trial: {minutes: 1}}", "tune.scheduler.max_t' is needed"),
+    ("mediator.dropout", "{uniform: [0.1, 0.5]}", "{scheduler: {name: pbt, perturbation_interval: 7}}",
+     "must be a multiple of eval.every (5)"),
+    ("generator.hidden_dim", "{choice: [16, 32]}", "{scheduler: pbt}", "pbt needs a search key it can perturb"),
+])
+def test_bad_sweeps_fail_before_anything_starts_with_one_line(tmp_path, key, spec, tune, expect):
+    with pytest.raises(ConfigError) as e:
+        _sweep(tmp_path, key, spec, tune)
+    msg = str(e.value)
+    assert expect in msg, msg
+    assert "\n" not in msg and msg.startswith(str(tmp_path / "sweep.yaml") + ": ")
+
+
+def test_metric_must_be_reported_by_every_trial(tmp_path):
+    # An MLE run has no mediator: jsd_mediator cannot rank trials that may be MLE.
+    with pytest.raises(ConfigError, match="jsd_mediator"):
+        _sweep(tmp_path, "cot.algo", "{choice: [cot, mle]}", "{metric: eval/jsd_mediator}")
+    cot_only = _sweep(tmp_path, "cot.algo", "{choice: [cot]}", "{metric: eval/jsd_mediator}")
+    assert cot_only.tune.metric == "eval/jsd_mediator"
+
+
+@pytest.mark.parametrize("text,expect", [
+    ("base: {cot: {g_step: 2}}\n", "unknown config key 'cot.g_step'"),
+    ("serach: {}\n", "unknown section 'serach'"),
+    ("search: [1, 2]\n", "section 'search' must map config keys to specs"),
+    ("base: {cot: {g_steps: 2}\n", "is not valid YAML at line"),
+    ("tune: {scheduler: {name: pbt}}\nsearch: {mediator.dropout: {uniform: [0.1, 0.5]}}\nbase: {eval: {every: 0}}\n",
+     "config key 'eval.every' must be >= 1 for the pbt scheduler"),
+])
+def test_malformed_files_and_unknown_keys(tmp_path, text, expect):
+    with pytest.raises(ConfigError) as e:
+        sweeps.load_sweep(_write(tmp_path, text))
+    assert expect in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sweeps_run_on_actors_and_join_only_well_formed_addresses(tmp_path):
+    with pytest.raises(ConfigError, match="config key 'runtime.mode' must be 'actors' in a sweep"):
+        sweeps.load_sweep(_write(tmp_path, "base: {runtime: {mode: local}}\nsearch: {cot.g_steps: {randint: [1, 2]}}\n"
+                                           "tune: {scheduler: fifo}\n"))
+    with pytest.raises(ConfigError, match="config key 'runtime.address' must be"):
+        sweeps.connect("nowhere", 3)
+
+
+def test_cli_reports_a_bad_sweep_in_one_line_before_starting_ray(tmp_path):
+    from click.testing import CliRunner
+
+    from cot_ray.cli import main
+
+    path = _write(tmp_path, "search: {mediator.dropout: {uniform: [0.5, 1.5]}}\n")
+    res = CliRunner().invoke(main, ["tune", path, "--storage", str(tmp_path / "tune")])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        f"Error: {path}: search key 'mediator.dropout' {{\"uniform\": [0.5, 1.5]}}: config key "
+        "'mediator.dropout' must be in [0, 1), got 1.5"]
+    assert not (tmp_path / "tune").exists()
+
+
+def test_missing_file_is_a_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        sweeps.load_sweep(str(tmp_path / "nope.yaml"))
+
+
+def test_pbt_keeps_its_perturbations_inside_the_ranges(tmp_path):
+    sweep = _sweep(tmp_path, "mediator.dropout", "{uniform: [0.1, 0.5]}",
+                   "{scheduler: {name: pbt, resample_probability: 0.0}}")
+    pbt = sweeps._scheduler(sweep)
+    explore = pbt._custom_explore_fn
+    assert explore({"mediator.dropout": 0.6, "other": 3}) == {"mediator.dropout": 0.5, "other": 3}
+    assert explore({"mediator.dropout": 0.05})["mediator.dropout"] == 0.1
+    assert sweep.tune.scheduler.perturbation_interval == 5  # one evaluation by default
+
+
+def test_optimizer_hyperparameters_follow_the_perturbed_config():
+    cfg = load_config(None, ["g_optim.lr=0.002", "m_optim.lr=0.02", "m_optim.beta1=0.5"])
+    state = {"g": {"optim": {"param_groups": [{"lr": 1e-3, "betas": (0.9, 0.95)}]}},
+             "m": {"optim": {"param_groups": [{"lr": 3e-3, "betas": (0.9, 0.95)}] * 2}}}
+    sweeps.set_optimizer_hyperparameters(state, cfg)
+    assert state["g"]["optim"]["param_groups"][0] == {"lr": 0.002, "betas": (0.9, 0.95)}
+    assert all(g == {"lr": 0.02, "betas": (0.5, 0.95)} for g in state["m"]["optim"]["param_groups"])
+
+
+# ----------------------------------------------------------------------------- cluster.yaml
+
+
+def _cluster() -> dict:
+    with open(os.path.join(ROOT, "cluster.yaml"), encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def test_cluster_yaml_passes_rays_autoscaler_schema():
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = _cluster()
+    with open(os.path.join(os.path.dirname(ray.autoscaler.__file__), "ray-schema.json"), encoding="utf-8") as f:
+        schema = json.load(f)
+    jsonschema.validate(raw, schema)  # the file as written
+    validate_config(prepare_config(copy.deepcopy(raw)))  # and as `ray up` fills it out
+    # The schema is strict: a misspelt field would not pass.
+    bad = copy.deepcopy(raw)
+    bad["available_node_types"]["gpu"]["min_worker"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_cluster_yaml_has_a_cpu_head_and_autoscaled_gpu_workers_that_install_cot_ray():
+    c = _cluster()
+    types = c["available_node_types"]
+    head = types[c["head_node_type"]]
+    assert not head.get("resources", {}).get("GPU") and "g" not in head["node_config"]["InstanceType"][:1]
+    gpu = [t for name, t in types.items() if name != c["head_node_type"]]
+    assert len(gpu) == 1 and gpu[0]["resources"]["GPU"] >= 1
+    assert 0 <= gpu[0]["min_workers"] < gpu[0]["max_workers"] <= c["max_workers"]
+    assert 1 <= c["idle_timeout_minutes"] <= 30
+    assert any("pip install" in cmd and "cot-ray" in cmd for cmd in c["setup_commands"])
+    assert "~/cot-ray" in c["file_mounts"]
