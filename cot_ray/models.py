@@ -7,6 +7,8 @@ A sequence ``x_1..x_T`` is scored as ``prod_t p(x_t | x_<t)``; the first input i
 
 from __future__ import annotations
 
+import math
+
 from typing import Optional
 
 import torch
@@ -85,15 +87,18 @@ class LSTMLM(nn.Module):
         With ``with_log_prob`` also return each sequence's exact log-probability (n,), which
         the sampler gets almost for free from the normaliser it computes anyway.
 
-        Inverse-CDF sampling: one uniform per row and a cumulative sum of the unnormalised
-        probabilities, searched with ``searchsorted``. It is exact (P(token i) = p_i) and on a
+        Inverse-CDF sampling: one uniform per row, scaled to the row's total unnormalised
+        probability, is located in the cumulative sums. It is exact (P(token i) = p_i) and on a
         CPU several times faster than ``torch.multinomial`` or Gumbel-max over 5,000 tokens
         (see benchmarks/sampler.py). Dropout is never applied while sampling.
 
-        Per step the (n, V) logits and CDF live in two buffers allocated once, and the row
-        maximum is ``amax`` (``max(dim)`` also computes the argmax, which cost more than the
-        exponentials). Same operations on the same values as a plain out-of-place version, so
-        the samples are bitwise the same.
+        The search is two-level: the vocabulary is cut into about sqrt(V) blocks of about
+        sqrt(V) tokens; the cumulative sum over block totals picks the block, and the cumulative
+        sum inside that one block picks the token. A full (n, V) cumulative sum is a sequential
+        scan along each row and cost more than the exponentials; the block totals are a plain
+        reduction: a draw from (128, 5,000) logits takes 0.32 ms instead of 0.50 ms on a 2-core
+        CPU (benchmarks/sampler.py). The (n, V) logits and probabilities live in buffers
+        allocated once per call.
         """
         dev = self.out.weight.device
         w_ih = [getattr(self.lstm, f"weight_ih_l{k}") for k in range(self.cfg.num_layers)]
@@ -110,8 +115,11 @@ class LSTMLM(nn.Module):
         x = torch.full((n,), self.start_token, dtype=torch.long, device=dev)
         log_prob = torch.zeros(n, device=dev)
         out_w, out_b = self.out.weight.t(), self.out.bias  # (H, V), (V,)
-        logits = torch.empty(n, self.vocab_size, dtype=out_b.dtype, device=dev)  # (n, V), reused every step
-        cdf = torch.empty_like(logits)  # (n, V) unnormalised CDF, reused every step
+        V = self.vocab_size
+        blk = block_size(V)
+        logits = torch.empty(n, V, dtype=out_b.dtype, device=dev)  # (n, V), reused every step
+        # (n, nb * blk) unnormalised probabilities, reused every step; the padding stays 0
+        probs = torch.zeros(n, -(-V // blk) * blk, dtype=out_b.dtype, device=dev)
         for t in range(seq_len):
             inp = None
             for k in range(self.cfg.num_layers):
@@ -125,14 +133,40 @@ class LSTMLM(nn.Module):
                 inp = h[k]
             torch.addmm(out_b, inp, out_w, out=logits)  # (n, V), as self.out(inp)
             shifted = logits.sub_(logits.amax(dim=1, keepdim=True))  # kept for the log-probability
-            torch.exp(shifted, out=cdf).cumsum_(dim=1)
-            total = cdf[:, -1:]
-            x = torch.searchsorted(cdf, uniforms[t] * total, right=True).clamp_(max=self.vocab_size - 1)
+            torch.exp(shifted, out=probs[:, :V])
+            x, total = draw_blocked(probs, blk, V, uniforms[t])  # (n, 1), (n, 1)
             if with_log_prob:
                 log_prob += (shifted.gather(1, x) - total.log()).squeeze(1)
             x = x.squeeze(1)
             out[:, t] = x
         return (out, log_prob) if with_log_prob else out
+
+
+def block_size(vocab_size: int) -> int:
+    """Tokens per block of the two-level sampler: ceil(sqrt(V)), so about as many blocks."""
+    return max(1, math.isqrt(vocab_size - 1) + 1)
+
+
+def draw_blocked(probs: torch.Tensor, blk: int, vocab_size: int, u: torch.Tensor):
+    """One token per row by inverse CDF, searched in two levels.
+
+    probs (n, nb * blk): unnormalised probabilities of the V tokens, then zeros up to a whole
+    number of blocks; u (n, 1) uniforms in [0, 1) -> token ids (n, 1) int64 and the row totals
+    (n, 1). The target u * total falls in one block of the cumulative block totals, then at
+    one token of that block's own cumulative sum: the same token as a search of the full
+    (n, V) cumulative sum, without its sequential scan over every row.
+    """
+    n = probs.shape[0]
+    nb = probs.shape[1] // blk
+    blocks = probs.view(n, nb, blk)
+    block_cdf = blocks.sum(dim=2).cumsum_(dim=1)  # (n, nb)
+    total = block_cdf[:, -1:]  # (n, 1)
+    target = u * total  # (n, 1), in [0, total)
+    b = torch.searchsorted(block_cdf, target, right=True).clamp_(max=nb - 1)  # (n, 1) the block
+    before = block_cdf.gather(1, (b - 1).clamp_(min=0)).masked_fill_(b == 0, 0.0)  # (n, 1) mass of blocks < b
+    inner_cdf = blocks[torch.arange(n, device=probs.device), b.squeeze(1)].cumsum_(dim=1)  # (n, blk)
+    j = torch.searchsorted(inner_cdf, target - before, right=True).clamp_(max=blk - 1)  # (n, 1)
+    return (b * blk + j).clamp_(max=vocab_size - 1), total
 
 
 def copy_weights(model: nn.Module, weights: dict) -> None:

@@ -142,12 +142,29 @@ def test_a_zero_probability_token_is_never_sampled(token):
 
 
 def test_zero_probability_token_would_be_sampled_by_an_off_by_one(monkeypatch):
+    # V 4 is two blocks of two tokens; token 1 is the second of block 0. Each step searches the
+    # block totals, then inside the block: shift the second search.
     m = zero_prob_model(1)
     real = torch.searchsorted
+    calls = itertools.count()
     monkeypatch.setattr(models.torch, "searchsorted",
-                        lambda cdf, values, right=False: real(cdf, values, right=right) + 1)
+                        lambda cdf, values, right=False: real(cdf, values, right=right) + next(calls) % 2)
     x = m.sample(2000, T, torch.Generator().manual_seed(1))
     assert (x == 1).any()
+
+
+def test_sampler_is_exact_when_the_last_block_is_padded():
+    # V 7: three blocks of three tokens, the last holds tokens 6 and two zero-probability pads.
+    vocab, steps = 7, 2
+    m = make(vocab=vocab, seed=9, init_std=1.0)
+    x = m.sample(N, steps, torch.Generator().manual_seed(5))
+    assert x.max().item() <= vocab - 1
+    assert frequencies_match(x, exact_probs(m, steps), vocab)
+    with torch.no_grad():  # the last real token, beside the padding, at probability 0: never drawn
+        m.out.weight[vocab - 1] = 0.0
+        m.out.bias[vocab - 1] = -300.0
+    x = m.sample(N, steps, torch.Generator().manual_seed(5))
+    assert not (x == vocab - 1).any() and set(x.unique().tolist()) == set(range(vocab - 1))
 
 
 @pytest.mark.parametrize("layers,start", [(1, 0), (2, 0), (2, 3)])
