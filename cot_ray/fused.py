@@ -110,6 +110,19 @@ def _nll_chunks(hidden, weight, bias, targets, coef, want, chunk):
     return nll, g_h, g_w, g_b
 
 
+def _save_grads(ctx, want, grads) -> None:
+    """Keep the gradients a fused forward computed (those of the inputs in ``want``)."""
+    ctx.save_for_backward(*(g for g in grads if g is not None))
+    ctx.want = want
+
+
+def _saved_grads(ctx, grad_loss) -> list:
+    """The saved gradients scaled by the incoming gradient of the loss (None where not wanted).
+    Out of place: they must survive a second backward (retain_graph)."""
+    saved = iter(ctx.saved_tensors)
+    return [next(saved) * grad_loss if w else None for w in ctx.want]
+
+
 class _FusedNLL(torch.autograd.Function):
     """``sum_r coef_r nll_r`` with the output layer inside; also returns the detached nll (N,).
 
@@ -120,19 +133,15 @@ class _FusedNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, coef, chunk):
         want = ctx.needs_input_grad[:3]
-        nll, g_h, g_w, g_b = _nll_chunks(hidden, weight, bias, targets, coef, want, chunk)
-        ctx.save_for_backward(*(g for g in (g_h, g_w, g_b) if g is not None))
-        ctx.want = want
+        nll, *grads = _nll_chunks(hidden, weight, bias, targets, coef, want, chunk)
+        _save_grads(ctx, want, grads)
         ctx.mark_non_differentiable(nll)
         return torch.dot(coef, nll), nll
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, _grad_nll):
-        saved = iter(ctx.saved_tensors)
-        # Out of place: the saved gradients must survive a second backward (retain_graph).
-        grads = [next(saved) * grad_loss if w else None for w in ctx.want]
-        return (*grads, None, None, None)
+        return (*_saved_grads(ctx, grad_loss), None, None, None)
 
 
 def _weighted_nll(hidden, weight, bias, targets, coef, chunk):
@@ -279,18 +288,15 @@ class _FusedKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g_hidden, g_weight, g_bias, m_hidden, m_weight, m_bias, coef, chunk):
         want = ctx.needs_input_grad[:3]
-        kl, g_h, g_w, g_b = _kl_chunks(g_hidden, g_weight, g_bias, m_hidden, m_weight, m_bias, coef, want, chunk)
-        ctx.save_for_backward(*(g for g in (g_h, g_w, g_b) if g is not None))
-        ctx.want = want
+        kl, *grads = _kl_chunks(g_hidden, g_weight, g_bias, m_hidden, m_weight, m_bias, coef, want, chunk)
+        _save_grads(ctx, want, grads)
         ctx.mark_non_differentiable(kl)
         return torch.dot(coef, kl), kl
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, _grad_kl):
-        saved = iter(ctx.saved_tensors)
-        grads = [next(saved) * grad_loss if w else None for w in ctx.want]
-        return (*grads, None, None, None, None, None)
+        return (*_saved_grads(ctx, grad_loss), None, None, None, None, None)
 
 
 def fused_cot_generator_loss(g_hidden: torch.Tensor, g_weight: torch.Tensor, g_bias: torch.Tensor,
