@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
 
+from _curves import plot_curves
 from cot_ray.config import load_config
 from cot_ray.loop import read_metrics, resume_config, train
 
@@ -38,25 +38,6 @@ def summary(run_dir: str, out: dict) -> dict:
             "ms_per_iter": round(1e3 * out["elapsed_s"] / max(out["iteration"], 1), 1),
             **{k: round(m[k], 4) for k in KEYS},
             "jsd_mediator_error": round(abs(m["jsd_mediator"] - m["jsd"]), 4)}
-
-
-def plot(curves: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for arm, rows in curves.items():
-        xs = [r["elapsed_s"] / 60 for r in rows]
-        for ax, key in zip(axes, ("nll_oracle", "nll_test", "jsd_mediator")):
-            ax.plot(xs, [r[key] for r in rows], marker=".", label=arm)
-            ax.set_title(key)
-            ax.set_xlabel("training minutes (CPU)")
-    axes[2].axhline(math.log(2), color="grey", lw=0.8, ls="--")  # the true JSD's ceiling
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -90,7 +71,8 @@ def main() -> None:
                 cfg = resume_config(run_dirs[arm], minutes=done)
                 outs[arm] = train(cfg, resume_dir=run_dirs[arm], echo=_echo)
     if args.plot:
-        plot({arm: read_metrics(d) for arm, d in run_dirs.items()}, args.plot)
+        plot_curves({arm: read_metrics(d) for arm, d in run_dirs.items()}, ("nll_oracle", "nll_test", "jsd_mediator"),
+                    args.plot, ln2_on=("jsd_mediator",))
     print(json.dumps({"minutes": args.minutes, "depth": args.depth, "eval_samples": args.eval_samples,
                       **{arm: summary(run_dirs[arm], outs[arm]) for arm in arms},
                       "logdir": os.path.abspath(logdir)}))

@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 
+from _curves import plot_curves
 from cot_ray.config import load_config
 from cot_ray.loop import read_metrics, train
 
@@ -30,24 +31,6 @@ def run(algo: str, minutes: float, eval_every: int, logdir: str, seed: int, extr
     return {"iterations": out["iteration"], "train_s": round(out["elapsed_s"], 1),
             **{k: round(out["metrics"][k], 4) for k in KEYS},
             "curve": read_metrics(out["run_dir"])}
-
-
-def plot(results: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for algo, res in results.items():
-        xs = [r["elapsed_s"] / 60 for r in res["curve"]]
-        for ax, key in zip(axes, ("nll_oracle", "nll_test", "jsd")):
-            ax.plot(xs, [r[key] for r in res["curve"]], marker=".", label=algo.upper())
-            ax.set_title(key)
-            ax.set_xlabel("training minutes (CPU)")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -65,7 +48,8 @@ def main() -> None:
     results = {"mle": run("mle", args.minutes, args.mle_eval_every, logdir, args.seed, args.extra),
                "cot": run("cot", args.minutes, args.cot_eval_every, logdir, args.seed, args.extra)}
     if args.plot:
-        plot(results, args.plot)
+        plot_curves({algo.upper(): res["curve"] for algo, res in results.items()}, ("nll_oracle", "nll_test", "jsd"),
+                    args.plot, ln2_on=("jsd",))
     summary = {algo: {k: v for k, v in res.items() if k != "curve"} for algo, res in results.items()}
     print(json.dumps({"minutes": args.minutes, **summary, "logdir": os.path.abspath(logdir)}))
 

@@ -1,0 +1,31 @@
+"""Training curves of benchmark runs as one PNG (needs matplotlib; only ``--plot`` imports it)."""
+
+from __future__ import annotations
+
+import math
+
+
+def plot_curves(curves: dict, keys: tuple, path: str, ln2_on: tuple = ()) -> None:
+    """One panel per metric in ``keys``, one line per run against training minutes.
+
+    curves: label -> the run's evaluation rows (``loop.read_metrics``: ``elapsed_s`` and the
+    metrics); ``ln2_on``: the panels that get a dashed line at ln 2, the JSD's ceiling.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.6))
+    for label, rows in curves.items():
+        xs = [r["elapsed_s"] / 60 for r in rows]
+        for ax, key in zip(axes, keys):
+            ax.plot(xs, [r[key] for r in rows], marker=".", label=label)
+            ax.set_title(key)
+            ax.set_xlabel("training minutes (CPU)")
+    for ax, key in zip(axes, keys):
+        if key in ln2_on:
+            ax.axhline(math.log(2), color="grey", lw=0.8, ls="--")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
