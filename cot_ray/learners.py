@@ -14,8 +14,7 @@ import torch
 
 from .config import Config, ModelConfig, OptimConfig
 from .data import BatchSampler
-from .fused import fused_cot_generator_loss, fused_mediator_loss_joint, fused_mle_loss
-from .losses import mixture_loss
+from .fused import fused_cot_generator_loss, fused_mediator_loss_joint, fused_mixture_loss, fused_mle_loss
 from .memory import retain_freed_memory
 from .models import LSTMLM, copy_weights, cpu_weights
 from .text import sequence_mask as text_mask
@@ -221,9 +220,9 @@ class MixtureLearner:
     def _mle_fit(self, groups: list) -> dict:
         tokens = [x.to(self.device) for x, _ in groups]
         self.model.train()
-        logits = self.model(torch.cat(tokens), self.dropout_gen)  # one forward pass over every group
-        loss, stats = mixture_loss(logits.split([len(x) for x in tokens]), tokens, [w for _, w in groups],
-                                   [sequence_mask(x, self.eos_id) for x in tokens])
+        hidden = self.model.hidden(torch.cat(tokens), self.dropout_gen)  # one forward pass over every group
+        loss, stats = fused_mixture_loss(hidden, tokens, [w for _, w in groups], self.model.out.weight,
+                                         self.model.out.bias, [sequence_mask(x, self.eos_id) for x in tokens])
         stats["grad_norm"] = _update(self.model, self.optim, loss, self.ocfg.grad_clip)
         self.model.eval()
         return _to_floats(stats, level_prefix(self.level))
