@@ -8,7 +8,6 @@ A sequence ``x_1..x_T`` is scored as ``prod_t p(x_t | x_<t)``; the first input i
 from __future__ import annotations
 
 import math
-
 from typing import Optional
 
 import torch

@@ -26,8 +26,7 @@ Placement
     ``runtime.gpus_per_worker`` GPUs), packed by default or on different nodes with
     ``runtime.spread`` (STRICT_SPREAD); in a Tune trial they take bundles 1..n of the trial's
     own group instead (``ActorRuntime(placement=...)``). Requests the cluster cannot meet fail
-    at once with a
-    one-line :class:`PlacementError`; requests that could be met but are not within
+    at once with a one-line :class:`PlacementError`; requests that could be met but are not within
     ``runtime.placement_timeout_s`` (resources busy) fail after that time. Each worker takes its
     device from what Ray gave it: ``cuda:0`` (its own GPU, through CUDA_VISIBLE_DEVICES) when it
     holds a GPU and CUDA works, else the CPU with ``cpus_per_worker`` torch threads.
