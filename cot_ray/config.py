@@ -387,9 +387,14 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     return cfg.validate()
 
 
-def save_config(cfg: Config, path: str) -> None:
-    """Write the resolved config as YAML, atomically."""
+def write_yaml(data: dict, path: str) -> None:
+    """Write ``data`` as YAML, atomically (a temporary file, then a rename)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+        yaml.safe_dump(data, f, sort_keys=False)
     os.replace(tmp, path)
+
+
+def save_config(cfg: Config, path: str) -> None:
+    """Write the resolved config as YAML, atomically."""
+    write_yaml(cfg.to_dict(), path)

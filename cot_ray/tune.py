@@ -91,8 +91,8 @@ from ray import tune
 
 from . import loop, runtime
 from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
-from .config import (TEXT_SOURCES, Config, ConfigError, _overlay, _source_of, default_config, from_dict,
-                     parse_overrides, read_yaml, save_config)
+from .config import (TEXT_SOURCES, Config, ConfigError, _check, _overlay, _source_of, default_config, from_dict,
+                     parse_overrides, read_yaml, save_config, write_yaml)
 from .data import VOCAB_FILE, load_dataset
 from .metrics import ORACLE_KEYS, TEXT_KEYS
 
@@ -383,11 +383,6 @@ def _parse_tune(data: Any, base: Config) -> TuneSpec:
     if not spec.metric:
         spec.metric = "eval/nll_test" if base.data.source in TEXT_SOURCES else "eval/balanced_nll"
     return spec
-
-
-def _check(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}' {msg}")
 
 
 def _check_tune(t: TuneSpec, sweep_base: Config, params: list[ParamSpec], checked: list[Config]) -> None:
@@ -738,19 +733,15 @@ def _exists(path: str) -> bool:
 
 def _write_yaml(data: dict, path: str) -> None:
     """Write YAML to a local path (temp file, then rename) or a storage URI (one upload)."""
+    if not _is_uri(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_yaml(data, path)
+        return
     import yaml
 
-    text = yaml.safe_dump(data, sort_keys=False)
-    if _is_uri(path):
-        fs, p = _uri_fs(path)
-        with fs.open_output_stream(p) as f:
-            f.write(text.encode("utf-8"))
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fs, p = _uri_fs(path)
+    with fs.open_output_stream(p) as f:
+        f.write(yaml.safe_dump(data, sort_keys=False).encode("utf-8"))
 
 
 def _read_yaml(path: str) -> dict:
