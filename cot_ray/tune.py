@@ -340,7 +340,7 @@ def _absolute_paths(cfg: Config) -> None:
     """Trials run in their own directories (and on other nodes): data paths must be absolute."""
     for key in ("cache_dir", "train_path", "test_path", "vocab_path"):
         value = getattr(cfg.data, key)
-        if value and "://" not in value:
+        if value and not _is_uri(value):
             setattr(cfg.data, key, os.path.abspath(os.path.expanduser(value)))
 
 
@@ -697,7 +697,7 @@ def _check_cluster(sweep: Sweep, bundle: dict, echo: Callable[[str], None]) -> N
 def _experiment_dir(sweep: Sweep) -> tuple[str, str]:
     """(storage path, experiment name) of a new sweep; refuses to reuse an existing experiment."""
     storage = sweep.tune.storage_path
-    if "://" not in storage:
+    if not _is_uri(storage):
         storage = os.path.abspath(os.path.expanduser(storage))
     name = sweep.tune.name or f"{Path(sweep.path).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     exp = _join(storage, name)
