@@ -5,24 +5,27 @@ from __future__ import annotations
 import math
 
 
-def plot_curves(curves: dict, keys: tuple, path: str, ln2_on: tuple = ()) -> None:
-    """One panel per metric in ``keys``, one line per run against training minutes.
+def plot_curves(curves: dict, keys: tuple, path: str, ln2_on: tuple = (), x: str = "minutes") -> None:
+    """One panel per metric in ``keys``, one line per run against training minutes (or, with
+    ``x="iteration"``, against iterations).
 
-    curves: label -> the run's evaluation rows (``loop.read_metrics``: ``elapsed_s`` and the
-    metrics); ``ln2_on``: the panels that get a dashed line at ln 2, the JSD's ceiling.
+    curves: label -> the run's evaluation rows (``loop.read_metrics``: ``iteration``,
+    ``elapsed_s`` and the metrics); ``ln2_on``: the panels that get a dashed line at ln 2, the
+    JSD's ceiling.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.6))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.6), squeeze=False)
+    axes = axes[0]
     for label, rows in curves.items():
-        xs = [r["elapsed_s"] / 60 for r in rows]
+        xs = [r["iteration"] if x == "iteration" else r["elapsed_s"] / 60 for r in rows]
         for ax, key in zip(axes, keys):
-            ax.plot(xs, [r[key] for r in rows], marker=".", label=label)
+            ax.plot(xs, [r.get(key, math.nan) for r in rows], marker=".", label=label)
             ax.set_title(key)
-            ax.set_xlabel("training minutes (CPU)")
+            ax.set_xlabel("iterations" if x == "iteration" else "training minutes (CPU)")
     for ax, key in zip(axes, keys):
         if key in ln2_on:
             ax.axhline(math.log(2), color="grey", lw=0.8, ls="--")

@@ -258,7 +258,7 @@ def eval_cmd(run_dir, as_json, samples, seed):
     """Evaluate the latest checkpoint of RUN_DIR (oracle metrics, or on text NLL_test, BLEU and self-BLEU)."""
     from .learners import sequence_mask
     from .loop import model_from_weights
-    from .metrics import METRIC_KEYS, ORACLE_KEYS, TEXT_KEYS, make_evaluator
+    from .metrics import METRIC_KEYS, make_evaluator, metric_keys
 
     cfg, state = _load_run(run_dir)
     data = _load_data(cfg)
@@ -273,7 +273,7 @@ def eval_cmd(run_dir, as_json, samples, seed):
     if as_json:
         click.echo(json.dumps(out))
     else:
-        shown = ("iteration",) + (TEXT_KEYS if data.is_text else ORACLE_KEYS)
+        shown = ("iteration",) + metric_keys(data.is_text, m is not None, cfg.eval.num_train > 0)
         for k in shown:
             v = out[k]
             click.echo(f"{k:>14}  {'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else v)}")

@@ -22,6 +22,9 @@ class ConfigError(ValueError):
     """A bad configuration: the message is one line naming the key and the fix."""
 
 
+MODEL_INITS = ("normal", "orthogonal")
+
+
 @dataclass
 class ModelConfig:
     """An autoregressive LSTM language model (used for G, M and inner mediators)."""
@@ -30,7 +33,9 @@ class ModelConfig:
     hidden_dim: int = 32  # LSTM state width
     num_layers: int = 1  # stacked LSTM layers
     dropout: float = 0.0  # drop probability on LSTM outputs, applied only in the model's own training step
-    init_std: float = 0.1  # every parameter starts N(0, init_std), as in the authors' code
+    emb_dropout: float = 0.0  # drop probability on the token embeddings fed to the LSTM (own training step only)
+    init: str = "normal"  # "normal": every parameter N(0, init_std); "orthogonal": LSTM kernels orthogonal per gate, LSTM biases 0 (the authors' cuDNN mediator), embedding and output N(0, init_std)
+    init_std: float = 0.1  # standard deviation of the N(0, init_std) parameters (all of them under init "normal")
 
 
 @dataclass
@@ -41,6 +46,7 @@ class OptimConfig:
     beta1: float = 0.9  # Adam beta1
     beta2: float = 0.95  # Adam beta2 (the authors use 0.95, not 0.999)
     grad_clip: float = 5.0  # clip gradients to this global L2 norm; 0 disables clipping
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW): every step multiplies the weights by 1 - lr * weight_decay
 
 
 @dataclass
@@ -73,6 +79,7 @@ class DataConfig:
     num_train: int = 9984  # oracle sequences in the training set
     num_test: int = 9984  # oracle sequences in the held-out test set
     seed: int = 88  # seed of the oracle data sets (fixed, so every run sees the same data)
+    shuffle: bool = True  # reshuffle the training set every epoch; False: fixed batches in file order, cycled (the authors' loader)
     cache_dir: str = ""  # where generated data sets are cached; "" means ~/.cache/cot-ray
     train_path: str = ""  # text: training file, one sentence per line (UTF-8)
     test_path: str = ""  # text: held-out file, one sentence per line, for NLL_test and BLEU references
@@ -94,6 +101,7 @@ class EvalConfig:
     num_samples: int = 9984  # generator samples for NLL_oracle and JSD (the paper uses 9,984)
     num_test: int = 9984  # held-out sequences for NLL_test (oracle: at most data.num_test; text: all if fewer)
     bleu_samples: int = 1000  # text: generated sentences scored for BLEU-2..5 and self-BLEU-2..5
+    num_train: int = 2048  # training sequences scored for nll_train and m_nll_train (memorisation); 0: none
 
 
 @dataclass
@@ -180,7 +188,7 @@ class Config:
                     "data.num_test", "eval.num_samples", "eval.num_test", "run.log_every",
                     "run.checkpoint_every"):
             _check(_get(c, key) >= 1, key, f"must be >= 1, got {_get(c, key)}")
-        for key in ("cot.m_steps", "run.iters", "eval.every", "run.threads"):
+        for key in ("cot.m_steps", "run.iters", "eval.every", "run.threads", "eval.num_train"):
             _check(_get(c, key) >= 0, key, f"must be >= 0, got {_get(c, key)}")
         _check(c.cot.algo == "mle" or c.cot.m_steps >= 1, "cot.m_steps", "must be >= 1 for cot")
         _check(c.run.minutes >= 0, "run.minutes", f"must be >= 0, got {c.run.minutes}")
@@ -195,7 +203,9 @@ class Config:
             m: ModelConfig = getattr(c, name)
             for f in ("emb_dim", "hidden_dim", "num_layers"):
                 _check(getattr(m, f) >= 1, f"{name}.{f}", f"must be >= 1, got {getattr(m, f)}")
-            _check(0.0 <= m.dropout < 1.0, f"{name}.dropout", f"must be in [0, 1), got {m.dropout}")
+            for f in ("dropout", "emb_dropout"):
+                _check(0.0 <= getattr(m, f) < 1.0, f"{name}.{f}", f"must be in [0, 1), got {getattr(m, f)}")
+            _check(m.init in MODEL_INITS, f"{name}.init", f"must be 'normal' or 'orthogonal', got {m.init!r}")
             _check(m.init_std > 0, f"{name}.init_std", f"must be > 0, got {m.init_std}")
         for name in ("g_optim", "m_optim", "inner_optim"):
             o: OptimConfig = getattr(c, name)
@@ -203,6 +213,7 @@ class Config:
             for f in ("beta1", "beta2"):
                 _check(0.0 <= getattr(o, f) < 1.0, f"{name}.{f}", f"must be in [0, 1), got {getattr(o, f)}")
             _check(o.grad_clip >= 0, f"{name}.grad_clip", f"must be >= 0, got {o.grad_clip}")
+            _check(o.weight_decay >= 0, f"{name}.weight_decay", f"must be >= 0, got {o.weight_decay}")
         self._validate_runtime()
         return self
 

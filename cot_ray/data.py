@@ -182,22 +182,31 @@ def write_token_file(path: str, seqs: np.ndarray) -> None:
 
 
 class BatchSampler:
-    """Epochs of shuffled batches drawn from its own RNG; its state makes resuming exact."""
+    """Batches of training sequences; its state makes resuming exact.
 
-    def __init__(self, data: torch.Tensor, batch_size: int, seed: int):
+    ``shuffle`` (the default): epochs of batches in an order drawn from its own RNG, reshuffled
+    every epoch. Otherwise the authors' loader: the data cut in file order into
+    ``len(data) // batch_size`` fixed batches, cycled in order for ever.
+    """
+
+    def __init__(self, data: torch.Tensor, batch_size: int, seed: int, shuffle: bool = True):
         if len(data) < batch_size:
             raise ValueError(f"the training set has {len(data)} sequences, fewer than the batch size "
                              f"{batch_size}: lower cot.batch_size")
         self.data = data
         self.batch_size = batch_size
+        self.shuffle = shuffle
         self.gen = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(len(data), generator=self.gen)
+        self.perm = self._order()
         self.pos = 0
+
+    def _order(self) -> torch.Tensor:
+        return torch.randperm(len(self.data), generator=self.gen) if self.shuffle else torch.arange(len(self.data))
 
     def next(self) -> torch.Tensor:
         """-> (batch_size, T); the tail of an epoch that does not fill a batch is skipped."""
         if self.pos + self.batch_size > len(self.data):
-            self.perm = torch.randperm(len(self.data), generator=self.gen)
+            self.perm = self._order()
             self.pos = 0
         idx = self.perm[self.pos:self.pos + self.batch_size]
         self.pos += self.batch_size

@@ -51,7 +51,9 @@ def _build(vocab_size: int, mcfg: ModelConfig, ocfg: OptimConfig, seed: int, dev
     model = LSTMLM(vocab_size, mcfg)
     model.init_weights(torch.Generator().manual_seed(seed))
     model.to(device)
-    optim = torch.optim.Adam(model.parameters(), lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2))
+    # AdamW is Adam with decoupled weight decay; at weight_decay 0 it computes exactly Adam's steps.
+    optim = torch.optim.AdamW(model.parameters(), lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2),
+                              weight_decay=ocfg.weight_decay)
     return model, optim
 
 
@@ -105,7 +107,7 @@ class GeneratorLearner:
         self.gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.run.seed, _SAMPLE_G))
         self.batches = None
         if cfg.cot.algo == "mle":
-            self.batches = BatchSampler(train, cfg.cot.batch_size, stream_seed(cfg.run.seed, _BATCH_G))
+            self.batches = BatchSampler(train, cfg.cot.batch_size, stream_seed(cfg.run.seed, _BATCH_G), cfg.data.shuffle)
         # G's copy of the mediator (CoT only): only ever evaluated, never trained here.
         self.mediator = None
         if cfg.cot.algo == "cot":
@@ -278,7 +280,7 @@ class MediatorLearner(MixtureLearner):
     def __init__(self, cfg: Config, vocab_size: int, seq_len: int, train: torch.Tensor,
                  eos_id: Optional[int] = None, device: str = "cpu"):
         super().__init__(cfg, vocab_size, seq_len, eos_id, device, level=0)
-        self.batches = BatchSampler(train, cfg.cot.batch_size, stream_seed(cfg.run.seed, _BATCH_M))
+        self.batches = BatchSampler(train, cfg.cot.batch_size, stream_seed(cfg.run.seed, _BATCH_M), cfg.data.shuffle)
 
     def step(self, fake: torch.Tensor, start: int = 0, size: Optional[int] = None) -> dict:
         """One update towards ``(P + G) / 2`` on a fresh real batch and ``fake[start:start+size]``."""

@@ -11,6 +11,17 @@ divide by the number of counted tokens.
 - the mediator's JSD estimate: CoT's cooperative objective with the oracle's entropy shifted in,
   ``1/2 (E_P[log P - log M] + E_G[log G - log M])``; it equals the JSD when M is the exact
   mixture and is an upper bound in expectation otherwise.
+- per-token divergences that move long before the sequence JSD leaves ln 2:
+  entropy_g, G's entropy rate (its mean per-token NLL of its own samples);
+  kl_forward = KL(P || G) per token = NLL_test - H(P), with H(P) the oracle's NLL of the same
+  test sequences (a paired estimate); kl_reverse = KL(G || P) per token = NLL_oracle - H(G),
+  on the same samples of G.
+
+Memorisation diagnostics, on any data: nll_train, G's NLL of ``eval.num_train`` training
+sequences (compare with nll_test); with a mediator, m_nll_train and m_nll_test, M's NLL of
+those training and of the held-out sequences (its fit to the real half of its mixture), and on
+the oracle m_nll_fake, M's NLL of the evaluation's samples of G. Models are scored in eval
+mode (no dropout).
 
 On text (no oracle), Texygen's real-data metrics instead:
 
@@ -39,9 +50,21 @@ from .models import LSTMLM
 LN2 = math.log(2.0)
 MaskFn = Callable[[torch.Tensor], Optional[torch.Tensor]]
 BLEU_ORDERS = (2, 3, 4, 5)
-ORACLE_KEYS = ("nll_oracle", "nll_test", "balanced_nll", "jsd", "jsd_mediator")  # oracle runs
-TEXT_KEYS = ("nll_test",) + tuple(f"bleu{n}" for n in BLEU_ORDERS) + tuple(f"self_bleu{n}" for n in BLEU_ORDERS)
-METRIC_KEYS = ORACLE_KEYS + TEXT_KEYS[1:]  # every key an evaluation can report, in display order
+ORACLE_KEYS = ("nll_oracle", "nll_test", "balanced_nll", "kl_forward", "kl_reverse", "entropy_g", "jsd",
+               "nll_train")  # oracle runs
+TEXT_KEYS = ("nll_test",) + tuple(f"bleu{n}" for n in BLEU_ORDERS) + tuple(f"self_bleu{n}" for n in BLEU_ORDERS) \
+    + ("nll_train",)  # text runs
+MEDIATOR_KEYS = ("jsd_mediator", "m_nll_train", "m_nll_test", "m_nll_fake")  # runs with a mediator (oracle)
+TEXT_MEDIATOR_KEYS = ("m_nll_train", "m_nll_test")  # runs with a mediator (text)
+METRIC_KEYS = tuple(dict.fromkeys(ORACLE_KEYS + TEXT_KEYS + MEDIATOR_KEYS))  # every key, in display order
+
+
+def metric_keys(text: bool, mediator: bool, train: bool = True) -> tuple:
+    """The keys an evaluation reports: on text or on the oracle, with or without a mediator,
+    with or without scoring training sequences (``eval.num_train`` > 0)."""
+    keys = (TEXT_KEYS + (TEXT_MEDIATOR_KEYS if mediator else ())) if text else \
+        (ORACLE_KEYS + (MEDIATOR_KEYS if mediator else ()))
+    return keys if train else tuple(k for k in keys if k not in ("nll_train", "m_nll_train"))
 
 
 @torch.no_grad()
@@ -112,34 +135,59 @@ def mediator_jsd(p_on_p: torch.Tensor, m_on_p: torch.Tensor, g_on_g: torch.Tenso
 
 
 class Evaluator:
-    """Computes every metric for given G (and M) models; caches what depends only on the data."""
+    """Computes every metric for given G (and M) models; caches what depends only on the data.
+
+    ``train`` (optional): training sequences for the memorisation diagnostics (nll_train and
+    m_nll_train); the first ``num_train`` of them are scored.
+    """
 
     def __init__(self, test: torch.Tensor, seq_len: int, oracle: Optional[LSTMLM] = None,
-                 mask_fn: Optional[MaskFn] = None, num_samples: int = 9984, num_test: int = 9984):
-        self.test = test[:num_test]
-        mask = mask_fn(self.test) if mask_fn is not None and oracle is None else None
-        if mask is not None:  # shortest first: batches of similar length waste little on padding
-            self.test = self.test[torch.argsort(mask.sum(dim=1), stable=True)]
+                 mask_fn: Optional[MaskFn] = None, num_samples: int = 9984, num_test: int = 9984,
+                 train: Optional[torch.Tensor] = None, num_train: int = 0):
+        self.test = self._by_length(test[:num_test], mask_fn, oracle)
+        self.train = None if train is None or num_train <= 0 else self._by_length(train[:num_train], mask_fn, oracle)
         self.seq_len = seq_len
         self.oracle = oracle
         self.mask_fn = mask_fn
         self.num_samples = num_samples
         self.test_tokens = count_tokens(self.test, mask_fn)
+        self.train_tokens = 0 if self.train is None else count_tokens(self.train, mask_fn)
         self._p_on_p = None if oracle is None else sequence_log_probs(oracle, self.test)
+
+    @staticmethod
+    def _by_length(seqs: torch.Tensor, mask_fn: Optional[MaskFn], oracle: Optional[LSTMLM]) -> torch.Tensor:
+        mask = mask_fn(seqs) if mask_fn is not None and oracle is None else None
+        if mask is None:
+            return seqs
+        return seqs[torch.argsort(mask.sum(dim=1), stable=True)]  # batches of similar length waste little padding
+
+    def _nll(self, model: LSTMLM, seqs: torch.Tensor, tokens: int) -> float:
+        return float(-sequence_log_probs(model, seqs, self.mask_fn).sum() / tokens)
 
     def evaluate(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int) -> dict:
         g_on_p = sequence_log_probs(generator, self.test, self.mask_fn)
         res = {"nll_test": float(-g_on_p.sum() / self.test_tokens)}
+        if self.train is not None:
+            res["nll_train"] = self._nll(generator, self.train, self.train_tokens)
+        m_on_p = None
+        if mediator is not None:
+            m_on_p = sequence_log_probs(mediator, self.test, self.mask_fn)
+            res["m_nll_test"] = float(-m_on_p.sum() / self.test_tokens)
+            if self.train is not None:
+                res["m_nll_train"] = self._nll(mediator, self.train, self.train_tokens)
         if self.oracle is None:
             return res
         samples, g_on_g = sample_with_log_probs(generator, self.num_samples, self.seq_len, seed)
         p_on_g = sequence_log_probs(self.oracle, samples)
         res["nll_oracle"] = float(-p_on_g.sum() / samples.numel())
         res["balanced_nll"] = res["nll_oracle"] + res["nll_test"]
+        res["entropy_g"] = float(-g_on_g.sum() / samples.numel())
+        res["kl_forward"] = float((self._p_on_p - g_on_p).sum() / self.test_tokens)
+        res["kl_reverse"] = float((g_on_g - p_on_g).sum() / samples.numel())
         res["jsd"] = jsd_monte_carlo(self._p_on_p, g_on_p, p_on_g, g_on_g)
         if mediator is not None:
-            m_on_p = sequence_log_probs(mediator, self.test, self.mask_fn)
             m_on_g = sequence_log_probs(mediator, samples, self.mask_fn)
+            res["m_nll_fake"] = float(-m_on_g.sum() / samples.numel())
             res["jsd_mediator"] = mediator_jsd(self._p_on_p, m_on_p, g_on_g, m_on_g)
         return res
 
@@ -153,10 +201,11 @@ class TextEvaluator(Evaluator):
 
     def __init__(self, test: torch.Tensor, seq_len: int, references: Sequence[Sequence[str]],
                  to_tokens: Callable[[list], list], mask_fn: Optional[MaskFn] = None,
-                 bleu_samples: int = 1000, num_test: int = 9984):
+                 bleu_samples: int = 1000, num_test: int = 9984,
+                 train: Optional[torch.Tensor] = None, num_train: int = 0):
         if bleu_samples < 2:
             raise ValueError(f"bleu_samples must be >= 2 (self-BLEU needs two sentences), got {bleu_samples}")
-        super().__init__(test, seq_len, None, mask_fn, bleu_samples, num_test)
+        super().__init__(test, seq_len, None, mask_fn, bleu_samples, num_test, train, num_train)
         self.to_tokens = to_tokens
         self.scorer = BleuScorer(references, max_n=max(BLEU_ORDERS))
 
@@ -181,9 +230,10 @@ def make_evaluator(data, eval_cfg, mask_fn: Optional[MaskFn] = None,
     if data.vocab is not None and data.references is not None:
         n = num_samples if num_samples is not None else eval_cfg.bleu_samples
         return TextEvaluator(data.test, data.seq_len, data.references, data.tokens, mask_fn, n,
-                             eval_cfg.num_test)
+                             eval_cfg.num_test, data.train, eval_cfg.num_train)
     n = num_samples if num_samples is not None else eval_cfg.num_samples
-    return Evaluator(data.test, data.seq_len, data.oracle, mask_fn, n, eval_cfg.num_test)
+    return Evaluator(data.test, data.seq_len, data.oracle, mask_fn, n, eval_cfg.num_test, data.train,
+                     eval_cfg.num_train)
 
 
 def eval_seed(run_seed: int, iteration: int) -> int:

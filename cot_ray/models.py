@@ -18,7 +18,7 @@ from .config import ModelConfig
 
 
 class LSTMLM(nn.Module):
-    """Embedding -> LSTM -> (dropout) -> linear over the whole vocabulary."""
+    """Embedding -> (dropout) -> LSTM -> (dropout) -> linear over the whole vocabulary."""
 
     def __init__(self, vocab_size: int, cfg: ModelConfig, start_token: int = 0):
         super().__init__()
@@ -31,9 +31,22 @@ class LSTMLM(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator) -> None:
-        """Every parameter ~ N(0, init_std), drawn from ``generator`` (reproducible on any device)."""
-        for p in self.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * self.cfg.init_std)
+        """Draw the initial parameters from ``generator`` (reproducible on any device).
+
+        ``init`` "normal": every parameter ~ N(0, init_std) (the authors' generator).
+        "orthogonal": the authors' cuDNN mediator: each gate's input and recurrent kernel is a
+        (semi-)orthogonal matrix, the LSTM biases are 0, and the embedding and output layer are
+        N(0, init_std). Parameters are drawn in ``named_parameters`` order.
+        """
+        for name, p in self.named_parameters():
+            if self.cfg.init == "orthogonal" and name.startswith("lstm."):
+                if name.startswith("lstm.bias"):
+                    p.zero_()
+                else:  # (4H, in): one (H, in) block per gate (i, f, g, o)
+                    for block in p.chunk(4, dim=0):
+                        nn.init.orthogonal_(block, generator=generator)
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator) * self.cfg.init_std)
 
     def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
         # tokens (B, T) -> inputs (B, T): start token, then x_1..x_{T-1}
@@ -41,17 +54,22 @@ class LSTMLM(nn.Module):
         return torch.cat([start, tokens[:, :-1]], dim=1)
 
     def hidden(self, tokens: torch.Tensor, dropout_generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """LSTM outputs, after dropout in training mode: tokens (B, T) -> (B, T, H).
+        """LSTM outputs, with dropout in training mode: tokens (B, T) -> (B, T, H).
 
-        Dropout's mask is drawn from ``dropout_generator`` so that runs are reproducible
-        whichever process the model lives in.
+        In training mode ``emb_dropout`` drops embedding entries fed to the LSTM and ``dropout``
+        drops LSTM outputs (in that order), with masks drawn from ``dropout_generator`` so that
+        runs are reproducible whichever process the model lives in.
         """
-        h, _ = self.lstm(self.embed(self._inputs(tokens)))  # (B, T, H)
-        p = self.cfg.dropout
-        if self.training and p > 0:
-            keep = torch.empty_like(h).bernoulli_(1.0 - p, generator=dropout_generator)
-            h = h * keep / (1.0 - p)
-        return h
+        x = self.embed(self._inputs(tokens))  # (B, T, E)
+        x = self._dropout(x, self.cfg.emb_dropout, dropout_generator)
+        h, _ = self.lstm(x)  # (B, T, H)
+        return self._dropout(h, self.cfg.dropout, dropout_generator)
+
+    def _dropout(self, x: torch.Tensor, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+        if not self.training or p <= 0:
+            return x
+        keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
+        return x * keep / (1.0 - p)
 
     def forward(self, tokens: torch.Tensor, dropout_generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Next-token logits for every position: tokens (B, T) -> logits (B, T, V)."""

@@ -94,7 +94,7 @@ from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
 from .config import (TEXT_SOURCES, Config, ConfigError, _check, _overlay, _source_of, default_config, from_dict,
                      parse_overrides, read_yaml, save_config, write_yaml)
 from .data import VOCAB_FILE, load_dataset
-from .metrics import ORACLE_KEYS, TEXT_KEYS
+from .metrics import metric_keys
 
 SWEEP_SECTIONS = ("base", "search", "tune")
 SPEC_KINDS = ("uniform", "loguniform", "randint", "choice", "grid_search")
@@ -330,9 +330,7 @@ def _parse_param(key: str, spec: Any) -> ParamSpec:
 
 def reported_metrics(cfg: Config) -> list[str]:
     """The metric names a trial of ``cfg`` reports to Tune (besides iteration and elapsed_s)."""
-    keys = TEXT_KEYS if cfg.data.source in TEXT_SOURCES else ORACLE_KEYS
-    if cfg.cot.algo == "mle":
-        keys = tuple(k for k in keys if k != "jsd_mediator")  # no mediator to measure
+    keys = metric_keys(cfg.data.source in TEXT_SOURCES, cfg.cot.algo == "cot", cfg.eval.num_train > 0)
     return [f"eval/{k}" for k in keys]
 
 

@@ -11,6 +11,7 @@ import pytest
 from cot_ray.checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint
 from cot_ray.config import ConfigError, read_yaml
 from cot_ray.loop import METRICS_FILE, read_metrics, resume_config, train
+from cot_ray.metrics import metric_keys
 from tests.conftest import assert_same_tree
 
 
@@ -80,11 +81,12 @@ def test_run_directory_holds_config_checkpoint_metrics_and_namespaced_scalars(ti
     run_dir = out["run_dir"]
     saved = read_yaml(os.path.join(run_dir, CONFIG))
     assert saved["cot"]["m_steps"] == 3 and saved["run"]["iters"] == 2
-    assert set(out["metrics"]) == {"nll_test", "nll_oracle", "balanced_nll", "jsd", "jsd_mediator"}
+    assert set(out["metrics"]) == set(metric_keys(text=False, mediator=True))
     assert 0.0 <= out["metrics"]["jsd"] <= 0.6932
     assert os.path.exists(os.path.join(run_dir, METRICS_FILE))
     tags = _event_tags(run_dir)
-    assert {"train/m_balanced_nll", "train/g_kl", "eval/nll_oracle", "eval/jsd", "time/iters_per_sec"} <= tags
+    assert {"train/m_balanced_nll", "train/g_kl", "eval/nll_oracle", "eval/jsd", "eval/m_nll_test",
+            "eval/kl_forward", "time/iters_per_sec"} <= tags
     assert all(t.split("/")[0] in ("train", "eval", "time") for t in tags)
 
 

@@ -20,6 +20,7 @@ from cot_ray.metrics import (
     jsd_monte_carlo,
     mediator_jsd,
     sample_with_log_probs,
+    metric_keys,
     sequence_log_probs,
 )
 from cot_ray.models import LSTMLM
@@ -178,9 +179,10 @@ def test_eval_seed_is_deterministic_and_distinct():
 def test_evaluator_matches_direct_computations():
     P, G, M = tiny_lm(0), tiny_lm(1), tiny_lm(2)
     test_set = P.sample(800, T, torch.Generator().manual_seed(7))
-    ev = Evaluator(test_set, T, oracle=P, num_samples=600, num_test=650)
+    train_set = P.sample(500, T, torch.Generator().manual_seed(3))
+    ev = Evaluator(test_set, T, oracle=P, num_samples=600, num_test=650, train=train_set, num_train=300)
     res = ev.evaluate(G, M, seed=11)
-    assert set(res) == {"nll_test", "nll_oracle", "balanced_nll", "jsd", "jsd_mediator"}
+    assert set(res) == set(metric_keys(text=False, mediator=True))
 
     test = test_set[:650]
     with torch.no_grad():
@@ -198,11 +200,26 @@ def test_evaluator_matches_direct_computations():
     assert res["jsd"] == pytest.approx(jsd_monte_carlo(p_on_p, g_on_p, p_on_g, g_on_g), abs=1e-6)
     assert 0.0 <= res["jsd"] <= LN2
     assert res["jsd_mediator"] == pytest.approx(mediator_jsd(p_on_p, m_on_p, g_on_g, m_on_g), abs=1e-6)
+    # per-token divergences: paired estimates on the test set and on G's samples
+    n_test, n_fake = 650 * T, 600 * T
+    assert res["entropy_g"] == pytest.approx((-g_on_g.sum() / n_fake).item(), abs=1e-6)
+    assert res["kl_forward"] == pytest.approx(((p_on_p - g_on_p).sum() / n_test).item(), abs=1e-6)
+    assert res["kl_reverse"] == pytest.approx(((g_on_g - p_on_g).sum() / n_fake).item(), abs=1e-6)
+    assert res["kl_forward"] == pytest.approx(res["nll_test"] + (p_on_p.sum() / n_test).item(), abs=1e-9)
+    assert res["kl_reverse"] == pytest.approx(res["nll_oracle"] - res["entropy_g"], abs=1e-9)
+    # memorisation diagnostics: the first num_train training sequences, M on test and on G's samples
+    with torch.no_grad():
+        g_on_train = G.sequence_log_prob(train_set[:300]).double()
+        m_on_train = M.sequence_log_prob(train_set[:300]).double()
+    assert res["nll_train"] == pytest.approx((-g_on_train.sum() / (300 * T)).item(), abs=1e-6)
+    assert res["m_nll_train"] == pytest.approx((-m_on_train.sum() / (300 * T)).item(), abs=1e-6)
+    assert res["m_nll_test"] == pytest.approx((-m_on_p.sum() / n_test).item(), abs=1e-6)
+    assert res["m_nll_fake"] == pytest.approx((-m_on_g.sum() / n_fake).item(), abs=1e-6)
 
     # the same seed gives the same result; the test-set figures do not depend on it
     assert ev.evaluate(G, M, seed=11) == res
     other = ev.evaluate(G, None, seed=12)
-    assert "jsd_mediator" not in other
+    assert set(other) == set(metric_keys(text=False, mediator=False))
     assert other["nll_test"] == res["nll_test"] and other["nll_oracle"] != res["nll_oracle"]
 
 
@@ -213,8 +230,10 @@ def test_evaluator_figures_estimate_the_exact_values():
     n = 20_000
     test_set = P.sample(n, T, torch.Generator().manual_seed(8))
     res = Evaluator(test_set, T, oracle=P, num_samples=n, num_test=n).evaluate(G, None, seed=9)
-    # NLL_oracle -> E_G[-log P] / T, NLL_test -> E_P[-log G] / T, jsd -> JSD(P || G)
-    for key, terms, w in (("nll_oracle", -lp / T, g), ("nll_test", -lg / T, p)):
+    # NLL_oracle -> E_G[-log P] / T, NLL_test -> E_P[-log G] / T, entropy_g -> H(G) / T,
+    # kl_forward -> KL(P || G) / T, kl_reverse -> KL(G || P) / T, jsd -> JSD(P || G)
+    for key, terms, w in (("nll_oracle", -lp / T, g), ("nll_test", -lg / T, p), ("entropy_g", -lg / T, g),
+                          ("kl_forward", (lp - lg) / T, p), ("kl_reverse", (lg - lp) / T, g)):
         mean = (w * terms).sum().item()
         se = math.sqrt((w * (terms - mean) ** 2).sum().item() / n)
         assert abs(res[key] - mean) < 5 * se, key
@@ -227,7 +246,7 @@ def test_evaluator_without_oracle_and_with_mask():
     # a prefix mask (as sequence_mask gives): row length 1 + its first token
     mask_fn = lambda s: (torch.arange(T)[None, :] <= s[:, :1]).float()  # noqa: E731
     res = Evaluator(test_set, T, oracle=None, mask_fn=mask_fn).evaluate(G, None, seed=0)
-    assert set(res) == {"nll_test"}
+    assert set(res) == {"nll_test"}  # no training sequences given: no nll_train
     assert 0 < mask_fn(test_set).sum() < test_set.numel()  # the mask really drops tokens
     with torch.no_grad():
         lp = G.sequence_log_prob(test_set, mask_fn(test_set)).double()

@@ -1,0 +1,118 @@
+"""Long-horizon training on the oracle: one configuration for many iterations, evaluated along the way.
+
+CoT's claim is that it keeps improving for a long time; this is the benchmark that checks it.
+An *arm* is a named configuration (the defaults plus ``--set`` overrides) trained in-process
+(one torch thread by default, so two arms can share a 2-core machine) in the run directory
+``DIR/NAME``. Running the same command again continues the arm from its checkpoint up to
+``--iters`` (``cot-ray train --resume`` underneath), so an arm can be spread over sessions and
+lengthened later; the overrides of a continued arm must be the ones it started with.
+
+    python benchmarks/long_horizon.py --arm NAME [--iters 20000] [--eval-every 2500]
+                                      [--dir runs/long_horizon] [--set key=value ...] [--threads 1]
+    python benchmarks/long_horizon.py --plot docs/long_horizon.png [--dir runs/long_horizon] [ARM ...]
+
+Prints one JSON line: the arm, its overrides, iterations, training seconds, the curve (every
+evaluation: NLL_oracle, NLL_test, the per-token KLs, G's entropy rate and the memorisation
+diagnostics nll_train / m_nll_train / m_nll_test / m_nll_fake), the best evaluation, and
+``improving``: whether NLL_oracle and NLL_test at the last evaluation are both lower than at
+``--turn`` (default 7,500) iterations, the point where the old recipe turned. ``--plot`` draws
+the arms' curves against iterations (needs matplotlib).
+
+Expected curve (seed 0, one thread, evaluation on 9,984 samples and 9,984 test sequences):
+see README's "Long horizon" results for the measured table of every arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from _curves import plot_curves
+from cot_ray.checkpoint import CHECKPOINT
+from cot_ray.config import load_config, parse_overrides
+from cot_ray.loop import read_metrics, resume_config, train
+
+KEYS = ("nll_oracle", "nll_test", "kl_forward", "kl_reverse", "entropy_g", "nll_train", "m_nll_train",
+        "m_nll_test", "m_nll_fake", "jsd_mediator")
+PLOT_KEYS = ("nll_oracle", "nll_test", "m_nll_test", "m_nll_train")
+OVERRIDES_FILE = "long_horizon_overrides.json"
+
+
+def run_arm(name: str, iters: int, eval_every: int, root: str, seed: int, threads: int, overrides: list) -> dict:
+    run_dir = os.path.join(root, name)
+    saved = os.path.join(run_dir, OVERRIDES_FILE)
+    echo = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+        with open(saved, encoding="utf-8") as f:
+            started = json.load(f)
+        if parse_overrides(overrides) != parse_overrides(started["overrides"]) and overrides:
+            raise SystemExit(f"arm {name!r} was started with {started['overrides']}, not {overrides}: "
+                             "give the same --set options (or none) to continue it, or pick another --arm")
+        overrides = started["overrides"]
+        cfg = resume_config(run_dir, iters=iters)  # its own thread count: the bits depend on it
+        out = train(cfg, resume_dir=run_dir, echo=echo)
+    else:
+        cfg = load_config(None, ["run.iters=%d" % iters, "run.minutes=0", f"eval.every={eval_every}",
+                                 f"run.checkpoint_every={eval_every}", f"run.logdir={root}", f"run.name={name}",
+                                 f"run.seed={seed}", f"run.threads={threads}", "run.log_every=250",
+                                 "runtime.mode=local", *overrides])
+        os.makedirs(run_dir, exist_ok=True)
+        with open(saved, "w", encoding="utf-8") as f:
+            json.dump({"overrides": overrides}, f)
+        out = train(cfg, echo=echo)
+    return summarize(name, run_dir, overrides, out["elapsed_s"])
+
+
+def summarize(name: str, run_dir: str, overrides: list, elapsed_s: float, turn: int = 7500) -> dict:
+    rows = read_metrics(run_dir)
+    curve = [{"iteration": r["iteration"], **{k: round(r[k], 4) for k in KEYS if r.get(k) is not None}}
+             for r in rows]
+    best = min(curve, key=lambda r: r["nll_oracle"] + r["nll_test"]) if curve else None
+    at_turn = next((r for r in curve if r["iteration"] == turn), None)
+    last = curve[-1] if curve else None
+    improving = None
+    if at_turn is not None and last is not None and last["iteration"] > turn:
+        improving = last["nll_oracle"] < at_turn["nll_oracle"] and last["nll_test"] < at_turn["nll_test"]
+    return {"arm": name, "overrides": overrides, "iterations": last["iteration"] if last else 0,
+            "train_s": round(elapsed_s, 1), "best_iteration": best["iteration"] if best else None,
+            "improving_after": turn, "improving": improving, "curve": curve}
+
+
+def arm_overrides(run_dir: str) -> list:
+    path = os.path.join(run_dir, OVERRIDES_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["overrides"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arm", help="name of the arm (its run directory under --dir)")
+    ap.add_argument("--iters", type=int, default=20000, help="train (or continue) the arm to this many iterations")
+    ap.add_argument("--eval-every", type=int, default=2500, help="evaluate (and checkpoint) every this many iterations")
+    ap.add_argument("--dir", default="runs/long_horizon", help="where the arms' run directories are")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the arm's process")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override of the arm (repeatable)")
+    ap.add_argument("--plot", default="", help="draw the curves of the arms under --dir to this PNG file")
+    ap.add_argument("arms", nargs="*", help="with --plot: the arms to draw (default: every arm under --dir)")
+    args = ap.parse_args()
+    if args.plot:
+        arms = args.arms or sorted(d for d in os.listdir(args.dir) if os.path.isdir(os.path.join(args.dir, d)))
+        plot_curves({a: read_metrics(os.path.join(args.dir, a)) for a in arms}, PLOT_KEYS, args.plot, x="iteration")
+        for a in arms:
+            print(json.dumps({k: v for k, v in summarize(a, os.path.join(args.dir, a), arm_overrides(
+                os.path.join(args.dir, a)), 0.0).items() if k != "train_s"}))
+        return
+    if not args.arm:
+        ap.error("give --arm NAME (or --plot FILE)")
+    print(json.dumps(run_arm(args.arm, args.iters, args.eval_every, args.dir, args.seed, args.threads,
+                             args.overrides)))
+
+
+if __name__ == "__main__":
+    main()
