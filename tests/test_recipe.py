@@ -1,0 +1,181 @@
+"""The recipe's knobs: the mediator's initialisation, embedding dropout, weight decay and the
+batch order, each against a direct computation, and the long-horizon benchmark's verdict."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import os
+import re
+
+import pytest
+import torch
+
+from cot_ray.config import ConfigError, ModelConfig, load_config
+from cot_ray.data import BatchSampler, load_dataset
+from cot_ray.learners import GeneratorLearner
+from cot_ray.models import LSTMLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make(init="normal", emb=6, hidden=5, layers=1, vocab=40, seed=0, **kw) -> LSTMLM:
+    m = LSTMLM(vocab, ModelConfig(emb_dim=emb, hidden_dim=hidden, num_layers=layers, init=init, **kw))
+    m.init_weights(torch.Generator().manual_seed(seed))
+    return m
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+@pytest.mark.parametrize("emb,hidden", [(6, 5), (4, 8)])  # wide and tall input kernels
+def test_orthogonal_init_is_orthogonal_per_gate_with_zero_lstm_biases(emb, hidden):
+    m = make("orthogonal", emb=emb, hidden=hidden, layers=2, init_std=0.1)
+    for name, p in m.named_parameters():
+        if name.startswith("lstm.bias"):
+            assert torch.equal(p, torch.zeros_like(p)), name
+        elif name.startswith("lstm.weight"):
+            assert p.shape[0] == 4 * hidden
+            for gate in p.detach().chunk(4, dim=0):  # i, f, g, o: each (H, in) block on its own
+                rows, cols = gate.shape
+                gram = gate @ gate.T if rows <= cols else gate.T @ gate
+                assert torch.allclose(gram, torch.eye(min(rows, cols)), atol=1e-5), name
+    # the embedding and output layer stay N(0, init_std)
+    flat = torch.cat([m.embed.weight.flatten(), m.out.weight.flatten(), m.out.bias.flatten()]).detach()
+    assert flat.std().item() == pytest.approx(0.1, rel=0.15)
+
+
+def test_orthogonal_gates_are_independent_blocks_not_one_matrix():
+    """Orthogonalising the whole (4H, H) recurrent kernel (one mutation away) would leave each
+    gate's block with rows of norm about 1/2, not 1."""
+    m = make("orthogonal", emb=8, hidden=8)
+    gate = m.lstm.weight_hh_l0.detach()[:8]
+    assert torch.allclose(gate.norm(dim=1), torch.ones(8), atol=1e-5)
+
+
+def test_orthogonal_init_is_reproducible_and_normal_init_unchanged():
+    a, b, c = make("orthogonal", seed=3), make("orthogonal", seed=3), make("orthogonal", seed=4)
+    for (n, pa), (_, pb), (_, pc) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
+        assert torch.equal(pa, pb), n
+        if "bias_" not in n:
+            assert not torch.equal(pa, pc), n
+    gen = torch.Generator().manual_seed(5)
+    for p in make("normal", seed=5, init_std=0.1).parameters():  # the default draws exactly as before
+        assert torch.equal(p, torch.randn(p.shape, generator=gen) * 0.1)
+
+
+# ----------------------------------------------------------------------------- embedding dropout
+
+def test_embedding_dropout_masks_the_lstm_inputs_then_the_outputs():
+    m = make(emb=6, hidden=5, emb_dropout=0.3, dropout=0.5, init_std=1.0).train()
+    x = torch.randint(0, 40, (7, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = m.hidden(x, torch.Generator().manual_seed(2))
+        gen = torch.Generator().manual_seed(2)
+        e = m.embed(m._inputs(x))
+        keep_e = torch.empty_like(e).bernoulli_(0.7, generator=gen)  # first the embedding mask
+        h, _ = m.lstm(e * keep_e / 0.7)
+        keep_h = torch.empty_like(h).bernoulli_(0.5, generator=gen)  # then the output mask
+        assert torch.allclose(got, h * keep_h / 0.5, atol=1e-6)
+        assert 0.55 < keep_e.mean().item() < 0.85
+        # eval mode: neither dropout
+        h_eval, _ = m.lstm(e)
+        assert torch.equal(m.eval().hidden(x, torch.Generator().manual_seed(2)), h_eval)
+
+
+def test_zero_embedding_dropout_draws_nothing():
+    """Runs without it keep their bits: no random numbers are taken for a zero rate."""
+    m = make(emb_dropout=0.0, dropout=0.0).train()
+    gen = torch.Generator().manual_seed(8)
+    before = gen.get_state()
+    m.hidden(torch.zeros(3, 4, dtype=torch.long), gen)
+    assert torch.equal(gen.get_state(), before)
+
+
+# ----------------------------------------------------------------------------- weight decay
+
+def test_weight_decay_shrinks_every_weight_by_lr_times_decay_each_step(tiny):
+    """AdamW: the step with decay wd equals the step without it minus lr * wd * (old weights)."""
+    steps = {}
+    for wd in (0.0, 0.25):
+        cfg = tiny("cot.algo=mle", f"g_optim.weight_decay={wd}", "g_optim.lr=0.01")
+        data = load_dataset(cfg.data)
+        g = GeneratorLearner(cfg, data.vocab_size, data.seq_len, data.train)
+        before = {k: v.clone() for k, v in g.get_weights().items()}
+        g.step_mle()
+        steps[wd] = (before, g.get_weights())
+    (b0, a0), (b1, a1) = steps[0.0], steps[0.25]
+    for k in b0:
+        assert torch.equal(b0[k], b1[k])  # same start
+        assert torch.allclose(a1[k], a0[k] - 0.01 * 0.25 * b0[k], atol=1e-6), k
+
+
+# ----------------------------------------------------------------------------- batch order
+
+def test_fixed_batches_cycle_in_file_order_and_skip_the_tail():
+    data = torch.arange(10).unsqueeze(1)  # 10 "sequences"; batches of 3 -> 3 batches, row 9 never used
+    s = BatchSampler(data, 3, seed=0, shuffle=False)
+    got = [s.next().squeeze(1).tolist() for _ in range(7)]
+    assert got == [[0, 1, 2], [3, 4, 5], [6, 7, 8]] * 2 + [[0, 1, 2]]
+    # resuming mid-cycle continues the cycle
+    t = BatchSampler(data, 3, seed=5, shuffle=False)
+    t.load_state(copy.deepcopy(s.state()))
+    assert t.next().squeeze(1).tolist() == s.next().squeeze(1).tolist() == [3, 4, 5]
+
+
+def test_shuffled_batches_reshuffle_every_epoch():
+    data = torch.arange(12).unsqueeze(1)
+    s = BatchSampler(data, 4, seed=0)
+    epochs = [sorted(sum((s.next().squeeze(1).tolist() for _ in range(3)), [])) for _ in range(2)]
+    assert epochs == [list(range(12))] * 2  # every sequence once per epoch
+    orders = [torch.cat([s.next() for _ in range(3)]).squeeze(1).tolist() for _ in range(3)]
+    assert len({tuple(o) for o in orders}) == 3  # a new order each epoch
+
+
+# ----------------------------------------------------------------------------- config
+
+@pytest.mark.parametrize("override,expect", [
+    ("mediator.init=xavier", "config key 'mediator.init' must be 'normal' or 'orthogonal'"),
+    ("mediator.emb_dropout=1.0", "config key 'mediator.emb_dropout' must be in [0, 1)"),
+    ("m_optim.weight_decay=-0.1", "config key 'm_optim.weight_decay' must be >= 0"),
+    ("eval.num_train=-1", "config key 'eval.num_train' must be >= 0"),
+    ("data.shuffle=maybe", "config key 'data.shuffle' must be of type bool"),
+])
+def test_recipe_knobs_reject_bad_values_in_one_line(override, expect):
+    with pytest.raises(ConfigError, match=re.escape(expect)):
+        load_config(None, [override])
+
+
+# ----------------------------------------------------------------------------- long-horizon benchmark
+
+def _long_horizon():
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("long_horizon", os.path.join(ROOT, "benchmarks", "long_horizon.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(os.path.join(ROOT, "benchmarks"))
+
+
+def _write_curve(run_dir, rows):
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+        for it, o, t in rows:
+            f.write(json.dumps({"iteration": it, "elapsed_s": it / 10, "nll_oracle": o, "nll_test": t}) + "\n")
+
+
+@pytest.mark.parametrize("last,improving", [((20000, 9.5, 7.4), True), ((20000, 9.5, 7.6), False),
+                                            ((20000, 9.9, 7.4), False)])
+def test_long_horizon_calls_a_run_improving_only_if_both_nlls_beat_the_turn(tmp_path, last, improving):
+    lh = _long_horizon()
+    _write_curve(tmp_path / "arm", [(2500, 10.0, 7.7), (7500, 9.6, 7.5), last])
+    out = lh.summarize("arm", str(tmp_path / "arm"), [], 1.0)
+    assert out["improving"] is improving
+    assert out["iterations"] == 20000 and out["improving_after"] == 7500
+    assert [r["iteration"] for r in out["curve"]] == [2500, 7500, 20000]
+    assert math.isfinite(out["curve"][0]["nll_oracle"])
