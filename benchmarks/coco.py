@@ -29,7 +29,7 @@ from cot_ray.bleu import BleuScorer, select_sentences, self_bleu
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
 from cot_ray.config import load_config
 from cot_ray.data import load_dataset
-from cot_ray.loop import model_from_weights, resume_config, train
+from cot_ray.loop import model_from_weights, resume_config, run_trainer
 from cot_ray.metrics import BLEU_ORDERS
 
 
@@ -46,7 +46,7 @@ def run_algo(algo: str, args, logdir: str) -> dict:
         "run.checkpoint_every=1000000",
     ])
     t0 = time.perf_counter()
-    summary = train(cfg, echo=lambda s: print(s, file=sys.stderr, flush=True))
+    summary = run_trainer(cfg, echo=lambda s: print(s, file=sys.stderr, flush=True))
     wall = time.perf_counter() - t0
     run_dir = summary["run_dir"]
     saved = resume_config(run_dir)  # as `cot-ray sample` does: the run's own vocabulary

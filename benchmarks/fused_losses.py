@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cot_ray.fused import chunk_rows, fused_cot_generator_loss, fused_mediator_loss_joint, fused_mle_loss
+from cot_ray.fused import chunk_rows, fused_cot_generator_loss, fused_mixture_loss, fused_mle_loss
 from cot_ray.losses import cot_generator_loss, mediator_loss, mle_loss
 from cot_ray.memory import retain_freed_memory
 
@@ -49,7 +49,7 @@ def make_cases(B: int):
         mediator_loss(logits[:B], tok[:B], logits[B:], tok[B:])[0].backward()
 
     def med_fused(chunk):
-        fused_mediator_loss_joint(hm, tok, B, wm, bm, chunk=chunk)[0].backward()
+        fused_mixture_loss(hm, [tok[:B], tok[B:]], [0.5, 0.5], wm, bm, chunk=chunk)[0].backward()
 
     mh = hm[:B].detach()
 
@@ -77,13 +77,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10, help="calls per timed block")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved blocks")
     ap.add_argument("--chunks", default="auto", help="comma-separated chunk sizes (rows) of the fused losses; "
-                    "auto: the default, fused.chunk_rows")
+                    "auto: the default, fused.DEFAULT_CHUNK_ROWS")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     retain_freed_memory()
-    auto = chunk_rows(V, torch.float32)
+    auto = chunk_rows()
     chunks = [auto if c == "auto" else int(c) for c in args.chunks.split(",")]
     cases = make_cases(args.batch)
     runs = {}  # (case, variant) -> closure without arguments

@@ -18,7 +18,8 @@ import torch
 
 from cot_ray.config import load_config
 from cot_ray.data import load_dataset
-from cot_ray.loop import initial_sync, local_workers, schedule_iteration
+from cot_ray.loop import in_process_learners, initial_sync
+from cot_ray.schedule import schedule_iteration
 from cot_ray.memory import retain_freed_memory
 
 
@@ -29,7 +30,7 @@ def _sync(device: str) -> None:
 
 def time_iterations(algo: str, data, iters: int, device: str, warmup: int = 3):
     cfg = load_config(None, [f"cot.algo={algo}", f"run.device={device}"])
-    w = local_workers(cfg, data)
+    w = in_process_learners(cfg, data)
     initial_sync(w)
     m_updates = 0
     for _ in range(warmup):

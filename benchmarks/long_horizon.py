@@ -32,7 +32,7 @@ import sys
 from _curves import plot_curves
 from cot_ray.checkpoint import CHECKPOINT
 from cot_ray.config import load_config, parse_overrides
-from cot_ray.loop import read_metrics, resume_config, train
+from cot_ray.loop import read_metrics, resume_config, run_trainer
 
 KEYS = ("nll_oracle", "nll_test", "kl_forward", "kl_reverse", "entropy_g", "nll_train", "m_nll_train",
         "m_nll_test", "m_nll_fake", "jsd_mediator")
@@ -52,7 +52,7 @@ def run_arm(name: str, iters: int, eval_every: int, root: str, seed: int, thread
                              "give the same --set options (or none) to continue it, or pick another --arm")
         overrides = started["overrides"]
         cfg = resume_config(run_dir, iters=iters)  # its own thread count: the bits depend on it
-        out = train(cfg, resume_dir=run_dir, echo=echo)
+        out = run_trainer(cfg, resume_dir=run_dir, echo=echo)
     else:
         cfg = load_config(None, ["run.iters=%d" % iters, "run.minutes=0", f"eval.every={eval_every}",
                                  f"run.checkpoint_every={eval_every}", f"run.logdir={root}", f"run.name={name}",
@@ -61,7 +61,7 @@ def run_arm(name: str, iters: int, eval_every: int, root: str, seed: int, thread
         os.makedirs(run_dir, exist_ok=True)
         with open(saved, "w", encoding="utf-8") as f:
             json.dump({"overrides": overrides}, f)
-        out = train(cfg, echo=echo)
+        out = run_trainer(cfg, echo=echo)
     return summarize(name, run_dir, overrides, out["elapsed_s"])
 
 

@@ -23,7 +23,7 @@ import tempfile
 
 from _curves import plot_curves
 from cot_ray.config import load_config
-from cot_ray.loop import read_metrics, resume_config, train
+from cot_ray.loop import read_metrics, resume_config, run_trainer
 
 KEYS = ("nll_oracle", "nll_test", "jsd", "jsd_mediator")
 
@@ -65,11 +65,11 @@ def main() -> None:
         for arm, extra in arms.items():
             if arm not in run_dirs:
                 cfg = load_config(None, common + extra + [f"run.name={arm}", f"run.minutes={done}"])
-                outs[arm] = train(cfg, echo=_echo)
+                outs[arm] = run_trainer(cfg, echo=_echo)
                 run_dirs[arm] = outs[arm]["run_dir"]
             else:
                 cfg = resume_config(run_dirs[arm], minutes=done)
-                outs[arm] = train(cfg, resume_dir=run_dirs[arm], echo=_echo)
+                outs[arm] = run_trainer(cfg, resume_dir=run_dirs[arm], echo=_echo)
     if args.plot:
         plot_curves({arm: read_metrics(d) for arm, d in run_dirs.items()}, ("nll_oracle", "nll_test", "jsd_mediator"),
                     args.plot, ln2_on=("jsd_mediator",))

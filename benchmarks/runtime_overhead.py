@@ -44,7 +44,7 @@ def run(mode: str, args, logdir: str) -> dict:
     ]
     if mode == "inprocess":
         cfg = load_config(None, overrides + ["runtime.mode=local", f"run.threads={args.threads}"])
-        summary = loop.train(cfg, echo=_quiet)
+        summary = loop.run_trainer(cfg, echo=_quiet)
     else:
         cfg = load_config(None, overrides + [f"runtime.schedule={mode}"])
         summary = runtime.train(cfg, echo=_quiet)

@@ -18,7 +18,7 @@ import tempfile
 
 from _curves import plot_curves
 from cot_ray.config import load_config
-from cot_ray.loop import read_metrics, train
+from cot_ray.loop import read_metrics, run_trainer
 
 KEYS = ("nll_oracle", "nll_test", "balanced_nll", "jsd")
 
@@ -27,7 +27,7 @@ def run(algo: str, minutes: float, eval_every: int, logdir: str, seed: int, extr
     cfg = load_config(None, [f"cot.algo={algo}", f"run.minutes={minutes}", "run.iters=0",
                              f"eval.every={eval_every}", f"run.logdir={logdir}", f"run.name={algo}",
                              f"run.seed={seed}", "run.log_every=100", *extra])
-    out = train(cfg, echo=lambda s: print(s, file=sys.stderr, flush=True))
+    out = run_trainer(cfg, echo=lambda s: print(s, file=sys.stderr, flush=True))
     return {"iterations": out["iteration"], "train_s": round(out["elapsed_s"], 1),
             **{k: round(out["metrics"][k], 4) for k in KEYS},
             "curve": read_metrics(out["run_dir"])}

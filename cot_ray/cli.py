@@ -98,9 +98,9 @@ def _runtime_overrides(runtime: dict, resumed: bool) -> list:
 
 
 def _run_training(cfg, resume_dir: Optional[str]) -> dict:
-    """The in-process loop for ``--local`` with the sync schedule; else the runtime (imports Ray)."""
-    if cfg.runtime.mode == "local" and cfg.runtime.schedule == "sync":
-        from .loop import train as run_train
+    """The in-process loop for ``--local``; else the Ray runtime (imports Ray)."""
+    if cfg.runtime.mode == "local":
+        from .loop import run_trainer as run_train
     else:
         from .runtime import train as run_train
     return run_train(cfg, resume_dir=resume_dir)
@@ -256,7 +256,7 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation samples.")
 def eval_cmd(run_dir, as_json, samples, seed):
     """Evaluate the latest checkpoint of RUN_DIR (oracle metrics, or on text NLL_test, BLEU and self-BLEU)."""
-    from .learners import sequence_mask
+    from .text import loss_mask
     from .loop import model_from_weights
     from .metrics import METRIC_KEYS, make_evaluator, metric_keys
 
@@ -266,7 +266,7 @@ def eval_cmd(run_dir, as_json, samples, seed):
         raise click.UsageError(f"--samples must be >= {2 if data.is_text else 1}")
     g = model_from_weights(data.vocab_size, cfg.generator, state["g"]["model"])
     m = model_from_weights(data.vocab_size, cfg.mediator, state["m"]["model"]) if state.get("m") else None
-    ev = make_evaluator(data, cfg.eval, lambda x: sequence_mask(x, data.eos_id), samples)
+    ev = make_evaluator(data, cfg.eval, lambda x: loss_mask(x, data.eos_id), samples)
     res = ev.evaluate(g, m, seed)
     # --json: every key, null where it does not apply (oracle keys on text, BLEU keys on the oracle).
     out = {"iteration": state["iteration"], **{k: res.get(k) for k in METRIC_KEYS}}

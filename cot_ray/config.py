@@ -117,6 +117,7 @@ class RunConfig:
     log_every: int = 50  # write train/ scalars and a progress line every this many iterations
     device: str = "cpu"  # torch device of the in-process loop: "cpu", "cuda", "cuda:1", ...
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    chunk_rows: int = 256  # rows per slab of the fused output-layer losses; fixes the order of their sums, so part of the bits
 
 
 @dataclass
@@ -184,7 +185,7 @@ class Config:
         _check(c.cot.algo in ("cot", "mle"), "cot.algo", f"must be 'cot' or 'mle', got {c.cot.algo!r}")
         _check(c.data.source in DATA_SOURCES, "data.source",
                f"must be 'oracle', 'coco' or 'text', got {c.data.source!r}")
-        for key in ("cot.batch_size", "cot.g_steps", "cot.sync_every", "data.num_train",
+        for key in ("cot.batch_size", "cot.g_steps", "cot.sync_every", "data.num_train", "run.chunk_rows",
                     "data.num_test", "eval.num_samples", "eval.num_test", "run.log_every",
                     "run.checkpoint_every"):
             _check(_get(c, key) >= 1, key, f"must be >= 1, got {_get(c, key)}")

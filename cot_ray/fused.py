@@ -25,30 +25,28 @@ or when no input requires grad, nothing but the loss is computed.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
 
-# Bytes of one (n, V) slab per intra-op thread: a chunk has as many rows as fit. Elementwise
-# ops split a slab across the threads, so each thread's share is about 2.5 MB (131 rows of
-# 5,000 float32 logits; the kernels hold two or three slabs at once, in the 32 MB L3 of the
-# 2-core dev CPU, whose 512 KB L2 a core holds no useful chunk). Measured with
-# benchmarks/fused_losses.py: on one thread 65, 128 and 256 rows were within noise; on two,
-# 262 rows beat 131 by 5-15% and tied with 524. Fewer, larger chunks also mean fewer parallel
-# regions, each of which can stall on a descheduled thread when the cores are shared.
-SLAB_BYTES_PER_THREAD = 2560 * 1024
+# Rows per chunk when the caller gives none (training passes ``run.chunk_rows``, whose default
+# this is). The chunk size fixes the order of the sums over rows (the weight and bias gradients),
+# so it is part of the arithmetic: it is a number, never derived from the thread count, and the
+# same value gives the same bits. Measured with benchmarks/fused_losses.py on the 2-core dev CPU
+# (V 5,000, float32: a 256-row slab is 5 MB): on one thread 65, 128 and 256 rows were within
+# noise; on two, 262 rows beat 131 by 5-15% and tied with 524 (fewer, larger chunks mean fewer
+# parallel regions, each of which can stall on a descheduled thread when the cores are shared).
+DEFAULT_CHUNK_ROWS = 256
 
 
-def chunk_rows(vocab_size: int, dtype: torch.dtype, chunk: Optional[int] = None) -> int:
-    """Rows per chunk: ``chunk`` if given, else as many (V,)-rows of ``dtype`` as fit in
-    SLAB_BYTES_PER_THREAD per intra-op thread (at least 16)."""
-    if chunk is not None:
-        if chunk < 1:
-            raise ValueError(f"chunk must be >= 1 row, got {chunk}")
-        return chunk
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return max(16, torch.get_num_threads() * SLAB_BYTES_PER_THREAD // (vocab_size * itemsize))
+def chunk_rows(chunk: Optional[int] = None) -> int:
+    """Rows per chunk: ``chunk`` if given, else DEFAULT_CHUNK_ROWS."""
+    if chunk is None:
+        return DEFAULT_CHUNK_ROWS
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 row, got {chunk}")
+    return chunk
 
 
 def _row_weights(mask: Optional[torch.Tensor], n_rows: int, scale: float, like: torch.Tensor) -> torch.Tensor:
@@ -148,7 +146,7 @@ def _weighted_nll(hidden, weight, bias, targets, coef, chunk):
     """hidden (..., H), targets (...) -> (scalar sum_r coef_r nll_r, detached nll (N,))."""
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
     t = targets.reshape(-1)  # (N,)
-    chunk = chunk_rows(weight.shape[0], hidden.dtype, chunk)
+    chunk = chunk_rows(chunk)
     if _needs_grad(hidden, weight, bias):
         return _FusedNLL.apply(h, weight, bias, t, coef, chunk)
     with torch.no_grad():
@@ -186,47 +184,19 @@ def _group_nll(hidden, tokens, sizes, weights, masks, weight, bias, chunk):
 
 
 def fused_mixture_loss(hidden: torch.Tensor, tokens: list, weights: list, weight: torch.Tensor, bias: torch.Tensor,
-                       masks: Optional[list] = None, chunk: Optional[int] = None):
+                       masks: Optional[list] = None, names: Optional[Sequence] = None, chunk: Optional[int] = None):
     """``mixture_loss`` (losses.py) on one forward pass over the groups stacked in a batch.
 
     hidden (S, T, H) is the model's hidden states of ``torch.cat(tokens)``; tokens[k] (n_k, T),
-    weights[k] floats, masks[k] (n_k, T) or None -> (scalar ``sum_k w_k * mean NLL of group k``,
-    {"balanced_nll", "nll_own": the last group's mean NLL}, detached).
+    weights[k] floats, masks[k] (n_k, T) or None, names[k] a str or None -> (scalar
+    ``sum_k w_k * mean NLL of group k``, {"mix_nll": the loss, "nll_<names[k]>": group k's mean NLL},
+    detached). The mediator's loss ``L_M`` is two groups of weight 1/2, real then fake.
     """
     masks = masks if masks is not None else [None] * len(tokens)
+    names = names if names is not None else [None] * len(tokens)
     loss, means = _group_nll(hidden, torch.cat(tokens), [len(x) for x in tokens], weights, masks,
                              weight, bias, chunk)
-    return loss, {"balanced_nll": loss.detach(), "nll_own": means[-1]}
-
-
-def fused_mediator_loss_joint(hidden: torch.Tensor, tokens: torch.Tensor, n_real: int,
-                              weight: torch.Tensor, bias: torch.Tensor,
-                              mask_real: Optional[torch.Tensor] = None, mask_fake: Optional[torch.Tensor] = None,
-                              chunk: Optional[int] = None):
-    """``mediator_loss`` on one forward pass over real and fake sequences stacked in a batch.
-
-    hidden (R + F, T, H) and tokens (R + F, T) hold the R = ``n_real`` real sequences first,
-    then the F fake ones; mask_real (R, T), mask_fake (F, T) or None. Each half is averaged
-    over its own counted tokens, as in ``mediator_loss`` (a mixture of two groups of weight 1/2).
-    -> (scalar, {"balanced_nll", "nll_real", "nll_fake"}, all detached).
-    """
-    sizes = [n_real, tokens.shape[0] - n_real]
-    loss, (nll_real, nll_fake) = _group_nll(hidden, tokens, sizes, [0.5, 0.5], [mask_real, mask_fake],
-                                            weight, bias, chunk)
-    return loss, {"balanced_nll": loss.detach(), "nll_real": nll_real, "nll_fake": nll_fake}
-
-
-def fused_mediator_loss(h_real: torch.Tensor, real: torch.Tensor, h_fake: torch.Tensor, fake: torch.Tensor,
-                        weight: torch.Tensor, bias: torch.Tensor,
-                        mask_real: Optional[torch.Tensor] = None, mask_fake: Optional[torch.Tensor] = None,
-                        chunk: Optional[int] = None):
-    """``mediator_loss(F.linear(h_real, ...), real, F.linear(h_fake, ...), fake, masks)``.
-
-    h_real (R, T, H), h_fake (F, T, H): stacked (a small (R + F, T, H) copy) and handed to
-    ``fused_mediator_loss_joint``, which a caller with one stacked forward pass uses directly.
-    """
-    return fused_mediator_loss_joint(torch.cat([h_real, h_fake]), torch.cat([real, fake]), real.shape[0],
-                                     weight, bias, mask_real, mask_fake, chunk)
+    return loss, {"mix_nll": loss.detach(), **{f"nll_{n}": m for n, m in zip(names, means) if n is not None}}
 
 
 # ----------------------------------------------------------------------------- CoT generator KL
@@ -312,7 +282,7 @@ def fused_cot_generator_loss(g_hidden: torch.Tensor, g_weight: torch.Tensor, g_b
     m_h = m_hidden.detach().reshape(-1, m_hidden.shape[-1])  # (N, Hm)
     m_w, m_b = m_weight.detach(), m_bias.detach()
     coef = _row_weights(mask, g_h.shape[0], 1.0, g_hidden)
-    chunk = chunk_rows(g_weight.shape[0], g_hidden.dtype, chunk)
+    chunk = chunk_rows(chunk)
     if _needs_grad(g_hidden, g_weight, g_bias):
         loss, _ = _FusedKL.apply(g_h, g_weight, g_bias, m_h, m_w, m_b, coef, chunk)
     else:

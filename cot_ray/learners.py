@@ -1,9 +1,21 @@
 """Learners: one model, its optimizer and its RNG streams, and how to take one step.
 
-They are plain classes: the in-process loop calls them directly and the Ray runtime turns
-them into actors at the call site (``ray.remote(GeneratorLearner)``). Everything random a
-learner does comes from generators it owns, so a run is reproducible whichever process each
-learner lives in, and ``state()``/``load_state()`` make resuming exact.
+Every learner has one shape, so that the Ray runtime makes actors of the classes as they are
+(``ray.remote(GeneratorLearner).options(...)``) and tests run the very same classes in process:
+
+* a cheap constructor that only keeps the configuration (``cfg, vocab_size, seq_len,
+  eos_id``): an actor that Ray restarts reruns only this;
+* ``build(device, ...)`` creates the model, optimizer and RNG streams of the run's seed on
+  ``device``, with what the learner works with passed in (the training set; for a nested
+  mediator, the inner learner one level down). A learner does not know where it lives:
+  placement is the caller's decision;
+* ``is_built()``; training calls (``step``/``fit``/``sample``...); ``get_weights()`` and
+  ``state()``/``load_state()`` (everything that leaves a learner is on the CPU).
+
+Everything random a learner does comes from generators it owns, so a run is reproducible
+whichever process each learner lives in (see README, "Determinism"). Process-wide settings
+(torch threads, glibc's malloc) belong to the process: the entry points and the runtime set
+them, never a learner.
 """
 
 from __future__ import annotations
@@ -14,10 +26,9 @@ import torch
 
 from .config import Config, ModelConfig, OptimConfig
 from .data import BatchSampler
-from .fused import fused_cot_generator_loss, fused_mediator_loss_joint, fused_mixture_loss, fused_mle_loss
-from .memory import retain_freed_memory
+from .fused import fused_cot_generator_loss, fused_mixture_loss, fused_mle_loss
 from .models import LSTMLM, copy_weights, cpu_weights
-from .text import sequence_mask as text_mask
+from .text import loss_mask
 
 # Offsets that give each RNG stream of a run its own seed. Mediators of nested CoT have
 # three streams per level: level L > 0 uses 10 * L + (_INIT_M, _DROPOUT_M, _SAMPLE_M).
@@ -39,15 +50,11 @@ def level_prefix(level: int) -> str:
     return "m_" if level == 0 else "inner/" * level
 
 
-def sequence_mask(tokens: torch.Tensor, eos_id: Optional[int]) -> Optional[torch.Tensor]:
-    """The loss mask of ``tokens``; None when sequences have no EOS (every position counts)."""
-    return None if eos_id is None else text_mask(tokens, eos_id)
+class LearnerNotBuiltError(RuntimeError):
+    """A learner was called before :meth:`build` (for example an actor that Ray restarted)."""
 
 
 def _build(vocab_size: int, mcfg: ModelConfig, ocfg: OptimConfig, seed: int, device: torch.device):
-    # Every learner's process (an actor, or the in-process loop) trains with large temporaries:
-    # let malloc keep freed memory instead of re-faulting fresh pages (see memory.py).
-    retain_freed_memory()
     model = LSTMLM(vocab_size, mcfg)
     model.init_weights(torch.Generator().manual_seed(seed))
     model.to(device)
@@ -79,87 +86,131 @@ def _mean_stats(stats: list[dict]) -> dict:
     return {k: total / n for k, (total, n) in sums.items()}
 
 
+def _cpu_state(optim: torch.optim.Optimizer) -> dict:
+    """The optimizer's state_dict with every tensor copied to the CPU."""
+    def cpu(x):
+        if isinstance(x, torch.Tensor):
+            return x.detach().to("cpu", copy=True)
+        if isinstance(x, dict):
+            return {k: cpu(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(cpu(v) for v in x)
+        return x
+
+    return cpu(optim.state_dict())
+
+
 def _cot_update(model: LSTMLM, optim: torch.optim.Optimizer, target: LSTMLM, own: torch.Tensor,
-                mask: Optional[torch.Tensor], grad_clip: float, dropout_gen: Optional[torch.Generator] = None) -> dict:
+                mask: Optional[torch.Tensor], grad_clip: float, chunk: int,
+                dropout_gen: Optional[torch.Generator] = None) -> dict:
     """One CoT generator update of ``model`` on its own samples ``own`` (B, T): minimise the
     per-step KL(pi_model || pi_target) with ``target`` held fixed (no gradient reaches it)."""
     model.train()
     with torch.no_grad():
         t_hidden = target.hidden(own)  # (B, T, H_target); the fused loss runs both output layers
     loss, stats = fused_cot_generator_loss(model.hidden(own, dropout_gen), model.out.weight, model.out.bias,
-                                           t_hidden, target.out.weight, target.out.bias, mask)
+                                           t_hidden, target.out.weight, target.out.bias, mask, chunk)
     stats["grad_norm"] = _update(model, optim, loss, grad_clip)
     model.eval()
     return stats
 
 
-class GeneratorLearner:
-    """G: samples sequences and takes CoT steps against a local copy of M (or MLE steps)."""
+class _Learner:
+    """What every learner shares: the configuration, the built flag, weights out."""
 
-    def __init__(self, cfg: Config, vocab_size: int, seq_len: int, train: Optional[torch.Tensor] = None,
-                 eos_id: Optional[int] = None, device: str = "cpu"):
+    def __init__(self, cfg: Config, vocab_size: int, seq_len: int, eos_id: Optional[int] = None):
         self.cfg = cfg
+        self.vocab_size = vocab_size
         self.seq_len = seq_len
         self.eos_id = eos_id
+        self.chunk = cfg.run.chunk_rows
+        self.model: Optional[LSTMLM] = None  # set by build()
+
+    def is_built(self) -> bool:
+        return self.model is not None
+
+    def _need_built(self) -> None:
+        if self.model is None:
+            raise LearnerNotBuiltError(f"{type(self).__name__} is not built yet: call build() first")
+
+    def get_weights(self) -> dict:
+        """Detached CPU copies of the model's parameters."""
+        self._need_built()
+        return cpu_weights(self.model)
+
+
+class GeneratorLearner(_Learner):
+    """G: samples sequences and takes CoT steps against a local copy of M (or MLE steps)."""
+
+    def build(self, device: str = "cpu", train: Optional[torch.Tensor] = None) -> None:
+        """Fresh model, optimizer and RNG streams on ``device``; MLE needs the training set ``train``."""
+        cfg = self.cfg
         self.device = torch.device(device)
-        self.model, self.optim = _build(vocab_size, cfg.generator, cfg.g_optim,
+        self.model, self.optim = _build(self.vocab_size, cfg.generator, cfg.g_optim,
                                         stream_seed(cfg.run.seed, _INIT_G), self.device)
-        self.gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.run.seed, _SAMPLE_G))
+        self.sample_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.run.seed, _SAMPLE_G))
         self.batches = None
         if cfg.cot.algo == "mle":
-            self.batches = BatchSampler(train, cfg.cot.batch_size, stream_seed(cfg.run.seed, _BATCH_G), cfg.data.shuffle)
+            if train is None:
+                raise ValueError("an MLE generator needs the training set: build(device, train)")
+            self.batches = BatchSampler(train, cfg.cot.batch_size, stream_seed(cfg.run.seed, _BATCH_G),
+                                        cfg.data.shuffle)
         # G's copy of the mediator (CoT only): only ever evaluated, never trained here.
         self.mediator = None
         if cfg.cot.algo == "cot":
-            self.mediator = LSTMLM(vocab_size, cfg.mediator).to(self.device).eval().requires_grad_(False)
+            self.mediator = LSTMLM(self.vocab_size, cfg.mediator).to(self.device).eval().requires_grad_(False)
         self.steps = 0
 
     def sample(self, n: int) -> torch.Tensor:
         """-> (n, T) int64 on the CPU (cheap to send to another worker)."""
+        self._need_built()
         self.model.eval()
-        return self.model.sample(n, self.seq_len, self.gen).cpu()
+        return self.model.sample(n, self.seq_len, self.sample_gen).cpu()
 
     def set_mediator_weights(self, weights: dict) -> None:
+        self._need_built()
         copy_weights(self.mediator, weights)
 
     def step_cot(self, fake: torch.Tensor, start: int = 0, size: Optional[int] = None) -> dict:
         """One CoT update on ``fake[start:start+size]``, G's own samples: minimise KL(pi_G || pi_M)."""
+        self._need_built()
         fake = fake[start:start + (size or len(fake))].to(self.device)
-        stats = _cot_update(self.model, self.optim, self.mediator, fake, sequence_mask(fake, self.eos_id),
-                            self.cfg.g_optim.grad_clip)
+        stats = _cot_update(self.model, self.optim, self.mediator, fake, loss_mask(fake, self.eos_id),
+                            self.cfg.g_optim.grad_clip, self.chunk)
         self.steps += 1
         return _to_floats(stats, "g_")
 
     def step_mle(self) -> dict:
         """One MLE update on a batch of real sequences."""
+        self._need_built()
         real = self.batches.next().to(self.device)
         self.model.train()
         loss, stats = fused_mle_loss(self.model.hidden(real), self.model.out.weight, self.model.out.bias, real,
-                                     sequence_mask(real, self.eos_id))
+                                     loss_mask(real, self.eos_id), self.chunk)
         stats["grad_norm"] = _update(self.model, self.optim, loss, self.cfg.g_optim.grad_clip)
         self.steps += 1
         return _to_floats(stats, "g_")
 
-    def get_weights(self) -> dict:
-        return cpu_weights(self.model)
-
     def state(self) -> dict:
-        return {"model": cpu_weights(self.model), "optim": self.optim.state_dict(),
-                "mediator": cpu_weights(self.mediator) if self.mediator is not None else None, "gen": self.gen.get_state(),
+        self._need_built()
+        return {"model": cpu_weights(self.model), "optim": _cpu_state(self.optim),
+                "mediator": cpu_weights(self.mediator) if self.mediator is not None else None,
+                "gen": self.sample_gen.get_state().cpu(),
                 "batches": self.batches.state() if self.batches else None, "steps": self.steps}
 
     def load_state(self, state: dict) -> None:
+        self._need_built()
         copy_weights(self.model, state["model"])
         self.optim.load_state_dict(state["optim"])
         if self.mediator is not None:
             copy_weights(self.mediator, state["mediator"])
-        self.gen.set_state(state["gen"])
+        self.sample_gen.set_state(state["gen"])
         if self.batches is not None:
             self.batches.load_state(state["batches"])
         self.steps = int(state["steps"])
 
 
-class MixtureLearner:
+class MixtureLearner(_Learner):
     """A model fitted to a weighted mixture of groups of sequences: by MLE, or by nested CoT.
 
     ``fit(groups)`` takes one step towards ``sum_k w_k * D_k``, where ``groups`` is
@@ -167,71 +218,76 @@ class MixtureLearner:
     ``D_k``. At the innermost level that step is MLE on the groups, each group's mean per-token
     NLL weighted by ``w_k`` (with two halves of weight 1/2 this is exactly ``L_M``).
 
-    Above it (``cfg.nested``), the model plays the generator of an inner CoT game whose data
-    distribution is that mixture: it draws ``(nested.m_steps + 1) * B`` samples; an inner
-    learner one level down takes ``nested.m_steps`` steps towards the balanced mixture of the
-    groups (weights halved) and those samples (weight 1/2); this model then takes
-    ``nested.g_steps`` CoT steps against the inner model (the first on the last chunk of the
-    samples, each further one on fresh samples), exactly as G does against M.
-
-    The inner learner is built here (same process and device) unless ``runtime.inner_actor``
-    asks for its own actor, which the runtime then attaches with :meth:`attach_inner`; either
-    way it is reached through the same four calls (``fit``, ``get_weights``, ``state``,
+    Above it (``cfg.nested``, levels < ``nested.depth``), the model plays the generator of an
+    inner CoT game whose data distribution is that mixture: it draws ``(nested.m_steps + 1) * B``
+    samples; the inner learner one level down takes ``nested.m_steps`` steps towards the
+    balanced mixture of the groups (weights halved) and those samples (weight 1/2); this model
+    then takes ``nested.g_steps`` CoT steps against the inner model (the first on the last
+    chunk of the samples, each further one on fresh samples), exactly as G does against M.
+    The inner learner is reached through four calls (``fit``, ``get_weights``, ``state``,
     ``load_state``) and its weights are copied into ``inner_model`` before the CoT steps, so
-    both placements compute the same numbers.
+    wherever it lives the numbers are the same.
     """
 
-    def __init__(self, cfg: Config, vocab_size: int, seq_len: int, eos_id: Optional[int] = None,
-                 device: str = "cpu", level: int = 1):
-        self.cfg = cfg
-        self.seq_len = seq_len
-        self.eos_id = eos_id
+    def __init__(self, cfg: Config, vocab_size: int, seq_len: int, eos_id: Optional[int] = None, level: int = 1):
+        super().__init__(cfg, vocab_size, seq_len, eos_id)
         self.level = level
+        self.nested = cfg.nested.enabled and level < cfg.nested.depth
+        self.mcfg, self.ocfg = (cfg.mediator, cfg.m_optim) if level == 0 else (cfg.inner_mediator, cfg.inner_optim)
+
+    def build(self, device: str = "cpu", inner=None) -> None:
+        """Fresh model, optimizer and RNG streams on ``device``.
+
+        A nested level needs ``inner``, the learner one level down (an object with ``fit``,
+        ``get_weights``, ``state`` and ``load_state``: a built :class:`MixtureLearner`, or a
+        handle to one in another process); :func:`build_inner` builds the in-process chain.
+        """
+        seed, level = self.cfg.run.seed, self.level
         self.device = torch.device(device)
-        mcfg, self.ocfg = (cfg.mediator, cfg.m_optim) if level == 0 else (cfg.inner_mediator, cfg.inner_optim)
-        seed = cfg.run.seed
-        self.model, self.optim = _build(vocab_size, mcfg, self.ocfg, stream_seed(seed, level_stream(level, _INIT_M)),
-                                        self.device)
+        self.model, self.optim = _build(self.vocab_size, self.mcfg, self.ocfg,
+                                        stream_seed(seed, level_stream(level, _INIT_M)), self.device)
         self.dropout_gen = torch.Generator(device=self.device).manual_seed(
             stream_seed(seed, level_stream(level, _DROPOUT_M)))
-        self.nested = cfg.nested.enabled and level < cfg.nested.depth
-        self.inner = None
         if self.nested:
-            self.gen = torch.Generator(device=self.device).manual_seed(stream_seed(seed, level_stream(level, _SAMPLE_M)))
-            self.inner_model = LSTMLM(vocab_size, cfg.inner_mediator).to(self.device).eval().requires_grad_(False)
-            if not (level == 0 and cfg.runtime.inner_actor):
-                self.inner = MixtureLearner(cfg, vocab_size, seq_len, eos_id, device, level + 1)
+            if inner is None:
+                raise ValueError(f"the nested mediator at level {level} needs its inner learner: "
+                                 "build(device, inner=...) (see build_inner)")
+            self.sample_gen = torch.Generator(device=self.device).manual_seed(
+                stream_seed(seed, level_stream(level, _SAMPLE_M)))
+            self.inner_model = LSTMLM(self.vocab_size, self.cfg.inner_mediator).to(self.device).eval()
+            self.inner_model.requires_grad_(False)
+        self.inner = inner if self.nested else None
         self.steps = 0
-
-    def attach_inner(self, inner) -> None:
-        """Use ``inner`` (an object with fit/get_weights/state/load_state, e.g. a handle to an
-        actor) as the inner learner."""
-        self.inner = inner
 
     def sample(self, n: int) -> torch.Tensor:
         """-> (n, T) int64 on the CPU: this model's own samples (nested levels only)."""
+        self._need_built()
         self.model.eval()
-        return self.model.sample(n, self.seq_len, self.gen).cpu()
+        return self.model.sample(n, self.seq_len, self.sample_gen).cpu()
 
-    def fit(self, groups: list) -> dict:
-        """One step towards the mixture of ``groups``; -> float stats named for this level."""
-        stats = self._cot_fit(groups) if self.nested else self._mle_fit(groups)
+    def fit(self, groups: list, names: Optional[tuple] = None) -> dict:
+        """One step towards the mixture of ``groups``; -> float stats named for this level.
+
+        ``names``: MLE steps report group k's mean NLL as ``nll_<names[k]>`` (None: the
+        last group's as ``nll_own``, nested CoT's convention: the outer model's samples last)."""
+        self._need_built()
+        stats = self._cot_fit(groups) if self.nested else self._mle_fit(groups, names)
         self.steps += 1
         return stats
 
-    def _mle_fit(self, groups: list) -> dict:
+    def _mle_fit(self, groups: list, names: Optional[tuple]) -> dict:
         tokens = [x.to(self.device) for x, _ in groups]
+        names = names if names is not None else (None,) * (len(groups) - 1) + ("own",)
         self.model.train()
         hidden = self.model.hidden(torch.cat(tokens), self.dropout_gen)  # one forward pass over every group
         loss, stats = fused_mixture_loss(hidden, tokens, [w for _, w in groups], self.model.out.weight,
-                                         self.model.out.bias, [sequence_mask(x, self.eos_id) for x in tokens])
+                                         self.model.out.bias, [loss_mask(x, self.eos_id) for x in tokens],
+                                         names, self.chunk)
         stats["grad_norm"] = _update(self.model, self.optim, loss, self.ocfg.grad_clip)
         self.model.eval()
         return _to_floats(stats, level_prefix(self.level))
 
     def _cot_fit(self, groups: list) -> dict:
-        if self.inner is None:
-            raise RuntimeError("nested mediator has no inner learner: the runtime must attach_inner() it")
         B, n = self.cfg.cot.batch_size, self.cfg.nested
         own = self.sample((n.m_steps + 1) * B)
         halved = [(x, 0.5 * w) for x, w in groups]
@@ -241,23 +297,22 @@ class MixtureLearner:
         own_stats = []
         for x in chunks:
             x = x.to(self.device)
-            st = _cot_update(self.model, self.optim, self.inner_model, x, sequence_mask(x, self.eos_id),
-                             self.ocfg.grad_clip, self.dropout_gen)
+            st = _cot_update(self.model, self.optim, self.inner_model, x, loss_mask(x, self.eos_id),
+                             self.ocfg.grad_clip, self.chunk, self.dropout_gen)
             own_stats.append(_to_floats(st, level_prefix(self.level)))
         return {**_mean_stats(inner_stats), **_mean_stats(own_stats)}
 
-    def get_weights(self) -> dict:
-        return cpu_weights(self.model)
-
     def state(self) -> dict:
-        out = {"model": cpu_weights(self.model), "optim": self.optim.state_dict(),
-               "dropout_gen": self.dropout_gen.get_state(), "steps": self.steps}
+        self._need_built()
+        out = {"model": cpu_weights(self.model), "optim": _cpu_state(self.optim),
+               "dropout_gen": self.dropout_gen.get_state().cpu(), "steps": self.steps}
         if self.nested:
-            out["gen"] = self.gen.get_state()
+            out["gen"] = self.sample_gen.get_state().cpu()
             out["inner"] = self.inner.state()
         return out
 
     def load_state(self, state: dict) -> None:
+        self._need_built()
         copy_weights(self.model, state["model"])
         self.optim.load_state_dict(state["optim"])
         self.dropout_gen.set_state(state["dropout_gen"])
@@ -266,7 +321,7 @@ class MixtureLearner:
             if "inner" not in state:
                 raise ValueError("the checkpoint holds a mediator trained without nesting; this run is nested "
                                  "(nested.enabled): resume it with its own saved config")
-            self.gen.set_state(state["gen"])
+            self.sample_gen.set_state(state["gen"])
             self.inner.load_state(state["inner"])
 
 
@@ -277,26 +332,22 @@ class MediatorLearner(MixtureLearner):
     :class:`MixtureLearner`) on the same two halves.
     """
 
-    def __init__(self, cfg: Config, vocab_size: int, seq_len: int, train: torch.Tensor,
-                 eos_id: Optional[int] = None, device: str = "cpu"):
-        super().__init__(cfg, vocab_size, seq_len, eos_id, device, level=0)
-        self.batches = BatchSampler(train, cfg.cot.batch_size, stream_seed(cfg.run.seed, _BATCH_M), cfg.data.shuffle)
+    def __init__(self, cfg: Config, vocab_size: int, seq_len: int, eos_id: Optional[int] = None):
+        super().__init__(cfg, vocab_size, seq_len, eos_id, level=0)
+
+    def build(self, device: str = "cpu", train: Optional[torch.Tensor] = None, inner=None) -> None:
+        """As :meth:`MixtureLearner.build`, plus the training set ``train`` for the real batches."""
+        if train is None:
+            raise ValueError("the mediator needs the training set: build(device, train)")
+        super().build(device, inner)
+        self.batches = BatchSampler(train, self.cfg.cot.batch_size, stream_seed(self.cfg.run.seed, _BATCH_M),
+                                    self.cfg.data.shuffle)
 
     def step(self, fake: torch.Tensor, start: int = 0, size: Optional[int] = None) -> dict:
         """One update towards ``(P + G) / 2`` on a fresh real batch and ``fake[start:start+size]``."""
-        fake = fake[start:start + (size or len(fake))].to(self.device)
-        real = self.batches.next().to(self.device)
-        if self.nested:
-            return self.fit([(real, 0.5), (fake, 0.5)])
-        both = torch.cat([real, fake])  # one forward pass over the 2B sequences
-        self.model.train()  # dropout on, drawn from this learner's own generator
-        hidden = self.model.hidden(both, self.dropout_gen)  # (2B, T, H); the fused loss runs the output layer
-        loss, stats = fused_mediator_loss_joint(hidden, both, len(real), self.model.out.weight, self.model.out.bias,
-                                                sequence_mask(real, self.eos_id), sequence_mask(fake, self.eos_id))
-        stats["grad_norm"] = _update(self.model, self.optim, loss, self.cfg.m_optim.grad_clip)
-        self.model.eval()
-        self.steps += 1
-        return _to_floats(stats, "m_")
+        self._need_built()
+        fake = fake[start:start + (size or len(fake))]
+        return self.fit([(self.batches.next(), 0.5), (fake, 0.5)], names=("real", "fake"))
 
     def state(self) -> dict:
         return {**super().state(), "batches": self.batches.state()}
@@ -304,3 +355,14 @@ class MediatorLearner(MixtureLearner):
     def load_state(self, state: dict) -> None:
         super().load_state(state)
         self.batches.load_state(state["batches"])
+
+
+def build_inner(cfg: Config, vocab_size: int, seq_len: int, eos_id: Optional[int], device: str,
+                level: int = 1) -> Optional[MixtureLearner]:
+    """The built chain of inner mediators from ``level`` down to the innermost, all on ``device``
+    in this process; None when the mediator at ``level - 1`` is not nested."""
+    if not (cfg.nested.enabled and level - 1 < cfg.nested.depth):
+        return None
+    learner = MixtureLearner(cfg, vocab_size, seq_len, eos_id, level)
+    learner.build(device, build_inner(cfg, vocab_size, seq_len, eos_id, device, level + 1))
+    return learner

@@ -1,9 +1,10 @@
-"""The training schedule and the run around it: logging, evaluation, checkpoints, resume.
+"""The run around the schedule: logging, evaluation, checkpoints, resume.
 
-The schedule talks to learners only through ``Workers.call`` / ``Workers.get``. In process,
-``call`` is a method call and ``get`` the identity; the Ray runtime supplies actor handles,
-``.remote`` calls and ``ray.get``. Both therefore run the very same schedule, which is what
-makes "actors with the sync schedule == in-process loop" hold exactly.
+The schedules (:mod:`cot_ray.schedule`) talk to the learners only through ``Learners.call`` /
+``Learners.get``. In process, ``call`` is a method call and ``get`` the identity; the Ray
+runtime supplies actor handles, ``.remote`` calls and ``ray.get``. Both therefore run the very
+same schedule, which is what makes "actors with the sync schedule == in-process loop" hold
+exactly (README, "Determinism").
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Optional
@@ -23,9 +25,12 @@ import torch
 from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, from_dict, save_config
 from .data import VOCAB_FILE, Dataset, checkpoint_vocab_size, load_dataset, run_vocab_path, save_run_data
-from .learners import GeneratorLearner, MediatorLearner, sequence_mask
+from .learners import GeneratorLearner, MediatorLearner, build_inner
+from .memory import retain_freed_memory
 from .metrics import METRIC_KEYS, Evaluator, eval_seed, make_evaluator
 from .models import LSTMLM, copy_weights
+from .schedule import make_schedule, schedule_iteration
+from .text import loss_mask
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -35,14 +40,15 @@ EvalHook = Callable[[int, dict, str, float], None]
 
 
 @dataclass
-class Workers:
-    """Handles to the generator and mediator learners, and how to call them.
+class Learners:
+    """Handles to the generator and mediator learners of a run, and how to call them.
 
     Optional hooks let a runtime add what the in-process loop does without: ``schedule``
-    replaces the sync ``schedule_iteration`` (an object with ``iteration(w, cfg, iteration,
-    m_updates)``, ``state(w)`` and ``load_state(w, state)``; its state travels in checkpoints);
-    ``is_failure(exc)`` says that an exception means a worker died, and ``recover(w)`` makes
-    the workers callable again, after which the Trainer reloads its last checkpoint into them.
+    replaces the sync :func:`~cot_ray.schedule.schedule_iteration` (an object with
+    ``iteration(w, cfg, iteration, m_updates)``, ``state(w)`` and ``load_state(w, state)``; its
+    state travels in checkpoints); ``is_failure(exc)`` says that an exception means a worker
+    process died, and ``recover(w)`` makes the learners callable again, after which the
+    Trainer reloads its last checkpoint into them.
     """
 
     g: Any
@@ -51,16 +57,16 @@ class Workers:
     get_fn: Callable[[Any], Any] = field(default=lambda x: x)
     schedule: Any = None  # None: the sync schedule_iteration
     is_failure: Callable[[BaseException], bool] = field(default=lambda exc: False)
-    recover: Callable[["Workers"], None] = field(default=lambda w: None)
+    recover: Callable[["Learners"], None] = field(default=lambda w: None)
 
-    def call(self, worker, method: str, *args):
-        return self.call_fn(worker, method, *args)
+    def call(self, learner, method: str, *args):
+        return self.call_fn(learner, method, *args)
 
     def get(self, x):
         return self.get_fn(x)
 
     def iteration(self, cfg: Config, iteration: int, m_updates: int) -> tuple[list, int]:
-        """Submit training iteration ``iteration`` (0-based) with the workers' schedule."""
+        """Submit training iteration ``iteration`` (0-based) with the learners' schedule."""
         if self.schedule is None:
             return schedule_iteration(self, cfg, m_updates)
         return self.schedule.iteration(self, cfg, iteration, m_updates)
@@ -81,43 +87,24 @@ class Workers:
             self.schedule.load_state(self, state.get("schedule"))
 
 
-def local_workers(cfg: Config, data: Dataset, device: Optional[str] = None) -> Workers:
-    """Both learners in this process."""
+def in_process_learners(cfg: Config, data: Dataset, device: Optional[str] = None) -> Learners:
+    """Both learners (and a nested mediator's inner levels) built in this process on ``device``
+    (default ``run.device``), with the schedule ``cfg`` asks for."""
     device = device or cfg.run.device
-    args = (cfg, data.vocab_size, data.seq_len, data.train, data.eos_id, device)
+    args = (cfg, data.vocab_size, data.seq_len, data.eos_id)
     g = GeneratorLearner(*args)
-    m = MediatorLearner(*args) if cfg.cot.algo == "cot" else None
-    return Workers(g, m)
+    g.build(device, data.train)
+    m = None
+    if cfg.cot.algo == "cot":
+        m = MediatorLearner(*args)
+        m.build(device, data.train, build_inner(*args, device))
+    return Learners(g, m, schedule=make_schedule(cfg))
 
 
-def initial_sync(w: Workers) -> None:
+def initial_sync(w: Learners) -> None:
     """G starts with a copy of the freshly initialised M."""
     if w.m is not None:
         w.get(w.call(w.g, "set_mediator_weights", w.call(w.m, "get_weights")))
-
-
-def schedule_iteration(w: Workers, cfg: Config, m_updates: int) -> tuple[list, int]:
-    """Submit one training iteration; return the stats (or futures of them) and the new M update count.
-
-    CoT: one batch of ``(m_steps + 1) * B`` fresh G samples feeds the ``m_steps`` mediator
-    updates and the first generator update (G does not change in between, so the chunks are
-    independent draws from the current G); M's weights reach G every ``sync_every`` updates;
-    each further generator update samples anew from the updated G.
-    """
-    B = cfg.cot.batch_size
-    if cfg.cot.algo == "mle":
-        return [w.call(w.g, "step_mle") for _ in range(cfg.cot.g_steps)], m_updates
-    stats = []
-    fake = w.call(w.g, "sample", B * (cfg.cot.m_steps + 1))
-    for i in range(cfg.cot.m_steps):
-        stats.append(w.call(w.m, "step", fake, i * B, B))
-        m_updates += 1
-        if m_updates % cfg.cot.sync_every == 0:
-            w.call(w.g, "set_mediator_weights", w.call(w.m, "get_weights"))
-    stats.append(w.call(w.g, "step_cot", fake, cfg.cot.m_steps * B, B))
-    for _ in range(cfg.cot.g_steps - 1):
-        stats.append(w.call(w.g, "step_cot", w.call(w.g, "sample", B)))
-    return stats, m_updates
 
 
 # ----------------------------------------------------------------------------- run directories
@@ -249,17 +236,72 @@ class _StopFlag:
 # ----------------------------------------------------------------------------- the run
 
 
+class Stopwatch:
+    """Training seconds: running while the run trains, paused while it evaluates.
+
+    ``before`` is the training time of earlier sessions of the run (resume)."""
+
+    def __init__(self, before: float = 0.0):
+        self._start = time.perf_counter() - before
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self._start
+
+    @contextmanager
+    def paused(self):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._start += time.perf_counter() - t0
+
+
+class StatsWindow:
+    """The training stats of the iterations since the last progress line, and their rate.
+
+    Stats arrive as values or futures (``Learners.get`` resolves them); :meth:`collect` waits
+    for every submitted step, :meth:`flush` returns the per-key means and iterations/second
+    on the training clock and starts a new window.
+    """
+
+    def __init__(self, iteration: int, clock: Stopwatch):
+        self._pending: list = []
+        self._sums: dict = defaultdict(float)
+        self._counts: dict = defaultdict(int)
+        self._start = (iteration, clock.seconds())
+
+    def add(self, stats: list) -> None:
+        self._pending.extend(stats)
+
+    def collect(self, w: Learners) -> None:
+        for s in w.get(self._pending):
+            for k, v in s.items():
+                self._sums[k] += v
+                self._counts[k] += 1
+        self._pending = []
+
+    def flush(self, w: Learners, iteration: int, clock: Stopwatch) -> tuple[dict, float]:
+        self.collect(w)
+        now = clock.seconds()
+        rate = (iteration - self._start[0]) / max(now - self._start[1], 1e-9)
+        means = {k: self._sums[k] / self._counts[k] for k in self._sums}
+        self._sums.clear()
+        self._counts.clear()
+        self._start = (iteration, now)
+        return means, rate
+
+
 class Trainer:
-    """Runs the schedule over ``Workers`` with evaluation, logging and checkpoints.
+    """Runs the schedule over ``Learners`` with evaluation, logging and checkpoints.
 
     ``on_eval`` (a Tune trial's reporter) is called after every evaluation, once the checkpoint
     of that iteration is written: with a hook, every evaluation is followed by a checkpoint.
     """
 
-    def __init__(self, cfg: Config, run_dir: str, data: Dataset, workers: Workers,
+    def __init__(self, cfg: Config, run_dir: str, data: Dataset, learners: Learners,
                  echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
                  eval_device: str = "cpu", on_eval: Optional[EvalHook] = None):
-        self.cfg, self.run_dir, self.data, self.w, self.echo = cfg, run_dir, data, workers, echo
+        self.cfg, self.run_dir, self.data, self.w, self.echo = cfg, run_dir, data, learners, echo
         self.eval_device = eval_device
         self.on_eval = on_eval
         self.ckpt_path = os.path.join(run_dir, CHECKPOINT)
@@ -290,12 +332,11 @@ class Trainer:
     # -- evaluation
     def evaluator(self) -> Evaluator:
         if self._evaluator is None:
-            d = self.data
-            self._evaluator = make_evaluator(d, self.cfg.eval, self.mask_fn)
+            self._evaluator = make_evaluator(self.data, self.cfg.eval, self.mask_fn)
         return self._evaluator
 
     def mask_fn(self, x):
-        return sequence_mask(x, self.data.eos_id)
+        return loss_mask(x, self.data.eos_id)
 
     def evaluate(self) -> dict:
         g_w, m_w = self.w.get([self.w.call(self.w.g, "get_weights"),
@@ -306,18 +347,17 @@ class Trainer:
         return self.evaluator().evaluate(g, m, eval_seed(self.cfg.run.seed, self.iteration))
 
     # -- the loop
-    def _done(self, session_start: float, elapsed0: float) -> bool:
-        """Whether the stopping rule is met; training seconds are ``elapsed0`` (earlier sessions)
-        plus the time since ``session_start`` (which evaluation pushes forward)."""
+    def _done(self, clock: Stopwatch) -> bool:
+        """Whether the stopping rule is met (iterations, or minutes of training time)."""
         run = self.cfg.run
         if run.iters > 0 and self.iteration >= run.iters:
             return True
-        return run.minutes > 0 and elapsed0 + (time.perf_counter() - session_start) >= run.minutes * 60
+        return run.minutes > 0 and clock.seconds() >= run.minutes * 60
 
     def run(self, fresh: bool = True) -> dict:
         """Train until the stopping rule; return the summary.
 
-        If the workers report a failure (``Workers.is_failure``), they are recovered and
+        If the learners report a failure (``Learners.is_failure``), they are recovered and
         the last checkpoint (kept in memory; the start of the run before the first one) is
         loaded back, so the run goes on from there and loses at most one checkpoint interval.
         """
@@ -325,22 +365,21 @@ class Trainer:
         while True:
             try:
                 return self._run(fresh)
-            except Exception as exc:  # noqa: BLE001 - re-raised unless the workers call it a failure
+            except Exception as exc:  # noqa: BLE001 - re-raised unless the learners call it a failure
                 if not self.w.is_failure(exc):
                     raise
                 state, fresh = self._last
-                self.echo(f"[cot-ray] worker failure ({type(exc).__name__}): restoring both workers "
+                self.echo(f"[cot-ray] worker failure ({type(exc).__name__}): restoring both learners "
                           f"from iteration {state['iteration']}")
                 self.w.recover(self.w)
                 self.restore(state)
 
-    def _run(self, fresh: bool) -> dict:
-        cfg, w = self.cfg, self.w
-        log = RunLog(self.run_dir, self.echo)
+    def _start(self, log: RunLog, fresh: bool) -> None:
+        cfg = self.cfg
         if fresh:
             save_run_data(self.run_dir, cfg.data, self.data)  # text: vocab.json, recorded in the config
             save_config(cfg, os.path.join(self.run_dir, CONFIG))
-            initial_sync(w)
+            initial_sync(self.w)
         else:
             log.truncate_after(self.iteration)
         self.echo(f"[cot-ray] {cfg.cot.algo} run in {self.run_dir} from iteration {self.iteration}"
@@ -348,78 +387,81 @@ class Trainer:
                   + (f" (at most {cfg.run.minutes:g} min)" if cfg.run.minutes else ""))
         for note in ([self.data.summary] if self.data.summary else []) + self.data.notes:
             self.echo(f"[cot-ray] {note}")
-        pending: list = []
-        sums: dict = defaultdict(float)
-        counts: dict = defaultdict(int)
-        t_start = time.perf_counter()
-        elapsed0 = self.elapsed
-        t_window, it_window = t_start, self.iteration
-        stopped_by_user = False
-        last = self._done(t_start, elapsed0)  # decided once per iteration: the final one always evaluates and saves
+
+    def _progress(self, log: RunLog, train: dict, rate: float) -> None:
+        it, cfg = self.iteration, self.cfg
+        log.scalars("train", train, it)
+        log.scalars("time", {"iters_per_sec": rate, "elapsed_s": self.elapsed}, it)
+        self.echo(f"[{cfg.cot.algo}] it {it}" + (f"/{cfg.run.iters}" if cfg.run.iters else "")
+                  + f"  {rate:.1f} it/s  " + _fmt(train, ("m_mix_nll", "m_kl", "g_kl", "g_nll"))
+                  + ("  | " + _fmt(self.last_eval, ("nll_oracle", "nll_test", "jsd", "bleu4"))
+                     if self.last_eval else ""))
+
+    def _evaluate(self, log: RunLog, clock: Stopwatch) -> None:
+        t0 = time.perf_counter()
+        with clock.paused():  # evaluation time is not training time
+            self.last_eval = self.evaluate()
+        eval_s = time.perf_counter() - t0
+        self.elapsed = clock.seconds()
+        log.eval_row(self.iteration, self.elapsed, self.last_eval)
+        log.scalars("time", {"eval_s": eval_s}, self.iteration)
+        self.echo(f"[{self.cfg.cot.algo}] eval @ {self.iteration}: " + _fmt(self.last_eval, METRIC_KEYS))
+
+    def _run(self, fresh: bool) -> dict:
+        cfg, w = self.cfg, self.w
+        log = RunLog(self.run_dir, self.echo)
+        self._start(log, fresh)
+        clock = Stopwatch(before=self.elapsed)
+        window = StatsWindow(self.iteration, clock)
+        interrupted = False
+        last = self._done(clock)  # decided once per iteration: the final one always evaluates and saves
         try:
             with _StopFlag() as flag:
                 while not last:
                     stats, self.m_updates = w.iteration(cfg, self.iteration, self.m_updates)
-                    pending.extend(stats)
+                    window.add(stats)
                     self.iteration += 1
                     it = self.iteration
-                    last = self._done(t_start, elapsed0) or flag.stop
+                    last = self._done(clock) or flag.stop
                     if it % cfg.run.log_every == 0 or last:
-                        for s in w.get(pending):
-                            for k, v in s.items():
-                                sums[k] += v
-                                counts[k] += 1
-                        pending = []
-                        now = time.perf_counter()
-                        ips = (it - it_window) / max(now - t_window, 1e-9)
-                        t_window, it_window = now, it
-                        train = {k: sums[k] / counts[k] for k in sums}
-                        sums.clear()
-                        counts.clear()
-                        self.elapsed = elapsed0 + (now - t_start)
-                        log.scalars("train", train, it)
-                        log.scalars("time", {"iters_per_sec": ips, "elapsed_s": self.elapsed}, it)
-                        self.echo(f"[{cfg.cot.algo}] it {it}" + (f"/{cfg.run.iters}" if cfg.run.iters else "")
-                                  + f"  {ips:.1f} it/s  " + _fmt(train, ("m_balanced_nll", "m_kl", "g_kl", "g_nll"))
-                                  + ("  | " + _fmt(self.last_eval, ("nll_oracle", "nll_test", "jsd", "bleu4"))
-                                     if self.last_eval else ""))
+                        train, rate = window.flush(w, it, clock)
+                        self.elapsed = clock.seconds()
+                        self._progress(log, train, rate)
                     evaluated = bool(cfg.eval.every and it % cfg.eval.every == 0) or last
                     if evaluated:
-                        w.get(pending)
-                        t0 = time.perf_counter()
-                        self.last_eval = self.evaluate()
-                        eval_s = time.perf_counter() - t0
-                        t_start += eval_s  # evaluation time is not training time
-                        t_window += eval_s
-                        self.elapsed = elapsed0 + (time.perf_counter() - t_start)
-                        log.eval_row(it, self.elapsed, self.last_eval)
-                        log.scalars("time", {"eval_s": eval_s}, it)
-                        self.echo(f"[{cfg.cot.algo}] eval @ {it}: " + _fmt(self.last_eval, METRIC_KEYS))
+                        window.collect(w)  # the iteration is complete before its weights are read
+                        self._evaluate(log, clock)
                     if it % cfg.run.checkpoint_every == 0 or last or flag.stop or (evaluated and self.on_eval):
-                        w.get(pending)
-                        self.elapsed = elapsed0 + (time.perf_counter() - t_start)
+                        window.collect(w)
+                        self.elapsed = clock.seconds()
                         self.save()
                     if evaluated and self.on_eval is not None:
                         self.on_eval(it, dict(self.last_eval), self.run_dir, self.elapsed)
                     if flag.stop:
-                        stopped_by_user = True
+                        interrupted = True
                         self.echo(f"[cot-ray] interrupted: checkpoint at iteration {it} written; "
                                   f"continue with: cot-ray train --resume {self.run_dir}")
                         break
         finally:
             log.close()
         return {"run_dir": self.run_dir, "iteration": self.iteration, "elapsed_s": self.elapsed,
-                "metrics": self.last_eval, "interrupted": stopped_by_user}
+                "metrics": self.last_eval, "interrupted": interrupted}
 
 
-def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,
-          make_workers: Callable[[Config, Dataset], Workers] = local_workers,
-          on_eval: Optional[EvalHook] = None) -> dict:
-    """Start (or, with ``resume_dir``, continue) a run of the in-process loop; return its summary.
+def configure_process(threads: int) -> None:
+    """Process-wide settings for training in this process: torch's intra-op threads (0 leaves
+    torch's default) and glibc's malloc keeping freed memory (memory.py)."""
+    if threads:
+        torch.set_num_threads(threads)
+    retain_freed_memory()
 
-    ``on_eval``: see :class:`Trainer`."""
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+
+def run_trainer(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,
+                make_learners: Callable[[Config, Dataset], Learners] = in_process_learners,
+                on_eval: Optional[EvalHook] = None) -> dict:
+    """Start (or, with ``resume_dir``, continue) a run with the learners that ``make_learners``
+    gives (default: in this process); return its summary. ``on_eval``: see :class:`Trainer`."""
+    configure_process(cfg.run.threads)
     data = load_dataset(cfg.data)  # first: unusable data leaves no empty run directory behind
     if resume_dir is not None:
         state = load_checkpoint(os.path.join(resume_dir, CHECKPOINT))
@@ -430,7 +472,7 @@ def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable
     if state is not None:
         check_vocab_size(state["g"]["model"], data.vocab_size)
     kwargs = {"echo": echo} if echo else {}
-    trainer = Trainer(cfg, run_dir, data, make_workers(cfg, data), eval_device=cfg.run.device,
+    trainer = Trainer(cfg, run_dir, data, make_learners(cfg, data), eval_device=cfg.run.device,
                       on_eval=on_eval, **kwargs)
     if state is not None:
         trainer.restore(state)

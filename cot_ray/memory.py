@@ -13,8 +13,9 @@ Those figures are for the logits-based losses. Training now uses the fused losse
 ``fused.py``, whose largest temporaries are (n, V) slabs of a few MB, so the setting matters
 much less there (30 CoT iterations: 0.04 s of system time without it, 0.02 s with it); it still
 helps whatever does build (B, T, V) tensors (evaluation, the reference losses, larger
-vocabularies). Every learner calls it when it is built (``learners._build``), so the in-process
-loop and each Ray actor's process get it.
+vocabularies). It is a setting of the process, so the entry points apply it: the in-process
+loop (``loop.configure_process``) and each Ray actor's process before its learner is built
+(``runtime.prepare_process``).
 """
 
 from __future__ import annotations

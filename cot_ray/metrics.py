@@ -73,7 +73,7 @@ def sequence_log_probs(model: LSTMLM, seqs: torch.Tensor, mask_fn: Optional[Mask
     """(N, T) -> (N,) float64 log p(x) under ``model`` (in eval mode: no dropout).
 
     ``mask_fn`` must give prefix masks (ones up to some position, zeros after), as
-    ``sequence_mask`` does; each batch is then cut after its longest masked prefix, which the
+    ``text.loss_mask`` does; each batch is then cut after its longest masked prefix, which the
     causal model scores exactly as the full rows (text batches are mostly padding).
     """
     was_training = model.training

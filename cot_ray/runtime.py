@@ -1,25 +1,26 @@
 """The distributed runtime: the generator and the mediator as Ray actors.
 
-The learners of :mod:`cot_ray.learners` become actors here, at the call site
-(``ray.remote(GeneratorWorker)``), and the schedules of :mod:`cot_ray.loop` drive them through
-``Workers(call_fn=<.remote call>, get_fn=ray.get)``. Object refs go from actor to actor: G's
+The learners of :mod:`cot_ray.learners` become actors here, at the call site and as they are
+(``ray.remote(GeneratorLearner).options(...)``), and the schedules of :mod:`cot_ray.schedule`
+drive them through ``Learners(call_fn=<.remote call>, get_fn=ray.get)``. Object refs go from actor to actor: G's
 sample batches reach M as refs, and M's weights (CPU tensors, through the object store) reach G
 every ``cot.sync_every`` mediator updates; G then computes log pi_M with its local copy of M.
 No per-step full-vocabulary tensor crosses between processes.
 
 Schedules
-    ``sync`` is :func:`cot_ray.loop.schedule_iteration`, the in-process loop itself, so with the
-    same seed N iterations through the actors give bitwise the parameters of N in-process
-    iterations on the CPU. ``async`` is :class:`PipelineSchedule`, a fixed pipeline in which G
+    ``sync`` is :func:`cot_ray.schedule.schedule_iteration`, the in-process loop itself, so with
+    the same seed N iterations through the actors give bitwise the parameters of N in-process
+    iterations on the CPU. ``async`` is :class:`~cot_ray.schedule.PipelineSchedule`, a fixed pipeline in which G
     and M work on different iterations at once, with staleness exactly K (see there); it is as
     deterministic as the sync schedule, and ``--local --schedule async`` runs the same pipeline
     in one process with the same results.
 
 Nested CoT
-    The mediator's inner mediators (``--nested``) live inside the mediator's worker, unless
-    ``runtime.inner_actor`` gives them a third actor (:class:`InnerWorker`) and bundle; the
-    mediator then reaches them through an :class:`InnerHandle`, sending its own samples and the
-    mixture batch and receiving the inner weights, with the same numbers as in one process.
+    The mediator's inner mediators (``--nested``) live inside the mediator's actor, unless
+    ``runtime.inner_actor`` gives them a third actor (a ``MixtureLearner`` of level 1, with the
+    levels below it in its process) and bundle; the mediator is then built with an
+    :class:`InnerHandle` to it, sending its own samples and the mixture batch and receiving the
+    inner weights, with the same numbers as in one process.
 
 Placement
     All actors live in one placement group, one bundle each (``runtime.cpus_per_worker`` CPUs,
@@ -27,16 +28,19 @@ Placement
     ``runtime.spread`` (STRICT_SPREAD); in a Tune trial they take bundles 1..n of the trial's
     own group instead (``ActorRuntime(placement=...)``). Requests the cluster cannot meet fail
     at once with a one-line :class:`PlacementError`; requests that could be met but are not within
-    ``runtime.placement_timeout_s`` (resources busy) fail after that time. Each worker takes its
-    device from what Ray gave it: ``cuda:0`` (its own GPU, through CUDA_VISIBLE_DEVICES) when it
-    holds a GPU and CUDA works, else the CPU with ``cpus_per_worker`` torch threads.
+    ``runtime.placement_timeout_s`` (resources busy) fail after that time. Each actor's process
+    is set up before its learner is built (:func:`prepare_process`: ``cpus_per_worker`` torch
+    threads, glibc's malloc) and takes its device from what Ray gave it: ``cuda:0`` (its own
+    GPU, through CUDA_VISIBLE_DEVICES) when it holds a GPU and CUDA works, else the CPU.
 
 Faults
     Actors restart up to ``runtime.max_restarts`` times, never retrying a task (a retried step on
-    a fresh actor would silently diverge). When a worker dies mid-run, the Trainer is told so by
-    :func:`is_worker_failure`, :meth:`ActorRuntime.recover` waits until both actors answer
-    again, and the Trainer loads its last checkpoint (kept in memory) into both, so the run
-    finishes every requested iteration and loses at most one checkpoint interval of work.
+    a fresh actor would silently diverge); a restarted actor reruns only the learner's cheap
+    constructor. When a worker process dies mid-run, the Trainer is told so by
+    :func:`is_worker_failure`, :meth:`ActorRuntime.recover` waits until every actor answers
+    again and builds the learner of a restarted one, and the Trainer loads its last checkpoint
+    (kept in memory) into them, so the run finishes every requested iteration and loses at most
+    one checkpoint interval of work.
 
 This is the only module besides ``tune`` that imports Ray; the CLI imports it lazily.
 """
@@ -47,7 +51,6 @@ import logging
 import os
 import sys
 import time
-from collections import deque
 from typing import Any, Callable, Optional
 
 import ray
@@ -59,7 +62,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from . import loop
 from .config import Config, ConfigError, RuntimeConfig
 from .data import Dataset
-from .learners import GeneratorLearner, MediatorLearner, MixtureLearner
+from .learners import GeneratorLearner, LearnerNotBuiltError, MediatorLearner, MixtureLearner, build_inner
+from .schedule import make_schedule
 
 
 class PlacementError(ConfigError):
@@ -70,90 +74,37 @@ class WorkerLostError(RuntimeError):
     """A worker died and did not come back (no restarts left, or it never answered again)."""
 
 
-class WorkerNotReadyError(RuntimeError):
-    """A call reached a restarted worker before its learner was rebuilt: part of a failure."""
-
-
 # ----------------------------------------------------------------------------- the actors
 
 
-def worker_device(num_threads: int) -> str:
-    """Pick this worker's torch device from the resources Ray gave it; set its CPU threads.
+def prepare_process(learner, num_threads: int) -> str:
+    """Run in an actor's process (``actor.__ray_call__``) before its learner is built: set the
+    process-wide settings and pick the torch device from the resources Ray gave the actor.
 
-    Ray points CUDA_VISIBLE_DEVICES at the worker's own GPUs, so its first GPU is ``cuda:0``.
+    Ray points CUDA_VISIBLE_DEVICES at the actor's own GPUs, so its first GPU is ``cuda:0``.
     A GPU that Ray assigned but CUDA cannot see (a fake GPU, a CPU-only torch) means the CPU.
     """
-    torch.set_num_threads(max(1, int(num_threads)))
+    loop.configure_process(max(1, int(num_threads)))
     if ray.get_gpu_ids() and torch.cuda.is_available():
         return "cuda:0"
     return "cpu"
 
 
-class _Worker:
-    """A learner set up for life in a Ray actor.
-
-    The constructor takes only small arguments and picks the device; the training set arrives
-    in :meth:`setup`, which builds the learner. (An actor that Ray restarts reruns only its
-    constructor, and Ray cannot reliably restart an actor whose constructor arguments sit in the
-    object store, so :meth:`ActorRuntime.recover` sends the data again.)
-    """
-
-    learner_cls: type = object
-
-    def __init__(self, cfg: Config, vocab_size: int, seq_len: int, eos_id: Optional[int], num_threads: int):
-        self._args = (cfg, vocab_size, seq_len)
-        self._eos_id = eos_id
-        self.device = torch.device(worker_device(num_threads))
-        self._ready = False
-
-    def __getattr__(self, name: str):
-        # Only reached for attributes that do not exist: before setup, the learner's state.
-        if not self.__dict__.get("_ready", False):
-            raise WorkerNotReadyError(f"{type(self).__name__} was restarted and has no learner yet (needs '{name}')")
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def setup(self, train: Optional[torch.Tensor]) -> None:
-        """Build the learner (fresh: initial weights, optimizer and RNG streams of the seed)."""
-        cfg, vocab_size, seq_len = self._args
-        self.learner_cls.__init__(self, cfg, vocab_size, seq_len, train, self._eos_id, str(self.device))
-        self._ready = True
-
-    def ping(self) -> bool:
-        """Answer as soon as the actor is alive; -> whether its learner is built."""
-        return self._ready
-
-    def placement(self) -> dict:
-        """Where Ray put this worker: node, assigned GPU ids, torch device, threads, process."""
-        return {"node_id": ray.get_runtime_context().get_node_id(),
-                "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
-                "device": str(self.device), "threads": torch.get_num_threads(), "pid": os.getpid()}
+def _build_inner_here(learner, device: str) -> None:
+    """Run in the inner actor's process: build its level-1 learner with the levels below it."""
+    c = learner
+    learner.build(device, build_inner(c.cfg, c.vocab_size, c.seq_len, c.eos_id, device, level=2))
 
 
-class GeneratorWorker(_Worker, GeneratorLearner):
-    """The generator learner as an actor class: ``ray.remote(GeneratorWorker)``."""
-
-    learner_cls = GeneratorLearner
-
-
-class MediatorWorker(_Worker, MediatorLearner):
-    """The mediator learner as an actor class: ``ray.remote(MediatorWorker)``."""
-
-    learner_cls = MediatorLearner
-
-
-class InnerWorker(_Worker, MixtureLearner):
-    """Nested CoT's inner mediators (every level below M) as an actor (``--inner-actor``)."""
-
-    def setup(self, train: Optional[torch.Tensor]) -> None:
-        """Build the level-1 learner (and the levels below it); it needs no training data."""
-        cfg, vocab_size, seq_len = self._args
-        MixtureLearner.__init__(self, cfg, vocab_size, seq_len, self._eos_id, str(self.device), level=1)
-        self._ready = True
+def _where(learner) -> dict:
+    """Run in an actor's process: node, assigned GPU ids, torch device, threads, process id."""
+    return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+            "device": str(getattr(learner, "device", "")), "threads": torch.get_num_threads(), "pid": os.getpid()}
 
 
 class InnerHandle:
-    """The mediator's view of an :class:`InnerWorker`: the learner calls of a local inner
-    learner, each a blocking call to the actor (samples go as arguments, weights come back)."""
+    """The mediator's view of the inner actor: the four calls of a local inner learner, each a
+    blocking call to the actor (samples go as arguments, weights come back)."""
 
     def __init__(self, actor):
         self.actor = actor
@@ -172,10 +123,10 @@ class InnerHandle:
         ray.get(self.actor.load_state.remote(state))
 
 
-WORKER_CLASSES = {"generator": GeneratorWorker, "mediator": MediatorWorker, "inner": InnerWorker}
+LEARNER_CLASSES = {"generator": GeneratorLearner, "mediator": MediatorLearner, "inner": MixtureLearner}
 
 
-def worker_names(cfg: Config) -> list[str]:
+def learner_names(cfg: Config) -> list[str]:
     """The actors a run of ``cfg`` needs, in placement-bundle order (one bundle each)."""
     if cfg.cot.algo == "mle":
         return ["generator"]
@@ -183,12 +134,12 @@ def worker_names(cfg: Config) -> list[str]:
 
 
 def remote_call(actor, method: str, *args):
-    """``Workers.call_fn`` for actors: submit ``actor.method(*args)``; -> an object ref."""
+    """``Learners.call_fn`` for actors: submit ``actor.method(*args)``; -> an object ref."""
     return getattr(actor, method).remote(*args)
 
 
 def ray_get(x: Any) -> Any:
-    """``Workers.get_fn`` for actors: ``ray.get`` that lets plain values through.
+    """``Learners.get_fn`` for actors: ``ray.get`` that lets plain values through.
 
     A list may mix object refs and values (schedules add plain stats, restored pipelines hold
     values); the refs are fetched in one ``ray.get`` and the values kept in place.
@@ -205,7 +156,7 @@ def ray_get(x: Any) -> Any:
 
 
 _FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError,
-             ray.exceptions.NodeDiedError, WorkerNotReadyError)
+             ray.exceptions.NodeDiedError, LearnerNotBuiltError)
 
 
 def is_worker_failure(exc: BaseException) -> bool:
@@ -221,104 +172,6 @@ def is_worker_failure(exc: BaseException) -> bool:
             break
         exc, seen = cause, seen + 1
     return isinstance(exc, _FAILURES)
-
-
-# ----------------------------------------------------------------------------- the async schedule
-
-
-class PipelineSchedule:
-    """The async schedule: a fixed pipeline in which G and M work on different iterations at once.
-
-    At iteration t (0-based), with staleness K, batch B and S = ``cot.m_steps``:
-
-    * G draws ``(S + 1) * B`` samples from its current version G_t; the last B feed G's own
-      first CoT step now (CoT's generator loss needs on-policy samples), the first S * B are
-      queued for M;
-    * M takes its S steps on the batch queued K iterations earlier (from G_{t-K}); the first K
-      iterations use K batches of S * B drawn from G_0 before iteration 0 ("priming");
-    * every ``cot.sync_every`` M updates, M publishes its weights; G loads, before its step of
-      iteration t, the newest snapshot taken at the end of an M iteration <= t - K.
-
-    G's work at iteration t needs only M's iteration t - K and M's work needs only G's sampling
-    at t - K, so for K >= 1 the two actors compute at the same time, and nothing depends on
-    which finishes first: results are deterministic given the seed. ``train/staleness_samples``
-    (t minus the G version of M's batch) and ``train/staleness_weights`` (t + 1 minus the M
-    version G uses, in iterations; 0 in the sync schedule) are K once the pipeline is full.
-    K = 0 is exactly the sync schedule. MLE has no mediator and runs the sync schedule.
-
-    In-flight work at a checkpoint (the K queued sample batches and the snapshots G has not
-    loaded yet) is stored in the checkpoint, not regenerated, so resuming is exact.
-    """
-
-    def __init__(self, staleness: int):
-        self.k = staleness
-        self.samples: deque = deque()  # (G version, samples or their ref), oldest first
-        self.weights: deque = deque()  # (M version, weights or their ref), oldest first
-        self.g_weights_version = 0  # the M version of G's copy of M (0: the initial sync)
-
-    def iteration(self, w: loop.Workers, cfg: Config, t: int, m_updates: int) -> tuple[list, int]:
-        """Submit iteration ``t``; -> (stats or their refs, the new mediator update count)."""
-        c = cfg.cot
-        if c.algo == "mle" or w.m is None:
-            return loop.schedule_iteration(w, cfg, m_updates)
-        B, S = c.batch_size, c.m_steps
-        while len(self.samples) < self.k:  # priming, at a fresh start only
-            self.samples.append((t, w.call(w.g, "sample", S * B)))
-        fake = w.call(w.g, "sample", (S + 1) * B)
-        self.samples.append((t, fake))
-        sample_version, m_fake = self.samples.popleft()
-        stats = []
-        for i in range(S):
-            stats.append(w.call(w.m, "step", m_fake, i * B, B))
-            m_updates += 1
-            if m_updates % c.sync_every == 0:
-                self.weights.append((t + 1, w.call(w.m, "get_weights")))
-        newest = None
-        while self.weights and self.weights[0][0] <= t + 1 - self.k:
-            newest = self.weights.popleft()
-        if newest is not None:
-            self.g_weights_version = newest[0]
-            w.call(w.g, "set_mediator_weights", newest[1])
-        stats.append(w.call(w.g, "step_cot", fake, S * B, B))
-        for _ in range(c.g_steps - 1):
-            stats.append(w.call(w.g, "step_cot", w.call(w.g, "sample", B)))
-        stats.append({"staleness_samples": float(t - sample_version),
-                      "staleness_weights": float(t + 1 - self.g_weights_version)})
-        return stats, m_updates
-
-    def state(self, w: loop.Workers) -> dict:
-        """The pipeline's in-flight batches and snapshots, fetched (call between iterations)."""
-        samples = w.get([x for _, x in self.samples])
-        weights = w.get([x for _, x in self.weights])
-        return {"staleness": self.k, "g_weights_version": self.g_weights_version,
-                "samples": [[v, x] for (v, _), x in zip(self.samples, samples)],
-                "weights": [[v, x] for (v, _), x in zip(self.weights, weights)]}
-
-    def load_state(self, w: loop.Workers, state: Optional[dict]) -> None:
-        """Restore the pipeline of a checkpoint (None or empty: an empty pipeline, fresh start)."""
-        if not state:
-            self.samples.clear()
-            self.weights.clear()
-            self.g_weights_version = 0
-            return
-        if int(state["staleness"]) != self.k:
-            raise ConfigError(f"config key 'runtime.staleness' is {self.k} but the checkpoint's pipeline was "
-                              f"built with {state['staleness']}: resume with the run's own staleness")
-        self.samples = deque((int(v), x) for v, x in state["samples"])
-        self.weights = deque((int(v), x) for v, x in state["weights"])
-        self.g_weights_version = int(state["g_weights_version"])
-
-
-def make_schedule(cfg: Config) -> Optional[PipelineSchedule]:
-    """The schedule ``cfg`` asks for: None (the loop's sync schedule) or the async pipeline."""
-    return PipelineSchedule(cfg.runtime.staleness) if cfg.runtime.schedule == "async" else None
-
-
-def local_workers(cfg: Config, data: Dataset) -> loop.Workers:
-    """Both learners in this process with the configured schedule (no Ray involved)."""
-    w = loop.local_workers(cfg, data)
-    w.schedule = make_schedule(cfg)
-    return w
 
 
 # ----------------------------------------------------------------------------- placement
@@ -405,7 +258,7 @@ def given_bundle(pg: PlacementGroup, offset: int, num_workers: int) -> dict:
     if len(specs) < num_workers or any(b != specs[0] for b in specs):
         raise PlacementError(f"the given placement group has {len(pg.bundle_specs)} bundle(s) "
                              f"{pg.bundle_specs}, not {num_workers} equal worker bundles from bundle {offset}: "
-                             "request one bundle per worker (runtime.worker_names)")
+                             "request one bundle per worker (runtime.learner_names)")
     return specs[0]
 
 
@@ -415,14 +268,14 @@ def given_bundle(pg: PlacementGroup, offset: int, num_workers: int) -> dict:
 class ActorRuntime:
     """G and M as actors in one placement group of the connected Ray cluster.
 
-    ``make_workers`` is the ``make_workers`` argument of :func:`cot_ray.loop.train`;
+    ``make_learners`` is the ``make_learners`` argument of :func:`cot_ray.loop.run_trainer`;
     ``shutdown`` kills the actors and frees their placement group.
     """
 
     def __init__(self, rcfg: RuntimeConfig, echo: Optional[Callable[[str], None]] = None,
                  placement: Optional[PlacementGroup] = None, bundle_offset: int = 0):
         """``placement``: an existing, ready placement group (a Tune trial's) whose bundles
-        ``bundle_offset``, ``bundle_offset + 1``, ... host the workers, one each; it is
+        ``bundle_offset``, ``bundle_offset + 1``, ... host the actors, one each; it is
         neither created nor removed here. None: the runtime makes (and frees) its own."""
         self.rcfg = rcfg
         self.echo = echo
@@ -432,27 +285,25 @@ class ActorRuntime:
         self.actors: dict = {}
         self.train_ref: Optional[ray.ObjectRef] = None
 
-    def make_workers(self, cfg: Config, data: Dataset) -> loop.Workers:
+    def make_learners(self, cfg: Config, data: Dataset) -> loop.Learners:
         r = self.rcfg
-        names = worker_names(cfg)
+        names = learner_names(cfg)
         if self.given_pg is None:
             bundle = worker_bundle(r, len(names))
             self.pg = create_placement_group([bundle] * len(names), r.spread, r.placement_timeout_s)
         else:
             self.pg = self.given_pg
             bundle = given_bundle(self.pg, self.bundle_offset, len(names))
-        self.train_ref = ray.put(data.train)  # held here, so a restarted worker can get it again
-        args = (cfg, data.vocab_size, data.seq_len, data.eos_id, r.cpus_per_worker)
+        self.train_ref = ray.put(data.train)  # held here, so a restarted actor can get it again
+        args = (cfg, data.vocab_size, data.seq_len, data.eos_id)
         for i, name in enumerate(names):
-            cls = WORKER_CLASSES[name]
-            self.actors[name] = ray.remote(cls).options(
+            self.actors[name] = ray.remote(LEARNER_CLASSES[name]).options(
                 num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0.0),
                 max_restarts=r.max_restarts, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.pg, placement_group_bundle_index=self.bundle_offset + i),
-            ).remote(*args)
-        ray.get([a.setup.remote(self.train_ref) for a in self.actors.values()])  # fail here, not mid-run
-        self._attach_inner()
+            ).remote(*args, **({"level": 1} if name == "inner" else {}))
+        ray.get([self._build(name) for name in names])  # fail here, not mid-run
         if self.echo is not None:
             where = self.placements()
             self.echo("[cot-ray] workers: " + ", ".join(
@@ -460,19 +311,30 @@ class ActorRuntime:
                 + (f", GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else "") + ")" for n, p in where.items())
                 + f" ({'spread' if self.rcfg.spread else 'packed'}, {cfg.runtime.schedule} schedule"
                 + (f", staleness {cfg.runtime.staleness}" if cfg.runtime.schedule == "async" else "") + ")")
-        return loop.Workers(self.actors["generator"], self.actors.get("mediator"), call_fn=remote_call,
-                            get_fn=ray_get, schedule=make_schedule(cfg), is_failure=is_worker_failure,
-                            recover=self.recover)
+        return loop.Learners(self.actors["generator"], self.actors.get("mediator"), call_fn=remote_call,
+                             get_fn=ray_get, schedule=make_schedule(cfg), is_failure=is_worker_failure,
+                             recover=self.recover)
 
-    def recover(self, w: loop.Workers) -> None:
-        """Wait until every worker answers again (Ray restarts a dead one) and rebuild the learner
+    def _build(self, name: str) -> ray.ObjectRef:
+        """Set up the actor's process, then build its learner there (fresh, from the run's seed)."""
+        actor = self.actors[name]
+        device = ray.get(actor.__ray_call__.remote(prepare_process, self.rcfg.cpus_per_worker))
+        if name == "inner":
+            return actor.__ray_call__.remote(_build_inner_here, device)
+        if name == "mediator":
+            inner = InnerHandle(self.actors["inner"]) if "inner" in self.actors else None
+            return actor.build.remote(device, self.train_ref, inner)
+        return actor.build.remote(device, self.train_ref)
+
+    def recover(self, w: loop.Learners) -> None:
+        """Wait until every actor answers again (Ray restarts a dead one) and build the learner
         of a restarted one; raise WorkerLostError if one stays dead. The Trainer then loads the
-        last checkpoint into both."""
+        last checkpoint into them."""
         deadline = time.monotonic() + self.rcfg.placement_timeout_s
         for name, actor in self.actors.items():
             while True:
                 try:
-                    ready = ray.get(actor.ping.remote(), timeout=max(deadline - time.monotonic(), 0.1))
+                    built = ray.get(actor.is_built.remote(), timeout=max(deadline - time.monotonic(), 0.1))
                     break
                 except ray.exceptions.GetTimeoutError:
                     raise WorkerLostError(f"the {name} worker did not come back within "
@@ -486,18 +348,13 @@ class ActorRuntime:
                         raise WorkerLostError(f"the {name} worker did not come back within "
                                               f"{self.rcfg.placement_timeout_s:g}s after a failure") from None
                     time.sleep(0.2)
-            if not ready:
-                ray.get(actor.setup.remote(self.train_ref))
-        self._attach_inner()  # a restarted mediator has lost its handle; the checkpoint restores both
-
-    def _attach_inner(self) -> None:
-        if "inner" in self.actors:
-            ray.get(self.actors["mediator"].attach_inner.remote(InnerHandle(self.actors["inner"])))
+            if not built:
+                ray.get(self._build(name))
 
     def placements(self) -> dict:
-        """name -> :meth:`_Worker.placement` of each worker."""
+        """name -> where each actor is (node, GPU ids, device, threads, process id)."""
         names = list(self.actors)
-        return dict(zip(names, ray.get([self.actors[n].placement.remote() for n in names])))
+        return dict(zip(names, ray.get([self.actors[n].__ray_call__.remote(_where) for n in names])))
 
     def shutdown(self) -> None:
         for actor in self.actors.values():
@@ -539,7 +396,7 @@ def connect(rcfg: RuntimeConfig) -> bool:
 def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,
           on_eval: Optional[loop.EvalHook] = None, placement: Optional[PlacementGroup] = None,
           bundle_offset: int = 0) -> dict:
-    """Run (or resume) training as ``cfg.runtime`` says; -> the summary of :func:`cot_ray.loop.train`.
+    """Run (or resume) training as ``cfg.runtime`` says; -> the summary of :func:`cot_ray.loop.run_trainer`.
 
     ``runtime.mode`` "local" runs both learners in this process without Ray (the async
     schedule then runs its pipeline sequentially, with the same results); "actors" connects to
@@ -548,12 +405,12 @@ def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable
     put the workers into an existing placement group (see :class:`ActorRuntime`).
     """
     if cfg.runtime.mode == "local":
-        return loop.train(cfg, resume_dir, echo, make_workers=local_workers, on_eval=on_eval)
+        return loop.run_trainer(cfg, resume_dir, echo, on_eval=on_eval)
     started = connect(cfg.runtime)
     rt = ActorRuntime(cfg.runtime, echo or (lambda msg: print(msg, file=sys.stderr, flush=True)),
                       placement=placement, bundle_offset=bundle_offset)
     try:
-        return loop.train(cfg, resume_dir, echo, make_workers=rt.make_workers, on_eval=on_eval)
+        return loop.run_trainer(cfg, resume_dir, echo, make_learners=rt.make_learners, on_eval=on_eval)
     finally:
         rt.shutdown()
         if started:

@@ -32,7 +32,6 @@ import json
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -222,7 +221,7 @@ def encode_corpus(
 
     Each row is ``ids + [EOS_ID]`` followed by PAD_ID up to ``max_len``. A sentence
     whose ``ids + [EOS]`` does not fit is cut to its first ``max_len`` ids; its EOS
-    is then dropped (the row has no EOS, so :func:`sequence_mask` keeps all of it),
+    is then dropped (the row has no EOS, so :func:`loss_mask` keeps all of it),
     and it is counted in ``stats["truncated"]``.
 
     Returns ``(data, stats)`` with stats keys ``num_sentences``, ``num_tokens``
@@ -255,16 +254,17 @@ def encode_corpus(
     return data, stats
 
 
-def sequence_mask(tokens: torch.Tensor, eos_id: Optional[int] = EOS_ID) -> torch.Tensor:
-    """Float mask of the positions that belong to each sequence.
+def loss_mask(tokens: torch.Tensor, eos_id: Optional[int]) -> Optional[torch.Tensor]:
+    """Float mask of the positions that count in losses and metrics; None when all of them do.
 
-    ``tokens`` is ``(B, T)`` (any leading shape works; time is the last dim). The
-    result has the same shape and is 1.0 up to and including the first ``eos_id``
-    and 0.0 after it; a row without EOS is all ones. With ``eos_id=None`` the mask
-    is all ones.
+    ``tokens`` is ``(B, T)`` (any leading shape works; time is the last dim). ``eos_id``
+    None means fixed-length sequences (the oracle): every position counts and the mask is
+    None. Otherwise the mask has the shape of ``tokens`` and is 1.0 up to and including the
+    first ``eos_id`` and 0.0 after it (padding); a row without EOS (a sentence cut to
+    ``max_len``) is all ones.
     """
     if eos_id is None:
-        return torch.ones(tokens.shape, dtype=torch.float32, device=tokens.device)
+        return None
     is_eos = (tokens == eos_id).long()  # (B, T)
     eos_before = torch.cumsum(is_eos, dim=-1) - is_eos  # (B, T) EOS count strictly before t
     return (eos_before == 0).float()
@@ -308,55 +308,3 @@ def read_corpus(path: str, role: str = "corpus") -> List[List[str]]:
     if not sentences:
         raise DataError(f"{label} is empty: give a file with one sentence per line")
     return sentences
-
-
-@dataclass
-class TextCorpus:
-    """A training and a test set encoded with one vocabulary (built from training only)."""
-
-    vocab: Vocab
-    train: np.ndarray  # (N, T) int64
-    test: np.ndarray  # (M, T) int64
-    max_len: int  # T: words + EOS per row
-    train_stats: Dict[str, Any] = field(default_factory=dict)
-    test_stats: Dict[str, Any] = field(default_factory=dict)
-
-
-def load_text_corpus(
-    train_path: str,
-    test_path: str,
-    max_len: Optional[int] = None,
-    min_count: int = 1,
-    max_vocab: Optional[int] = None,
-) -> TextCorpus:
-    """Read, build the vocabulary from ``train_path`` and encode both files.
-
-    ``max_len`` defaults to the longest training sentence + 1 (for EOS), so only
-    test sentences can be truncated then. ``min_count``/``max_vocab`` are passed
-    to :meth:`Vocab.build` (``max_vocab`` counts the 3 specials). Test words not
-    seen in training map to UNK; if more than half of the test tokens are unknown
-    the files do not belong together and :class:`DataError` is raised.
-    """
-    train_sents = read_corpus(train_path, role="training")
-    test_sents = read_corpus(test_path, role="test")
-    if max_len is None:
-        max_len = max(len(s) for s in train_sents) + 1
-    elif max_len < 1:
-        raise DataError(f"max_len must be >= 1, got {max_len}: give a positive sequence length")
-    vocab = Vocab.build(train_sents, min_count=min_count, max_size=max_vocab)
-    train, train_stats = encode_corpus(train_sents, vocab, max_len)
-    test, test_stats = encode_corpus(test_sents, vocab, max_len)
-    if test_stats["unk_rate"] > MAX_TEST_UNK_RATE:
-        raise DataError(
-            f"test file '{test_path}' does not match the training vocabulary: "
-            f"{test_stats['unk_rate']:.1%} of its tokens are unknown to the vocabulary of "
-            f"'{train_path}': give a test set from the same corpus (or lower min_count / raise max_vocab)"
-        )
-    return TextCorpus(
-        vocab=vocab,
-        train=train,
-        test=test,
-        max_len=max_len,
-        train_stats=train_stats,
-        test_stats=test_stats,
-    )

@@ -3,7 +3,7 @@
 Each trial is one training run (the Trainer of :mod:`cot_ray.loop`) with its own generator and
 mediator actors. The trial's resource request is a placement group: bundle 0 (1 CPU) for the
 trial driver, which runs the schedule and the evaluations, then one bundle per worker
-(:func:`cot_ray.runtime.worker_names`: ``runtime.cpus_per_worker`` CPUs and, where the
+(:func:`cot_ray.runtime.learner_names`: ``runtime.cpus_per_worker`` CPUs and, where the
 cluster has GPUs, one GPU each, or ``runtime.gpus_per_worker``); the workers are placed into
 bundles 1..n of the trial's group, so Tune packs whole trials onto the cluster. After every
 evaluation the trial reports ``iteration``, ``elapsed_s`` (training seconds) and the eval
@@ -636,7 +636,7 @@ def make_trainable(sweep: Sweep, exp: str) -> Callable[[dict], None]:
 
 def trial_resources(cfg: Config, worker_bundle: dict) -> "tune.PlacementGroupFactory":
     """A trial's placement group: its driver, then one bundle per worker of ``cfg``."""
-    n = len(runtime.worker_names(cfg))
+    n = len(runtime.learner_names(cfg))
     return tune.PlacementGroupFactory([dict(DRIVER_BUNDLE)] + [dict(worker_bundle)] * n,
                                       strategy="SPREAD" if cfg.runtime.spread else "PACK")
 
@@ -673,7 +673,7 @@ def _max_workers(sweep: Sweep) -> int:
     """The most workers a trial of the sweep can have (cot.algo or nesting may be searched)."""
     configs = [sweep.base] + [from_dict(_nest({p.key: v}), copy.deepcopy(sweep.base))
                               for p in sweep.params for v in p.candidates()]
-    return max(len(runtime.worker_names(c)) for c in configs)
+    return max(len(runtime.learner_names(c)) for c in configs)
 
 
 def _check_cluster(sweep: Sweep, bundle: dict, echo: Callable[[str], None]) -> None:
@@ -882,7 +882,7 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
     started = False
     try:
         started = connect(address, DRIVER_BUNDLE["CPU"] + _max_workers(sweep) * sweep.base.runtime.cpus_per_worker)
-        n_workers = len(runtime.worker_names(sweep.base))
+        n_workers = len(runtime.learner_names(sweep.base))
         bundle = runtime.worker_bundle(sweep.base.runtime, n_workers)
         _check_cluster(sweep, bundle, echo)
         trainable = tune.with_resources(make_trainable(sweep, exp),

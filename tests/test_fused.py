@@ -10,11 +10,15 @@ import torch
 import torch.nn.functional as F
 
 import cot_ray.fused as fused
-from cot_ray.fused import (chunk_rows, fused_cot_generator_loss, fused_mediator_loss, fused_mediator_loss_joint,
-                           fused_mixture_loss, fused_mle_loss)
+from cot_ray.fused import DEFAULT_CHUNK_ROWS, chunk_rows, fused_cot_generator_loss, fused_mixture_loss, fused_mle_loss
 from cot_ray.losses import cot_generator_loss, mediator_loss, mixture_loss, mle_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def fused_mediator(h, tok, R, w, b, mr=None, mf=None, chunk=None):
+    """The mediator's loss as training computes it: the two-group fused mixture, real first."""
+    return fused_mixture_loss(h, [tok[:R], tok[R:]], [0.5, 0.5], w, b, [mr, mf], ("real", "fake"), chunk)
 
 
 def leaf(gen, *shape, dtype=torch.float64, scale=1.0):
@@ -86,16 +90,14 @@ def test_mediator_equals_reference(R, Fk, T, H, V, chunk, mask_kind):
     logits = F.linear(h, w, b)
     ref, ref_stats = mediator_loss(logits[:R], tok[:R], logits[R:], tok[R:], mr, mf)
     ref_g = grads(ref, (h, w, b))
-    joint, joint_stats = fused_mediator_loss_joint(h, tok, R, w, b, mr, mf, chunk=chunk)
-    split, split_stats = fused_mediator_loss(h[:R], tok[:R], h[R:], tok[R:], w, b, mr, mf, chunk=chunk)
-    for loss, stats in ((joint, joint_stats), (split, split_stats)):
-        assert_close(loss, ref)
-        assert set(stats) == set(ref_stats)
-        for k in stats:
-            assert not stats[k].requires_grad
-            assert_close(stats[k], ref_stats[k])
-        for g, r in zip(grads(loss, (h, w, b)), ref_g):
-            assert_close(g, r)
+    loss, stats = fused_mediator(h, tok, R, w, b, mr, mf, chunk=chunk)
+    assert_close(loss, ref)
+    assert set(stats) == set(ref_stats) == {"mix_nll", "nll_real", "nll_fake"}
+    for k in stats:
+        assert not stats[k].requires_grad
+        assert_close(stats[k], ref_stats[k])
+    for g, r in zip(grads(loss, (h, w, b)), ref_g):
+        assert_close(g, r)
 
 
 def test_mixture_equals_reference():
@@ -105,10 +107,10 @@ def test_mixture_equals_reference():
     h, (w, b) = leaf(gen, sum(sizes), T, H), layer(gen, V, H)
     tokens = [torch.randint(0, V, (n, T), generator=gen) for n in sizes]
     for masks in (None, [padding_mask(n, T, gen) if n > 1 else None for n in sizes]):
-        loss, stats = fused_mixture_loss(h, tokens, weights, w, b, masks, chunk=6)
-        ref, ref_stats = mixture_loss(list(F.linear(h, w, b).split(sizes)), tokens, weights, masks)
+        loss, stats = fused_mixture_loss(h, tokens, weights, w, b, masks, (None, "b", "own"), chunk=6)
+        ref, ref_stats = mixture_loss(list(F.linear(h, w, b).split(sizes)), tokens, weights, masks, (None, "b", "own"))
         assert_close(loss, ref)
-        assert set(stats) == set(ref_stats)
+        assert set(stats) == set(ref_stats) == {"mix_nll", "nll_b", "nll_own"}
         for k in stats:
             assert_close(stats[k], ref_stats[k])
         for g, r in zip(grads(loss, (h, w, b)), grads(ref, (h, w, b))):
@@ -155,7 +157,7 @@ def test_gradcheck_all_three():
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda h, w, b: fused_mle_loss(h, w, b, tok, mask, chunk=4)[0], (hg, wg, bg))
     assert torch.autograd.gradcheck(
-        lambda h, w, b: fused_mediator_loss_joint(h, tok, 1, w, b, mask[:1], mask[1:], chunk=4)[0], (hm, wm, bm))
+        lambda h, w, b: fused_mediator(h, tok, 1, w, b, mask[:1], mask[1:], chunk=4)[0], (hm, wm, bm))
     assert torch.autograd.gradcheck(
         lambda h, w, b: fused_cot_generator_loss(h, w, b, hm, wm, bm, mask, chunk=4)[0], (hg, wg, bg))
 
@@ -194,7 +196,7 @@ def test_no_grad_computes_only_the_loss(monkeypatch):
     tok = torch.randint(0, 8, (3, 4), generator=gen)
     mask = padding_mask(3, 4, gen)
     want = [fused_mle_loss(hg, wg, bg, tok, mask, chunk=5),
-            fused_mediator_loss_joint(hm, tok, 2, wm, bm, mask[:2], mask[2:], chunk=5),
+            fused_mediator(hm, tok, 2, wm, bm, mask[:2], mask[2:], chunk=5),
             fused_cot_generator_loss(hg, wg, bg, hm, wm, bm, mask, chunk=5)]
 
     def refuse(*args):
@@ -204,7 +206,7 @@ def test_no_grad_computes_only_the_loss(monkeypatch):
     monkeypatch.setattr(fused._FusedKL, "apply", refuse)
     with torch.no_grad():
         got = [fused_mle_loss(hg, wg, bg, tok, mask, chunk=5),
-               fused_mediator_loss_joint(hm, tok, 2, wm, bm, mask[:2], mask[2:], chunk=5),
+               fused_mediator(hm, tok, 2, wm, bm, mask[:2], mask[2:], chunk=5),
                fused_cot_generator_loss(hg, wg, bg, hm, wm, bm, mask, chunk=5)]
     for (loss, stats), (ref, ref_stats) in zip(got, want):
         assert not loss.requires_grad and loss.grad_fn is None
@@ -216,19 +218,34 @@ def test_no_grad_computes_only_the_loss(monkeypatch):
     assert loss.grad_fn is None
 
 
-def test_chunk_rows():
-    assert chunk_rows(5000, torch.float32, 7) == 7
+def test_chunk_rows_is_explicit_and_independent_of_the_thread_count():
+    assert chunk_rows(7) == 7
     with pytest.raises(ValueError):
-        chunk_rows(5000, torch.float32, 0)
-    # one thread (fixture): about 2.5 MB of logits per chunk, at least 16 rows
-    assert chunk_rows(5000, torch.float32) == 2560 * 1024 // 20000 == 131
-    assert chunk_rows(5000, torch.float64) == 65
-    assert chunk_rows(10 ** 7, torch.float32) == 16
+        chunk_rows(0)
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert chunk_rows() == DEFAULT_CHUNK_ROWS == 256
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_chunk_size_changes_the_bits_but_not_the_value():
+    """Why the chunk size is part of the config: another chunk sums the rows in another order."""
+    gen = torch.Generator().manual_seed(11)
+    B, T, V = 16, 20, 5000
+    h, (w, b) = leaf(gen, B, T, 32, dtype=torch.float32), layer(gen, V, 32, dtype=torch.float32)
+    tok = torch.randint(0, V, (B, T), generator=gen)
+    g = {c: grads(fused_mle_loss(h, w, b, tok, chunk=c)[0], (w,))[0] for c in (64, 256)}
+    assert torch.equal(g[256], grads(fused_mle_loss(h, w, b, tok, chunk=256)[0], (w,))[0])  # deterministic
+    assert not torch.equal(g[64], g[256])
+    assert torch.allclose(g[64], g[256], rtol=1e-4, atol=1e-7)
 
 
 def test_default_chunk_equals_reference():
     gen = torch.Generator().manual_seed(10)
-    B, T, V = 9, 17, 5000  # 153 rows: more than one default chunk (131 rows), not a multiple of it
+    B, T, V = 17, 17, 5000  # 289 rows: more than one default chunk (256 rows), not a multiple of it
     h, (w, b) = leaf(gen, B, T, 3, dtype=torch.float32), layer(gen, V, 3, dtype=torch.float32)
     tok = torch.randint(0, V, (B, T), generator=gen)
     loss = fused_mle_loss(h, w, b, tok)[0]
@@ -256,7 +273,7 @@ def test_float32_full_vocabulary_matches_float64_reference():
     cases = [
         (lambda h, w, b: fused_mle_loss(h, w, b, tok[:B], mask[:B].float(), chunk=16)[0],
          lambda h, w, b: mle_loss(F.linear(h, w, b), tok[:B], mask[:B])[0], (hg, wg, bg)),
-        (lambda h, w, b: fused_mediator_loss_joint(h, tok, B, w, b, mask[:B].float(), mask[B:].float(), chunk=16)[0],
+        (lambda h, w, b: fused_mediator(h, tok, B, w, b, mask[:B].float(), mask[B:].float(), chunk=16)[0],
          lambda h, w, b: mediator_loss(F.linear(h[:B], w, b), tok[:B], F.linear(h[B:], w, b), tok[B:],
                                        mask[:B], mask[B:])[0], (hm, wm, bm)),
         (lambda h, w, b: fused_cot_generator_loss(h, w, b, *m32, mask[:B].float(), chunk=16)[0],

@@ -10,7 +10,7 @@ import pytest
 
 from cot_ray.checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint
 from cot_ray.config import ConfigError, read_yaml
-from cot_ray.loop import METRICS_FILE, read_metrics, resume_config, train
+from cot_ray.loop import METRICS_FILE, read_metrics, resume_config, run_trainer
 from cot_ray.metrics import metric_keys
 from tests.conftest import assert_same_tree
 
@@ -27,10 +27,10 @@ def _learner_state(run_dir):
 @pytest.mark.parametrize("algo", ["cot", "mle"])
 def test_resumed_run_equals_uninterrupted_run(tiny, algo):
     overrides = (f"cot.algo={algo}", "cot.m_steps=2", "cot.g_steps=2", "eval.every=2", "run.checkpoint_every=100")
-    full = train(tiny(*overrides, "run.iters=6", "run.name=full"), echo=_quiet)
-    half = train(tiny(*overrides, "run.iters=3", "run.name=half"), echo=_quiet)
+    full = run_trainer(tiny(*overrides, "run.iters=6", "run.name=full"), echo=_quiet)
+    half = run_trainer(tiny(*overrides, "run.iters=3", "run.name=half"), echo=_quiet)
     assert half["iteration"] == 3
-    resumed = train(resume_config(half["run_dir"], iters=6), resume_dir=half["run_dir"], echo=_quiet)
+    resumed = run_trainer(resume_config(half["run_dir"], iters=6), resume_dir=half["run_dir"], echo=_quiet)
     assert resumed["iteration"] == full["iteration"] == 6
     assert_same_tree(_learner_state(full["run_dir"]), _learner_state(resumed["run_dir"]))
     # Evaluation is seeded by iteration, so the metrics agree too.
@@ -40,18 +40,18 @@ def test_resumed_run_equals_uninterrupted_run(tiny, algo):
 
 
 def test_ctrl_c_checkpoints_and_resume_completes_exactly(tiny):
-    full = train(tiny("run.iters=5", "run.name=full"), echo=_quiet)
+    full = run_trainer(tiny("run.iters=5", "run.name=full"), echo=_quiet)
     cfg = tiny("run.iters=5", "run.name=stopped", "run.checkpoint_every=100")
 
     def interrupt_at_2(msg):
         if msg.startswith("[cot] it 2/"):
             os.kill(os.getpid(), signal.SIGINT)  # the handler asks the loop to stop after this iteration
 
-    stopped = train(cfg, echo=interrupt_at_2)
+    stopped = run_trainer(cfg, echo=interrupt_at_2)
     assert stopped["interrupted"] and stopped["iteration"] in (2, 3)
     run_dir = stopped["run_dir"]
     assert load_checkpoint(os.path.join(run_dir, CHECKPOINT))["iteration"] == stopped["iteration"]
-    resumed = train(resume_config(run_dir), resume_dir=run_dir, echo=_quiet)
+    resumed = run_trainer(resume_config(run_dir), resume_dir=run_dir, echo=_quiet)
     assert resumed["iteration"] == 5
     assert_same_tree(_learner_state(full["run_dir"]), _learner_state(run_dir))
 
@@ -77,7 +77,7 @@ def _event_tags(run_dir):
 
 def test_run_directory_holds_config_checkpoint_metrics_and_namespaced_scalars(tiny):
     cfg = tiny("run.iters=2", "run.name=r", "cot.m_steps=3")
-    out = train(cfg, echo=_quiet)
+    out = run_trainer(cfg, echo=_quiet)
     run_dir = out["run_dir"]
     saved = read_yaml(os.path.join(run_dir, CONFIG))
     assert saved["cot"]["m_steps"] == 3 and saved["run"]["iters"] == 2
@@ -85,26 +85,26 @@ def test_run_directory_holds_config_checkpoint_metrics_and_namespaced_scalars(ti
     assert 0.0 <= out["metrics"]["jsd"] <= 0.6932
     assert os.path.exists(os.path.join(run_dir, METRICS_FILE))
     tags = _event_tags(run_dir)
-    assert {"train/m_balanced_nll", "train/g_kl", "eval/nll_oracle", "eval/jsd", "eval/m_nll_test",
+    assert {"train/m_mix_nll", "train/g_kl", "eval/nll_oracle", "eval/jsd", "eval/m_nll_test",
             "eval/kl_forward", "time/iters_per_sec"} <= tags
     assert all(t.split("/")[0] in ("train", "eval", "time") for t in tags)
 
 
 def test_existing_run_is_never_overwritten(tiny):
     cfg = tiny("run.iters=1", "run.name=taken")
-    out = train(cfg, echo=_quiet)
+    out = run_trainer(cfg, echo=_quiet)
     before = open(os.path.join(out["run_dir"], CHECKPOINT), "rb").read()
     with pytest.raises(ConfigError, match="already holds a run.*--resume"):
-        train(tiny("run.iters=1", "run.name=taken"), echo=_quiet)
+        run_trainer(tiny("run.iters=1", "run.name=taken"), echo=_quiet)
     assert open(os.path.join(out["run_dir"], CHECKPOINT), "rb").read() == before
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tiny):
-    out = train(tiny("run.iters=1", "run.name=c"), echo=_quiet)
+    out = run_trainer(tiny("run.iters=1", "run.name=c"), echo=_quiet)
     path = os.path.join(out["run_dir"], CHECKPOINT)
     with open(path, "r+b") as f:
         f.truncate(100)
     damaged = open(path, "rb").read()
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        train(resume_config(out["run_dir"], iters=2), resume_dir=out["run_dir"], echo=_quiet)
+        run_trainer(resume_config(out["run_dir"], iters=2), resume_dir=out["run_dir"], echo=_quiet)
     assert open(path, "rb").read() == damaged

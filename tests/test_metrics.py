@@ -243,7 +243,7 @@ def test_evaluator_figures_estimate_the_exact_values():
 def test_evaluator_without_oracle_and_with_mask():
     G = tiny_lm(1)
     test_set = ALL.repeat(2, 1)
-    # a prefix mask (as sequence_mask gives): row length 1 + its first token
+    # a prefix mask (as text.loss_mask gives): row length 1 + its first token
     mask_fn = lambda s: (torch.arange(T)[None, :] <= s[:, :1]).float()  # noqa: E731
     res = Evaluator(test_set, T, oracle=None, mask_fn=mask_fn).evaluate(G, None, seed=0)
     assert set(res) == {"nll_test"}  # no training sequences given: no nll_train

@@ -16,8 +16,8 @@ import torch
 
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
 from cot_ray.config import ModelConfig, load_config
-from cot_ray.learners import MediatorLearner
-from cot_ray.loop import resume_config, train
+from cot_ray.learners import MediatorLearner, build_inner
+from cot_ray.loop import resume_config, run_trainer
 from cot_ray.losses import mediator_loss, mixture_loss, token_nll
 from cot_ray.models import LSTMLM
 from tests.conftest import assert_same_tree
@@ -58,7 +58,8 @@ def _train_mediator(depth: int, steps: int):
                       + [f"inner_mediator.{kv}" for kv in small]
                       + ["m_optim.lr=0.01", "inner_optim.lr=0.01", "cot.batch_size=64",
                          "nested.enabled=true", f"nested.depth={depth}"])
-    m = MediatorLearner(cfg, V, T, real)
+    m = MediatorLearner(cfg, V, T)
+    m.build("cpu", real, build_inner(cfg, V, T, None, "cpu"))
     start = _jsd(_probs(m.model), q)
     stats = {}
     for _ in range(steps):
@@ -71,7 +72,7 @@ def test_mixture_loss_with_two_halves_is_the_mediator_loss():
     lr, lf = (torch.randn(b, 4, 6, generator=gen, dtype=torch.float64) for b in (5, 3))
     r, f = torch.randint(0, 6, (5, 4), generator=gen), torch.randint(0, 6, (3, 4), generator=gen)
     mr, mf = (torch.rand(5, 4, generator=gen) > 0.3).double(), torch.ones(3, 4, dtype=torch.float64)
-    got, stats = mixture_loss([lr, lf], [r, f], [0.5, 0.5], [mr, mf])
+    got, stats = mixture_loss([lr, lf], [r, f], [0.5, 0.5], [mr, mf], (None, "own"))
     want, _ = mediator_loss(lr, r, lf, f, mr, mf)
     assert got.item() == want.item()
     assert stats["nll_own"].item() == pytest.approx(token_nll(lf, f).mean().item(), abs=1e-12)
@@ -89,12 +90,12 @@ def test_nested_mediator_converges_to_the_mixture():
     start, end, stats = _train_mediator(depth=1, steps=400)
     assert start > 0.2
     assert end < 0.01
-    assert {"m_kl", "m_grad_norm", "inner/balanced_nll", "inner/nll_own", "inner/grad_norm"} == set(stats)
+    assert {"m_kl", "m_grad_norm", "inner/mix_nll", "inner/nll_own", "inner/grad_norm"} == set(stats)
 
 
 def test_depth_two_trains_every_level_and_converges():
     start, end, stats = _train_mediator(depth=2, steps=300)
-    assert {"m_kl", "inner/kl", "inner/inner/balanced_nll"} <= set(stats)
+    assert {"m_kl", "inner/kl", "inner/inner/mix_nll"} <= set(stats)
     assert start > 0.2
     assert end < 0.03
 
@@ -104,24 +105,25 @@ def test_nested_run_resumes_exactly_and_logs_inner_losses(tiny):
                  "inner_mediator.emb_dim=8", "inner_mediator.hidden_dim=8", "eval.every=2",
                  "run.checkpoint_every=100")
     quiet = lambda msg: None  # noqa: E731
-    full = train(tiny(*overrides, "run.iters=4", "run.name=full"), echo=quiet)
-    half = train(tiny(*overrides, "run.iters=2", "run.name=half"), echo=quiet)
-    resumed = train(resume_config(half["run_dir"], iters=4), resume_dir=half["run_dir"], echo=quiet)
+    full = run_trainer(tiny(*overrides, "run.iters=4", "run.name=full"), echo=quiet)
+    half = run_trainer(tiny(*overrides, "run.iters=2", "run.name=half"), echo=quiet)
+    resumed = run_trainer(resume_config(half["run_dir"], iters=4), resume_dir=half["run_dir"], echo=quiet)
     a, b = (load_checkpoint(os.path.join(r["run_dir"], CHECKPOINT)) for r in (full, resumed))
     assert "inner" in a["m"] and "inner" in a["m"]["inner"]  # both levels are in the checkpoint
     assert_same_tree({k: a[k] for k in ("g", "m", "iteration")}, {k: b[k] for k in ("g", "m", "iteration")})
     assert resumed["metrics"] == full["metrics"]
     assert {"jsd_mediator", "nll_oracle"} <= set(full["metrics"])
     tags = _event_tags(full["run_dir"])
-    assert {"train/m_kl", "train/inner/kl", "train/inner/grad_norm", "train/inner/inner/balanced_nll",
+    assert {"train/m_kl", "train/inner/kl", "train/inner/grad_norm", "train/inner/inner/mix_nll",
             "train/g_kl"} <= tags
 
 
 def test_a_plain_checkpoint_cannot_resume_as_nested(tiny):
-    plain = train(tiny("run.iters=1", "run.name=plain"), echo=lambda m: None)
+    plain = run_trainer(tiny("run.iters=1", "run.name=plain"), echo=lambda m: None)
     state = load_checkpoint(os.path.join(plain["run_dir"], CHECKPOINT))
     cfg = tiny("nested.enabled=true")
-    m = MediatorLearner(cfg, 5000, 20, torch.zeros(16, 20, dtype=torch.long))
+    m = MediatorLearner(cfg, 5000, 20)
+    m.build("cpu", torch.zeros(16, 20, dtype=torch.long), build_inner(cfg, 5000, 20, None, "cpu"))
     with pytest.raises(ValueError, match="trained without nesting"):
         m.load_state(state["m"])
 

@@ -35,7 +35,7 @@ def two_nodes():
 def _placements(cfg) -> dict:
     rt = runtime.ActorRuntime(cfg.runtime)
     try:
-        rt.make_workers(cfg, load_dataset(cfg.data))
+        rt.make_learners(cfg, load_dataset(cfg.data))
         return rt.placements()
     finally:
         rt.shutdown()

@@ -101,7 +101,8 @@ def test_weight_decay_shrinks_every_weight_by_lr_times_decay_each_step(tiny):
     for wd in (0.0, 0.25):
         cfg = tiny("cot.algo=mle", f"g_optim.weight_decay={wd}", "g_optim.lr=0.01")
         data = load_dataset(cfg.data)
-        g = GeneratorLearner(cfg, data.vocab_size, data.seq_len, data.train)
+        g = GeneratorLearner(cfg, data.vocab_size, data.seq_len)
+        g.build("cpu", data.train)
         before = {k: v.clone() for k, v in g.get_weights().items()}
         g.step_mle()
         steps[wd] = (before, g.get_weights())

@@ -88,11 +88,11 @@ def test_sync_actors_equal_the_in_process_loop_and_each_has_its_own_gpu(tiny):
     compute on the CPU, since CUDA cannot see those GPUs.
     """
     common = ("cot.m_steps=2", "cot.g_steps=2", "cot.sync_every=3", "eval.every=2", "run.iters=5", ONE_THREAD)
-    ref = loop.train(tiny(*common, "runtime.mode=local", "run.name=local"), echo=_quiet)
+    ref = loop.run_trainer(tiny(*common, "runtime.mode=local", "run.name=local"), echo=_quiet)
     cfg = tiny(*common, "run.name=actors")
     rt = runtime.ActorRuntime(cfg.runtime)
     try:
-        act = loop.train(cfg, echo=_quiet, make_workers=rt.make_workers)
+        act = loop.run_trainer(cfg, echo=_quiet, make_learners=rt.make_learners)
         where = rt.placements()
         bundles = ray.util.placement_group_table(rt.pg)["bundles"]
     finally:
@@ -122,13 +122,13 @@ def test_async_pipeline_is_deterministic_and_logs_staleness(tiny):
     # G uses M's weights of the end of its iteration t-2 (the initial ones before that).
     assert [v for _, v in scalars["train/staleness_samples"]] == [0, 1, 2, 2, 2]
     assert [v for _, v in scalars["train/staleness_weights"]] == [1, 2, 2, 2, 2]
-    sync = loop.train(tiny("run.iters=5", ONE_THREAD, "runtime.mode=local", "run.name=sync"), echo=_quiet)
+    sync = loop.run_trainer(tiny("run.iters=5", ONE_THREAD, "runtime.mode=local", "run.name=sync"), echo=_quiet)
     assert _differs(_states(sync["run_dir"]), state)
 
 
 def test_async_with_staleness_zero_is_the_sync_schedule(tiny):
     common = ("cot.m_steps=2", "cot.sync_every=2", "run.iters=4", "runtime.mode=local")
-    sync = loop.train(tiny(*common, "run.name=sync"), echo=_quiet)
+    sync = loop.run_trainer(tiny(*common, "run.name=sync"), echo=_quiet)
     k0 = runtime.train(tiny(*common, "runtime.schedule=async", "runtime.staleness=0", "run.name=k0"), echo=_quiet)
     a, b = _states(sync["run_dir"]), _states(k0["run_dir"])
     for key in ("g", "m"):
@@ -148,7 +148,7 @@ def test_impossible_requests_fail_fast(tiny, override, key):
     rt = runtime.ActorRuntime(cfg.runtime)
     t0 = time.monotonic()
     with pytest.raises(runtime.PlacementError, match=key) as err:
-        rt.make_workers(cfg, load_dataset(cfg.data))
+        rt.make_learners(cfg, load_dataset(cfg.data))
     assert time.monotonic() - t0 < 10
     assert "\n" not in str(err.value)
     assert rt.pg is None and not rt.actors
@@ -164,7 +164,7 @@ def test_busy_resources_time_out_and_free_the_group(tiny):
         cfg = tiny("runtime.placement_timeout_s=1", "runtime.gpus_per_worker=0")
         rt = runtime.ActorRuntime(cfg.runtime)
         with pytest.raises(runtime.PlacementError, match="could not be placed within 1s"):
-            rt.make_workers(cfg, load_dataset(cfg.data))
+            rt.make_learners(cfg, load_dataset(cfg.data))
         states = [pg["state"] for pg in ray.util.placement_group_table().values()]
         assert states.count("CREATED") == 1  # only the blocker; ours was removed
     finally:
@@ -203,7 +203,7 @@ def test_killed_worker_restarts_from_the_last_checkpoint(tiny, schedule, victim)
 
     echo, lines = _hook("it 3/", kill)
     try:
-        summary = loop.train(cfg, echo=echo, make_workers=rt.make_workers)
+        summary = loop.run_trainer(cfg, echo=echo, make_learners=rt.make_learners)
         after = rt.placements()
     finally:
         rt.shutdown()
@@ -231,7 +231,7 @@ def test_inner_actor_equals_nested_in_process_and_survives_its_death(tiny):
 
     echo, lines = _hook("it 3/", kill)
     try:
-        summary = loop.train(cfg, echo=echo, make_workers=rt.make_workers)
+        summary = loop.run_trainer(cfg, echo=echo, make_learners=rt.make_learners)
         after = rt.placements()
         bundles = ray.util.placement_group_table(rt.pg)["bundles"]
     finally:
@@ -249,7 +249,7 @@ def test_worker_without_restarts_fails_with_a_clear_error(tiny):
     echo, _ = _hook("it 2/", lambda: ray.kill(rt.actors["mediator"], no_restart=False))
     try:
         with pytest.raises(runtime.WorkerLostError, match="max_restarts=0"):
-            loop.train(cfg, echo=echo, make_workers=rt.make_workers)
+            loop.run_trainer(cfg, echo=echo, make_learners=rt.make_learners)
     finally:
         rt.shutdown()
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from cot_ray.config import DataConfig
+from cot_ray.data import text_dataset
 from cot_ray.text import (
     EOS_ID,
     PAD_ID,
@@ -14,9 +16,8 @@ from cot_ray.text import (
     DataError,
     Vocab,
     encode_corpus,
-    load_text_corpus,
+    loss_mask,
     read_corpus,
-    sequence_mask,
     tokenize,
 )
 
@@ -99,7 +100,7 @@ def test_encode_corpus_padding_truncation_and_stats():
     assert empty.shape == (0, 3) and stats["unk_rate"] == 0.0
 
 
-def test_sequence_mask():
+def test_loss_mask():
     tokens = torch.tensor(
         [
             [3, 4, 1, 0, 0],
@@ -107,14 +108,14 @@ def test_sequence_mask():
             [3, 3, 3, 3, 3],  # no EOS: all ones
         ]
     )
-    mask = sequence_mask(tokens, EOS_ID)
+    mask = loss_mask(tokens, EOS_ID)
     assert mask.dtype == torch.float32 and mask.shape == (3, 5)
     assert mask.tolist() == [
         [1, 1, 1, 0, 0],
         [1, 0, 0, 0, 0],
         [1, 1, 1, 1, 1],
     ]
-    assert sequence_mask(tokens, None).tolist() == [[1.0] * 5] * 3
+    assert loss_mask(tokens, None) is None  # fixed-length sequences: every position counts
 
 
 def test_read_corpus_skips_blank_lines(tmp_path):
@@ -159,42 +160,46 @@ def test_data_error_is_value_error():
     assert issubclass(DataError, ValueError)
 
 
-def test_load_text_corpus(tmp_path):
+def _text(train, test, **kw):
+    return text_dataset(DataConfig(source="text", train_path=train, test_path=test, **kw), train, test)
+
+
+def test_text_dataset(tmp_path):
     train = write(tmp_path / "train.txt", "a b c\na b\nb c d e\n")
     test = write(tmp_path / "test.txt", "a b\na q\na b c d e f g\n")
-    corpus = load_text_corpus(train, test)
-    assert corpus.max_len == 5  # longest training sentence (4) + EOS
-    assert corpus.train.shape == (3, 5) and corpus.test.shape == (3, 5)
-    assert corpus.train.dtype == np.int64 and corpus.test.dtype == np.int64
-    assert corpus.train_stats["truncated"] == 0 and corpus.train_stats["unk_rate"] == 0.0
-    assert corpus.test_stats["truncated"] == 1
-    assert corpus.test_stats["unk_rate"] == pytest.approx(3 / 11)  # q, f, g
-    assert corpus.vocab.decode(corpus.train[2]) == "b c d e"
-    assert corpus.vocab.decode(corpus.test[1]) == "a <unk>"
+    data = _text(train, test)
+    assert data.seq_len == 5  # longest training sentence (4) + EOS
+    assert data.train.shape == (3, 5) and data.test.shape == (3, 5)
+    assert data.train.dtype == torch.int64 and data.test.dtype == torch.int64
+    assert data.stats["train"]["truncated"] == 0 and data.stats["train"]["unk_rate"] == 0.0
+    assert data.stats["test"]["truncated"] == 1
+    assert data.stats["test"]["unk_rate"] == pytest.approx(3 / 11)  # q, f, g
+    assert data.decode(data.train[2]) == "b c d e"
+    assert data.decode(data.test[1]) == "a <unk>"
     # the vocabulary comes from training only
-    assert "q" not in corpus.vocab
-    fixed = load_text_corpus(train, test, max_len=3, max_vocab=6)  # b a c
+    assert "q" not in data.vocab
+    fixed = _text(train, test, max_len=3, max_vocab=6)  # b a c
     assert fixed.train.shape == (3, 3) and fixed.vocab.itos[3:] == ["b", "a", "c"]
-    assert fixed.train_stats["truncated"] == 2  # "a b c" and "b c d e" need 4 and 5
+    assert fixed.stats["train"]["truncated"] == 2  # "a b c" and "b c d e" need 4 and 5
 
 
 def test_mismatched_test_vocab(tmp_path):
     train = write(tmp_path / "train.txt", "a b c\n")
     test = write(tmp_path / "other.txt", "x y a\nz w\n")  # 4 of 5 unknown
-    with pytest.raises(DataError, match=r"test file '.*other\.txt' does not match the training vocabulary"):
-        load_text_corpus(train, test)
+    with pytest.raises(DataError, match=r"test file '.*other\.txt' does not match the vocabulary of '.*train\.txt'"):
+        _text(train, test)
     # exactly half unknown is still accepted
     ok = write(tmp_path / "half.txt", "a x\n")
-    assert load_text_corpus(train, ok).test_stats["unk_rate"] == 0.5
+    assert _text(train, ok).stats["test"]["unk_rate"] == 0.5
 
 
-def test_load_text_corpus_names_each_file(tmp_path):
+def test_text_dataset_names_each_file(tmp_path):
     good = write(tmp_path / "good.txt", "a b\n")
     empty = write(tmp_path / "blank.txt", "")
     with pytest.raises(DataError, match=r"^training file '.*blank\.txt' is empty"):
-        load_text_corpus(empty, good)
+        _text(empty, good)
     with pytest.raises(DataError, match=r"^test file '.*blank\.txt' is empty"):
-        load_text_corpus(good, empty)
+        _text(good, empty)
 
 
 def test_vocab_save_load_round_trip(tmp_path):

@@ -15,7 +15,7 @@ from cot_ray.checkpoint import CheckpointError
 from cot_ray.cli import main
 from cot_ray.config import ConfigError, load_config
 from cot_ray.data import VOCAB_FILE, load_dataset
-from cot_ray.loop import read_metrics, train
+from cot_ray.loop import read_metrics, run_trainer
 from cot_ray.metrics import TEXT_KEYS, metric_keys
 from cot_ray.text import EOS_ID, PAD_ID, Vocab, read_corpus
 
@@ -117,7 +117,7 @@ def test_train_both_algorithms_on_text(tmp_path, corpus, algo):
     cfg = _cfg(tmp_path, corpus, f"cot.algo={algo}", "run.iters=4", "eval.every=2", f"run.name={algo}",
                "eval.num_test=100000")  # more than the test set: all of it
     lines: list = []
-    out = train(cfg, echo=lines.append)
+    out = run_trainer(cfg, echo=lines.append)
     m = out["metrics"]
     assert out["iteration"] == 4
     assert set(m) == set(metric_keys(text=True, mediator=algo == "cot"))  # no oracle metrics on text
@@ -137,7 +137,7 @@ def test_train_both_algorithms_on_text(tmp_path, corpus, algo):
 def test_minutes_budget_is_used_in_full_and_ends_with_eval_and_checkpoint(tmp_path, corpus):
     cfg = _cfg(tmp_path, corpus, "cot.algo=mle", "run.iters=0", "run.minutes=0.02", "eval.every=0",
                "run.log_every=1", "run.name=clock")  # 1.2 s of training
-    out = train(cfg, echo=lambda s: None)
+    out = run_trainer(cfg, echo=lambda s: None)
     assert 1.2 <= out["elapsed_s"] < 5.0  # the whole budget (not half of it), evaluation excluded
     assert set(out["metrics"]) == set(metric_keys(text=True, mediator=False))  # the last iteration evaluated...
     assert os.path.exists(os.path.join(out["run_dir"], "checkpoint.pt"))  # ...and saved
@@ -187,7 +187,7 @@ def test_cli_eval_sample_resume_and_saved_vocab(cli, corpus, tmp_path):
     res = cli("eval", run_dir, "--json")
     assert res.exit_code != 0 and "vocabulary of" in res.output and "Traceback" not in res.output
     with pytest.raises(CheckpointError, match="the corpus or data settings changed"):
-        train(load_config(cfg_path, ["run.iters=5"]), resume_dir=run_dir)
+        run_trainer(load_config(cfg_path, ["run.iters=5"]), resume_dir=run_dir)
 
 
 def test_cli_bad_data_one_line_errors(cli, corpus, tmp_path):
