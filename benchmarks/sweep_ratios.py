@@ -25,6 +25,7 @@ import ray
 from ray import tune as ray_tune
 
 from cot_ray import tune as sweeps
+from cot_ray.sweep_spec import load_sweep
 
 SEARCH = """
   cot.g_steps: {randint: [1, 3]}
@@ -64,7 +65,7 @@ def summarize(row, trials: dict) -> dict:
 def run(name: str, search: str, samples: int, args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """Run one sweep; -> (its best trial, all its trials), each as :func:`summarize` gives."""
     path = sweep_file(args.logdir, name, search, args, samples)
-    sweep = sweeps.load_sweep(path, args.extra, storage=args.logdir, name=name)
+    sweep = load_sweep(path, args.extra, storage=args.logdir, name=name)
     out = sweeps.run_sweep(sweep, verbose=0)
     print(out["table"], file=sys.stderr, flush=True)
     if out["best"] is None:

@@ -219,7 +219,7 @@ def _load_run(run_dir: str):
               help="Override a key of the base training config, e.g. --set data.cache_dir=/data (repeatable).")
 def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_concurrent, overrides):
     """Sweep training hyperparameters with Ray Tune (ASHA, PBT); see the sweep file format in the README."""
-    from . import tune as sweeps  # imports Ray Tune: only this command needs it
+    from .sweep_spec import load_sweep
 
     if resume_dir:
         changed = [n for n, v in (("--num-samples", num_samples), ("--storage", storage), ("--name", name),
@@ -227,8 +227,10 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
         if changed:
             raise click.UsageError(f"{', '.join(changed)} cannot change a resumed sweep: give CONFIG.yaml "
                                    "(and --set) as when it started, and --address if needed")
-    sweep = sweeps.load_sweep(sweep_path, overrides, num_samples, max_concurrent, storage, name)
-    summary = sweeps.run_sweep(sweep, address=address, resume_dir=resume_dir)
+    sweep = load_sweep(sweep_path, overrides, num_samples, max_concurrent, storage, name)  # before Ray starts
+    from .tune import run_sweep  # imports Ray Tune: only this command needs it
+
+    summary = run_sweep(sweep, address=address, resume_dir=resume_dir)
     click.echo(summary["table"])
     best = summary["best"]
     if summary["interrupted"]:

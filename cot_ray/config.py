@@ -182,87 +182,88 @@ class Config:
     def validate(self) -> "Config":
         """Raise ConfigError for impossible values; return self."""
         c = self
-        _check(c.cot.algo in ("cot", "mle"), "cot.algo", f"must be 'cot' or 'mle', got {c.cot.algo!r}")
-        _check(c.data.source in DATA_SOURCES, "data.source",
+        check(c.cot.algo in ("cot", "mle"), "cot.algo", f"must be 'cot' or 'mle', got {c.cot.algo!r}")
+        check(c.data.source in DATA_SOURCES, "data.source",
                f"must be 'oracle', 'coco' or 'text', got {c.data.source!r}")
         for key in ("cot.batch_size", "cot.g_steps", "cot.sync_every", "data.num_train", "run.chunk_rows",
                     "data.num_test", "eval.num_samples", "eval.num_test", "run.log_every",
                     "run.checkpoint_every"):
-            _check(_get(c, key) >= 1, key, f"must be >= 1, got {_get(c, key)}")
+            check(_get(c, key) >= 1, key, f"must be >= 1, got {_get(c, key)}")
         for key in ("cot.m_steps", "run.iters", "eval.every", "run.threads", "eval.num_train"):
-            _check(_get(c, key) >= 0, key, f"must be >= 0, got {_get(c, key)}")
-        _check(c.cot.algo == "mle" or c.cot.m_steps >= 1, "cot.m_steps", "must be >= 1 for cot")
-        _check(c.run.minutes >= 0, "run.minutes", f"must be >= 0, got {c.run.minutes}")
-        _check(c.run.iters > 0 or c.run.minutes > 0, "run.iters",
+            check(_get(c, key) >= 0, key, f"must be >= 0, got {_get(c, key)}")
+        check(c.cot.algo == "mle" or c.cot.m_steps >= 1, "cot.m_steps", "must be >= 1 for cot")
+        check(c.run.minutes >= 0, "run.minutes", f"must be >= 0, got {c.run.minutes}")
+        check(c.run.iters > 0 or c.run.minutes > 0, "run.iters",
                "give run.iters > 0 or run.minutes > 0 (the run must be able to stop)")
         if c.data.source == "oracle":
-            _check(c.eval.num_test <= c.data.num_test, "eval.num_test",
+            check(c.eval.num_test <= c.data.num_test, "eval.num_test",
                    f"must be <= data.num_test ({c.data.num_test}), got {c.eval.num_test}")
         self._validate_text_data()
         self._validate_nested()
         for name in ("generator", "mediator", "inner_mediator"):
             m: ModelConfig = getattr(c, name)
             for f in ("emb_dim", "hidden_dim", "num_layers"):
-                _check(getattr(m, f) >= 1, f"{name}.{f}", f"must be >= 1, got {getattr(m, f)}")
+                check(getattr(m, f) >= 1, f"{name}.{f}", f"must be >= 1, got {getattr(m, f)}")
             for f in ("dropout", "emb_dropout"):
-                _check(0.0 <= getattr(m, f) < 1.0, f"{name}.{f}", f"must be in [0, 1), got {getattr(m, f)}")
-            _check(m.init in MODEL_INITS, f"{name}.init", f"must be 'normal' or 'orthogonal', got {m.init!r}")
-            _check(m.init_std > 0, f"{name}.init_std", f"must be > 0, got {m.init_std}")
+                check(0.0 <= getattr(m, f) < 1.0, f"{name}.{f}", f"must be in [0, 1), got {getattr(m, f)}")
+            check(m.init in MODEL_INITS, f"{name}.init", f"must be 'normal' or 'orthogonal', got {m.init!r}")
+            check(m.init_std > 0, f"{name}.init_std", f"must be > 0, got {m.init_std}")
         for name in ("g_optim", "m_optim", "inner_optim"):
             o: OptimConfig = getattr(c, name)
-            _check(o.lr > 0, f"{name}.lr", f"must be > 0, got {o.lr}")
+            check(o.lr > 0, f"{name}.lr", f"must be > 0, got {o.lr}")
             for f in ("beta1", "beta2"):
-                _check(0.0 <= getattr(o, f) < 1.0, f"{name}.{f}", f"must be in [0, 1), got {getattr(o, f)}")
-            _check(o.grad_clip >= 0, f"{name}.grad_clip", f"must be >= 0, got {o.grad_clip}")
-            _check(o.weight_decay >= 0, f"{name}.weight_decay", f"must be >= 0, got {o.weight_decay}")
+                check(0.0 <= getattr(o, f) < 1.0, f"{name}.{f}", f"must be in [0, 1), got {getattr(o, f)}")
+            check(o.grad_clip >= 0, f"{name}.grad_clip", f"must be >= 0, got {o.grad_clip}")
+            check(o.weight_decay >= 0, f"{name}.weight_decay", f"must be >= 0, got {o.weight_decay}")
         self._validate_runtime()
         return self
 
     def _validate_nested(self) -> None:
         n = self.nested
         for key in ("nested.depth", "nested.m_steps", "nested.g_steps"):
-            _check(_get(self, key) >= 1, key, f"must be >= 1 when given, got {_get(self, key)}"
+            check(_get(self, key) >= 1, key, f"must be >= 1 when given, got {_get(self, key)}"
                    + (" (turn nesting off by leaving out --nested)" if key == "nested.depth" else ""))
-        _check(n.depth <= 8, "nested.depth", f"must be <= 8 (each level trains a whole model), got {n.depth}")
+        check(n.depth <= 8, "nested.depth", f"must be <= 8 (each level trains a whole model), got {n.depth}")
         if n.enabled:
-            _check(self.cot.algo == "cot", "nested.enabled",
+            check(self.cot.algo == "cot", "nested.enabled",
                    "needs cot.algo 'cot' (an MLE run has no mediator): drop --nested or use --algo cot")
-        _check(n.enabled or not self.runtime.inner_actor, "runtime.inner_actor",
+        check(n.enabled or not self.runtime.inner_actor, "runtime.inner_actor",
                "places the inner mediator of a nested run: add --nested, or drop --inner-actor")
-        _check(not self.runtime.inner_actor or self.runtime.mode == "actors", "runtime.inner_actor",
+        check(not self.runtime.inner_actor or self.runtime.mode == "actors", "runtime.inner_actor",
                "needs actors (runtime.mode 'actors'): drop --local or drop --inner-actor")
 
     def _validate_text_data(self) -> None:
         d = self.data
         if d.source == "text":
-            _check(d.train_path != "", "data.train_path",
+            check(d.train_path != "", "data.train_path",
                    "is required for data.source 'text': give --data PATH/train.txt (or --data coco)")
-            _check(d.test_path != "", "data.test_path",
+            check(d.test_path != "", "data.test_path",
                    "is required for data.source 'text': give --test-data PATH/test.txt")
-        _check(d.max_len >= 0, "data.max_len", f"must be >= 0 (0: longest training sentence + 1), got {d.max_len}")
-        _check(d.min_count >= 1, "data.min_count", f"must be >= 1, got {d.min_count}")
-        _check(d.max_vocab == 0 or d.max_vocab >= 4, "data.max_vocab",
+        check(d.max_len >= 0, "data.max_len", f"must be >= 0 (0: longest training sentence + 1), got {d.max_len}")
+        check(d.min_count >= 1, "data.min_count", f"must be >= 1, got {d.min_count}")
+        check(d.max_vocab == 0 or d.max_vocab >= 4, "data.max_vocab",
                f"must be 0 (no cap) or >= 4 (3 special tokens and a word), got {d.max_vocab}")
-        _check(self.eval.bleu_samples >= 2, "eval.bleu_samples",
+        check(self.eval.bleu_samples >= 2, "eval.bleu_samples",
                f"must be >= 2 (self-BLEU compares each sentence with the others), got {self.eval.bleu_samples}")
 
     def _validate_runtime(self) -> None:
         r = self.runtime
-        _check(r.mode in ("actors", "local"), "runtime.mode", f"must be 'actors' or 'local', got {r.mode!r}")
-        _check(r.schedule in ("sync", "async"), "runtime.schedule", f"must be 'sync' or 'async', got {r.schedule!r}")
-        _check(r.staleness >= 0, "runtime.staleness", f"must be >= 0, got {r.staleness}")
-        _check(r.gpus_per_worker == -1 or r.gpus_per_worker >= 0, "runtime.gpus_per_worker",
+        check(r.mode in ("actors", "local"), "runtime.mode", f"must be 'actors' or 'local', got {r.mode!r}")
+        check(r.schedule in ("sync", "async"), "runtime.schedule", f"must be 'sync' or 'async', got {r.schedule!r}")
+        check(r.staleness >= 0, "runtime.staleness", f"must be >= 0, got {r.staleness}")
+        check(r.gpus_per_worker == -1 or r.gpus_per_worker >= 0, "runtime.gpus_per_worker",
                f"must be >= 0 (or -1 for automatic), got {r.gpus_per_worker}")
-        _check(r.cpus_per_worker >= 1, "runtime.cpus_per_worker", f"must be >= 1, got {r.cpus_per_worker}")
-        _check(r.max_restarts >= 0, "runtime.max_restarts", f"must be >= 0, got {r.max_restarts}")
-        _check(r.placement_timeout_s > 0, "runtime.placement_timeout_s", f"must be > 0, got {r.placement_timeout_s}")
-        _check(r.address == "" or r.address == "auto" or r.address.startswith("ray://") or ":" in r.address,
+        check(r.cpus_per_worker >= 1, "runtime.cpus_per_worker", f"must be >= 1, got {r.cpus_per_worker}")
+        check(r.max_restarts >= 0, "runtime.max_restarts", f"must be >= 0, got {r.max_restarts}")
+        check(r.placement_timeout_s > 0, "runtime.placement_timeout_s", f"must be > 0, got {r.placement_timeout_s}")
+        check(r.address == "" or r.address == "auto" or r.address.startswith("ray://") or ":" in r.address,
                "runtime.address", f"must be '', 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got {r.address!r}")
-        _check(r.mode == "actors" or r.address == "", "runtime.address",
+        check(r.mode == "actors" or r.address == "", "runtime.address",
                "joins a Ray cluster, which runtime.mode 'local' does not use: drop --address or --local")
 
 
-def _check(ok: bool, key: str, msg: str) -> None:
+def check(ok: bool, key: str, msg: str) -> None:
+    """Raise the one-line ConfigError "config key 'KEY' MSG" unless ``ok``."""
     if not ok:
         raise ConfigError(f"config key '{key}' {msg}")
 
@@ -293,11 +294,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def from_dict(data: dict, base: Optional[Config] = None, prefix: str = "") -> Config:
     """Overlay a nested dict onto ``base`` (default: the defaults), checking keys and types."""
     cfg = base if base is not None else Config()
-    _overlay(cfg, data, prefix)
+    overlay(cfg, data, prefix)
     return cfg
 
 
-def _overlay(obj: Any, data: Any, prefix: str) -> None:
+def overlay(obj: Any, data: Any, prefix: str) -> None:
+    """Set the fields of the dataclass ``obj`` from the nested dict ``data``, checking keys and
+    types; ``prefix`` ("section.") names the keys in errors."""
     if not isinstance(data, dict):
         where = f"section '{prefix.rstrip('.')}'" if prefix else "the top level"
         raise ConfigError(f"config {where} must be a mapping of keys to values, got {type(data).__name__}")
@@ -309,14 +312,28 @@ def _overlay(obj: Any, data: Any, prefix: str) -> None:
             raise ConfigError(f"unknown config key '{full}' (valid keys here: {', '.join(names)})")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            _overlay(getattr(obj, key), value, full + ".")
+            overlay(getattr(obj, key), value, full + ".")
         else:
             setattr(obj, key, _coerce(value, tp, full))
 
 
+def nest_keys(flat: dict, what: str = "key") -> dict:
+    """``{"cot.m_steps": 2, "run.name": "x"}`` -> ``{"cot": {"m_steps": 2}, "run": {"name": "x"}}``."""
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{what} '{key}' conflicts with an earlier value of '{p}'")
+        node[parts[-1]] = value
+    return out
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``["cot.m_steps=2", "run.name=x"]`` -> nested dict; values are parsed as YAML scalars."""
-    out: dict = {}
+    flat: dict = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. cot.m_steps=2")
@@ -328,14 +345,8 @@ def parse_overrides(items: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{p}'")
-        node[parts[-1]] = value
-    return out
+        flat[key] = value
+    return nest_keys(flat, "override")
 
 
 def read_yaml(path: str) -> dict:
@@ -375,7 +386,7 @@ def default_config(source: str = "oracle") -> Config:
     return cfg
 
 
-def _source_of(*layers: dict) -> str:
+def source_of(*layers: dict) -> str:
     """The data.source that the last layer naming one sets ("oracle" if none does)."""
     source = "oracle"
     for layer in layers:
@@ -393,7 +404,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     or the overrides name, so text runs start from the text model sizes.
     """
     layers = [read_yaml(path) if path else {}, parse_overrides(overrides) if overrides else {}]
-    cfg = base if base is not None else default_config(_source_of(*layers))
+    cfg = base if base is not None else default_config(source_of(*layers))
     for layer in layers:
         cfg = from_dict(layer, cfg)
     return cfg.validate()

@@ -48,6 +48,7 @@ This is the only module besides ``tune`` that imports Ray; the CLI imports it la
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -177,7 +178,8 @@ def is_worker_failure(exc: BaseException) -> bool:
 # ----------------------------------------------------------------------------- placement
 
 
-def _fmt_res(bundle: dict) -> str:
+def format_resources(bundle: dict) -> str:
+    """``{'CPU': 1.0, 'GPU': 1.0}`` -> ``'1 CPU, 1 GPU'``."""
     return ", ".join(f"{v:g} {k}" for k, v in bundle.items())
 
 
@@ -209,14 +211,14 @@ def placement_problem(bundles: list[dict], spread: bool, nodes: list[dict], tota
         fitting = sum(_fits(node, bundle) for node in nodes)
         if fitting < n:
             return (f"config key 'runtime.spread' puts the {n} workers on different nodes, each with "
-                    f"{_fmt_res(bundle)}, but only {fitting} alive node(s) have that much: add nodes, "
+                    f"{format_resources(bundle)}, but only {fitting} alive node(s) have that much: add nodes, "
                     "ask for less per worker, or drop --spread")
         return None
     free = [dict(node) for node in nodes]
     for b in bundles:  # PACK may still use several nodes: first fit on what is left
         home = next((node for node in free if _fits(node, b)), None)
         if home is None:
-            return (f"the nodes of the Ray cluster cannot host {n} workers with {_fmt_res(b)} each: lower "
+            return (f"the nodes of the Ray cluster cannot host {n} workers with {format_resources(b)} each: lower "
                     "--cpus-per-worker / --gpus-per-worker or add nodes")
         for k, v in b.items():
             home[k] = home.get(k, 0.0) - v
@@ -245,7 +247,7 @@ def create_placement_group(bundles: list[dict], spread: bool, timeout_s: float) 
     pg = placement_group(bundles, strategy="STRICT_SPREAD" if spread else "PACK")
     if not pg.wait(timeout_seconds=timeout_s):
         remove_placement_group(pg)
-        raise PlacementError(f"the workers ({len(bundles)} x {_fmt_res(bundles[0])}) could not be placed within "
+        raise PlacementError(f"the workers ({len(bundles)} x {format_resources(bundles[0])}) could not be placed within "
                              f"{timeout_s:g}s: the resources are busy with other work; free them or raise "
                              "runtime.placement_timeout_s")
     return pg
@@ -366,21 +368,24 @@ class ActorRuntime:
         self.pg = None
 
 
-def connect(rcfg: RuntimeConfig) -> bool:
+def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
     """Connect to Ray as ``rcfg.address`` says; -> whether this call started a local Ray.
 
     An already connected driver (tests, notebooks) is used as it is. "" starts a private local
-    Ray in this process (never joining another cluster by accident); "auto" joins the cluster
-    of this machine (or $RAY_ADDRESS); "ray://HOST:PORT" joins through Ray Client, shipping this
-    package to the cluster.
+    Ray in this process (never joining another cluster by accident), with at least ``min_cpus``
+    logical CPUs (a sweep asks for one trial's worth, so that it runs even on a 2-core machine);
+    "auto" joins the cluster of this machine (or $RAY_ADDRESS); "ray://HOST:PORT" joins through
+    Ray Client, shipping this package to the cluster.
     """
     if ray.is_initialized():
         return False
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
     if not rcfg.address:
+        cpus = os.cpu_count() or 1
         # Ray runs its workers at niceness 15 by default; here the workers are the training
         # itself, so they get the priority that the in-process loop would have.
-        ray.init(address="local", include_dashboard=False, _system_config={"worker_niceness": 0}, **quiet)
+        ray.init(address="local", include_dashboard=False, _system_config={"worker_niceness": 0},
+                 num_cpus=max(cpus, int(math.ceil(min_cpus))), **quiet)
         return True
     import cot_ray  # the package itself, for Ray Client's py_modules
 

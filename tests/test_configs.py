@@ -15,7 +15,8 @@ import yaml
 
 pytest.importorskip("ray.tune")
 
-from cot_ray import tune as sweeps  # noqa: E402
+from cot_ray import sweep_spec as sweeps  # noqa: E402
+from cot_ray import sweep_trial, tune  # noqa: E402
 from cot_ray.config import ConfigError, load_config, save_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +78,7 @@ def test_specs_become_tune_domains_and_bounds_are_kept(tmp_path):
     sweep = _sweep(tmp_path, "cot.g_steps", "{randint: [1, 3]}")
     (p,) = sweep.params
     assert p.int_key and p.args == [1, 3]
-    seen = {p.domain().sample() for _ in range(200)}
+    seen = {tune.tune_domain(p).sample() for _ in range(200)}
     assert seen == {1, 2, 3}  # randint includes both ends
     assert sweep.base.run.iters == 10 and sweep.base.run.minutes == 0  # per_trial budget applied
     assert p.clip(7.4) == 3 and p.clip(0.2) == 1 and isinstance(p.clip(2.4), int)
@@ -147,7 +148,7 @@ def test_sweeps_run_on_actors_and_join_only_well_formed_addresses(tmp_path):
         sweeps.load_sweep(_write(tmp_path, "base: {runtime: {mode: local}}\nsearch: {cot.g_steps: {randint: [1, 2]}}\n"
                                            "tune: {scheduler: fifo}\n"))
     with pytest.raises(ConfigError, match="config key 'runtime.address' must be"):
-        sweeps.connect("nowhere", 3)
+        tune.connect("nowhere", 3)
 
 
 def test_cli_reports_a_bad_sweep_in_one_line_before_starting_ray(tmp_path):
@@ -172,7 +173,7 @@ def test_missing_file_is_a_one_line_error(tmp_path):
 def test_pbt_keeps_its_perturbations_inside_the_ranges(tmp_path):
     sweep = _sweep(tmp_path, "mediator.dropout", "{uniform: [0.1, 0.5]}",
                    "{scheduler: {name: pbt, resample_probability: 0.0}}")
-    pbt = sweeps._scheduler(sweep)
+    pbt = tune._scheduler(sweep)
     explore = pbt._custom_explore_fn
     assert explore({"mediator.dropout": 0.6, "other": 3}) == {"mediator.dropout": 0.5, "other": 3}
     assert explore({"mediator.dropout": 0.05})["mediator.dropout"] == 0.1
@@ -183,7 +184,7 @@ def test_optimizer_hyperparameters_follow_the_perturbed_config():
     cfg = load_config(None, ["g_optim.lr=0.002", "m_optim.lr=0.02", "m_optim.beta1=0.5"])
     state = {"g": {"optim": {"param_groups": [{"lr": 1e-3, "betas": (0.9, 0.95)}]}},
              "m": {"optim": {"param_groups": [{"lr": 3e-3, "betas": (0.9, 0.95)}] * 2}}}
-    sweeps.set_optimizer_hyperparameters(state, cfg)
+    sweep_trial.set_optimizer_hyperparameters(state, cfg)
     assert state["g"]["optim"]["param_groups"][0] == {"lr": 0.002, "betas": (0.9, 0.95)}
     assert all(g == {"lr": 0.02, "betas": (0.5, 0.95)} for g in state["m"]["optim"]["param_groups"])
 

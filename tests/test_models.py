@@ -9,7 +9,7 @@ import torch
 
 import cot_ray.models as models
 from cot_ray.config import ModelConfig
-from cot_ray.models import LSTMLM, copy_weights, cpu_weights
+from cot_ray.models import LSTMLM, copy_weights, cpu_weights, draw_blocked
 
 
 # Tiny tensors: one intra-op thread (shared fixture in conftest.py).
@@ -251,3 +251,31 @@ def test_copy_weights_round_trip():
         assert torch.equal(pa, pb)
     w["out.bias"].add_(1.0)  # a copy, not a view
     assert not torch.equal(a.out.bias, w["out.bias"])
+
+
+def test_a_target_between_a_block_total_and_its_cumulative_sum_never_draws_a_zero_token():
+    """The constructed case: a block whose total (a reduction) exceeds the last entry of its
+    cumulative sum (a scan) by an ulp, whose last token has probability 0, and a uniform that
+    puts the target exactly on that cumulative sum. Without the clamps the search falls off the
+    block's end onto the zero-probability token."""
+    blk, gen = 8, torch.Generator().manual_seed(0)
+    for _ in range(2000):
+        p = torch.rand(1, 2 * blk, generator=gen)
+        p[0, blk - 1] = 0.0  # the last token of block 0 can never be drawn
+        blocks = p.view(1, 2, blk)
+        block_total, scan_end = blocks.sum(2)[0, 0], blocks[0, 0].cumsum(0)[-1]
+        if block_total <= scan_end:
+            continue
+        total = blocks.sum(2).cumsum(1)[0, -1]
+        u = (scan_end / total).reshape(1, 1)
+        for _ in range(20):  # the uniform whose target u * total is exactly the scan's end
+            if (u * total).item() == scan_end.item():
+                break
+            u = torch.nextafter(u, torch.ones(1, 1) if (u * total).item() < scan_end.item() else torch.zeros(1, 1))
+        if (u * total).item() != scan_end.item():
+            continue
+        tok, _ = draw_blocked(p.clone(), blk, 2 * blk, u)
+        assert p[0, tok.item()] > 0
+        assert tok.item() == blk - 2  # the block's last token of positive probability
+        return
+    pytest.fail("no constructed case found")

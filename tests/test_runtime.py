@@ -309,6 +309,6 @@ def test_cli_rejects_bad_runtime_flags_in_one_line(tmp_path, data_cache, flags, 
 
 
 def test_pure_modules_do_not_import_ray():
-    code = ("import sys; import cot_ray.cli, cot_ray.loop, cot_ray.learners, cot_ray.metrics, cot_ray.data; "
-            "sys.exit(1 if 'ray' in sys.modules else 0)")
+    code = ("import sys; import cot_ray.cli, cot_ray.loop, cot_ray.learners, cot_ray.metrics, cot_ray.data, "
+            "cot_ray.schedule, cot_ray.sweep_spec; sys.exit(1 if 'ray' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -21,6 +21,7 @@ from click.testing import CliRunner  # noqa: E402
 from ray import tune as ray_tune  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from cot_ray import sweep_spec, sweep_trial  # noqa: E402
 from cot_ray import tune as sweeps  # noqa: E402
 from cot_ray.checkpoint import CHECKPOINT, CONFIG, load_checkpoint  # noqa: E402
 from cot_ray.cli import main  # noqa: E402
@@ -74,7 +75,7 @@ def _only_trial_placement_groups(before: dict, bundles: int) -> None:
 
 def test_a_trial_the_cluster_cannot_host_fails_before_anything_starts(two_nodes, tmp_path, data_cache):
     path = _write_sweep(tmp_path, "  mediator.dropout: {uniform: [0.2, 0.6]}", "{per_trial: {iters: 2}}")
-    sweep = sweeps.load_sweep(path, _overrides(data_cache) + ["runtime.gpus_per_worker=1"],
+    sweep = sweep_spec.load_sweep(path, _overrides(data_cache) + ["runtime.gpus_per_worker=1"],
                               storage=str(tmp_path / "tune"), name="gpu")
     with pytest.raises(PlacementError) as e:
         sweeps.run_sweep(sweep, verbose=0)
@@ -149,7 +150,7 @@ def test_pbt_restores_trials_from_checkpoints_with_perturbed_values(two_nodes, t
                         "  m_optim.lr: {loguniform: [1.0e-3, 3.0e-2]}",
                         "{num_samples: 2, per_trial: {iters: 3}, seed: 1, scheduler: {name: pbt, synch: true, "
                         "quantile_fraction: 0.5, resample_probability: 0.0}}")
-    sweep = sweeps.load_sweep(path, _overrides(data_cache), storage=str(tmp_path / "tune"), name="pbt")
+    sweep = sweep_spec.load_sweep(path, _overrides(data_cache), storage=str(tmp_path / "tune"), name="pbt")
     pgs = _placement_groups()
     summary = sweeps.run_sweep(sweep, verbose=0)
     assert not summary["interrupted"] and summary["best_config"]
@@ -157,7 +158,7 @@ def test_pbt_restores_trials_from_checkpoints_with_perturbed_values(two_nodes, t
     assert all(t.status == "TERMINATED" and t.last_result["iteration"] == 3 for t in trials.values())
     # Synchronous PBT at iteration 2 pauses both trials: each restarts from a checkpoint, the
     # weaker one from the stronger one's.
-    sessions = {tid: sweeps.read_sessions(t.path) for tid, t in trials.items()}
+    sessions = {tid: sweep_trial.read_sessions(t.path) for tid, t in trials.items()}
     assert all(len(s) == 2 and s[1]["iteration"] == 2 and s[1]["run"] == "run-2" for s in sessions.values())
     (loser,) = [t for tid, t in trials.items() if sessions[tid][1]["restored_from"] != tid]
     (winner,) = [t for t in trials.values() if t is not loser]
@@ -196,7 +197,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(two_node
     grid = "  mediator.dropout: {grid_search: [0.3, 0.5]}"  # two trials, one after the other
     path = _write_sweep(tmp_path, grid, "{scheduler: fifo, max_concurrent: 1, per_trial: {iters: 2}}")
     overrides = _overrides(data_cache) + ["cot.algo=mle"]  # one worker per trial: quicker
-    sweep = sweeps.load_sweep(path, overrides, storage=str(tmp_path / "tune"), name="resume")
+    sweep = sweep_spec.load_sweep(path, overrides, storage=str(tmp_path / "tune"), name="resume")
     first = sweeps.run_sweep(sweep, callbacks=[_InterruptAfterFirstTrial()], verbose=0)
     assert first["interrupted"] and first["best_config"] is None
     exp = first["experiment"]

@@ -1,0 +1,76 @@
+"""The results of a sweep: one row per trial from Tune's saved experiment state, the table
+``cot-ray tune`` prints, the best trial and its training config."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ray import tune
+
+from .config import Config
+from .sweep_spec import Sweep, plain
+
+
+@dataclass
+class TrialRow:
+    """One line of the final table."""
+
+    trial_id: str
+    values: dict  # the varying search keys -> this trial's (final) values
+    metric: Optional[float]  # the last reported value of tune.metric
+    iteration: int  # training iterations done
+    restores: int  # restarts from a Tune checkpoint (PBT, resume, failures)
+    status: str  # done (full budget) | stopped (by the scheduler) | error | unfinished
+    config: dict  # the trial's whole Tune config
+
+
+def trial_rows(exp: str, sweep: Sweep) -> list[TrialRow]:
+    """The trials of the experiment in ``exp``, from Tune's saved experiment state."""
+    analysis = tune.ExperimentAnalysis(exp)
+    rows = []
+    for t in sorted(analysis.trials, key=lambda t: t.trial_id):
+        r = t.last_result or {}
+        if t.status == "ERROR":
+            status = "error"
+        elif t.status == "TERMINATED":
+            status = "done" if r.get("budget_done") else "stopped"
+        else:
+            status = "unfinished"
+        metric = r.get(sweep.tune.metric)
+        rows.append(TrialRow(t.trial_id, {k: plain(t.config.get(k)) for k in sweep.varying},
+                             None if metric is None else float(metric), int(r.get("iteration", 0)),
+                             int(r.get("restores", 0)), status, dict(t.config)))
+    return rows
+
+
+def best_row(rows: list[TrialRow], mode: str) -> Optional[TrialRow]:
+    """The trial with the best final metric among those that did not fail."""
+    ok = [r for r in rows if r.status != "error" and r.metric is not None and math.isfinite(r.metric)]
+    if not ok:
+        return None
+    return (min if mode == "min" else max)(ok, key=lambda r: r.metric)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def format_table(rows: list[TrialRow], sweep: Sweep) -> str:
+    """The trials as an aligned text table, best metric first."""
+    sign = 1 if sweep.tune.mode == "min" else -1
+    ordered = sorted(rows, key=lambda r: (r.metric is None, sign * (r.metric or 0.0)))
+    head = ["trial"] + sweep.varying + [sweep.tune.metric, "iters", "restores", "status"]
+    body = [[r.trial_id] + [_fmt(r.values.get(k)) for k in sweep.varying]
+            + [_fmt(r.metric), str(r.iteration), str(r.restores), r.status] for r in ordered]
+    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head] + body)
+
+
+def best_config(sweep: Sweep, row: TrialRow) -> Config:
+    """The best trial's full training config, as ``cot-ray train --config`` takes it: the base
+    config (its own run.logdir / run.name, the per-trial budget) with the trial's values."""
+    return sweep.trial_config(row.config)
