@@ -109,7 +109,8 @@ def _run_training(cfg, resume_dir: Optional[str]) -> dict:
 @main.command()
 @click.option("--algo", type=click.Choice(["cot", "mle"]), help="Training algorithm (config cot.algo).")
 @click.option("--iters", type=int, help="Total training iterations (config run.iters).")
-@click.option("--minutes", type=float, help="Stop after this many minutes of training (config run.minutes).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Stop after this many minutes of training (config run.minutes).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set cot.m_steps=2 (repeatable).")
@@ -125,9 +126,11 @@ def _run_training(cfg, resume_dir: Optional[str]) -> dict:
               help="Nested CoT: train the mediator with its own inner CoT game instead of MLE (config nested.enabled).")
 @click.option("--nest-depth", "nest_depth", type=int, metavar="D",
               help="With --nested: levels of inner mediators, 1 or more (config nested.depth).")
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON line (run_dir, iteration, metrics) "
+              "instead of the summary and next steps.")
 @_runtime_options
 def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed, data_arg, test_data,
-          nested, nest_depth, runtime):
+          nested, nest_depth, as_json, runtime):
     """Train a generator with CoT (default) or MLE on the oracle, COCO captions or your sentences."""
     from .config import from_dict, parse_overrides
     from .loop import resume_config
@@ -142,6 +145,8 @@ def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed
                                    "--minutes may be given with --resume")
         cfg = resume_config(resume_dir, iters, minutes)
         cfg = from_dict(parse_overrides(_runtime_overrides(runtime, resumed=True)), cfg).validate()
+        if _finished(cfg, resume_dir, as_json):
+            return
     else:
         items = list(overrides)
         if algo:
@@ -166,7 +171,48 @@ def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed
         items.extend(_runtime_overrides(runtime, resumed=False))
         cfg = load_config(config_path, items)
     summary = _run_training(cfg, resume_dir)
-    click.echo(json.dumps({k: summary[k] for k in ("run_dir", "iteration", "metrics")}))
+    if as_json:
+        click.echo(json.dumps({k: summary[k] for k in ("run_dir", "iteration", "metrics")}))
+    else:
+        _ending(cfg, summary)
+    if summary["interrupted"]:
+        sys.exit(130)  # the shell's code for a run stopped by Ctrl-C (SIGINT)
+
+
+_SHOWN = ("nll_oracle", "nll_test", "kl_forward", "kl_reverse", "jsd", "bleu4", "self_bleu4")
+
+
+def _ending(cfg, summary: dict) -> None:
+    """What the run did and what to do next, for a person (``--json`` is for scripts)."""
+    run_dir, it = summary["run_dir"], summary["iteration"]
+    m = summary["metrics"] or {}
+    head = "stopped by Ctrl-C" if summary["interrupted"] else "done"
+    click.echo(f"[cot-ray] {head}: {it} iterations, {summary['elapsed_s'] / 60:.1f} min of training"
+               + ("; " + "  ".join(f"{k} {m[k]:.3f}" for k in _SHOWN if m.get(k) is not None) if m else
+                  " (not evaluated yet)"))
+    logdir = os.path.dirname(os.path.abspath(run_dir))
+    more = max(it * 2, it + 1000)
+    click.echo(f"  run directory  {run_dir}\n"
+               f"  evaluate       cot-ray eval {run_dir}\n"
+               f"  samples        cot-ray sample {run_dir} -n 10\n"
+               f"  curves         tensorboard --logdir {logdir}\n"
+               + (f"  continue       cot-ray train --resume {run_dir}" if summary["interrupted"] else
+                  f"  train longer   cot-ray train --resume {run_dir} --iters {more}"))
+
+
+def _finished(cfg, run_dir: str, as_json: bool) -> bool:
+    """A resumed run that has nothing left to do: say so (without starting Ray); -> True."""
+    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
+    it, elapsed, run = int(state["iteration"]), float(state["elapsed"]), cfg.run
+    if not ((run.iters > 0 and it >= run.iters) or (run.minutes > 0 and elapsed >= run.minutes * 60)):
+        return False
+    if as_json:
+        click.echo(json.dumps({"run_dir": run_dir, "iteration": it, "metrics": state.get("last_eval") or {}}))
+    else:
+        limit = f"run.iters {run.iters}" if run.iters > 0 and it >= run.iters else f"run.minutes {run.minutes:g}"
+        click.echo(f"[cot-ray] {run_dir} is already finished: {it} iterations ({limit}); "
+                   f"train it longer with --iters {max(it * 2, it + 1000)} or --minutes M", err=True)
+    return True
 
 
 def _data_overrides(data_arg: Optional[str], test_data: Optional[str]) -> list:
@@ -180,6 +226,11 @@ def _data_overrides(data_arg: Optional[str], test_data: Optional[str]) -> list:
             raise click.UsageError(f"--test-data goes with --data PATH, not with --data {data_arg} "
                                    "(which brings its own test set)")
         return [f"data.source={data_arg}"]
+    if os.path.isdir(data_arg):
+        hint = (f" (as `cot-ray data` writes them): --data {os.path.join(data_arg, 'train.txt')} --test-data "
+                f"{os.path.join(data_arg, 'test.txt')}" if os.path.exists(os.path.join(data_arg, "train.txt")) else
+                ", e.g. --data DIR/train.txt --test-data DIR/test.txt")
+        raise click.UsageError(f"--data {data_arg} is a folder: give its training file, one sentence per line{hint}")
     if test_data is None:
         raise click.UsageError(f"--data {data_arg} needs --test-data PATH/test.txt (held-out sentences "
                                "for NLL_test and BLEU)")

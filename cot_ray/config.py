@@ -102,6 +102,7 @@ class EvalConfig:
     num_test: int = 9984  # held-out sequences for NLL_test (oracle: at most data.num_test; text: all if fewer)
     bleu_samples: int = 1000  # text: generated sentences scored for BLEU-2..5 and self-BLEU-2..5
     num_train: int = 2048  # training sequences scored for nll_train and m_nll_train (memorisation); 0: none
+    where: str = "auto"  # actors: "generator" evaluates in G's process, on its device; "driver" in the driver; "auto": G's process when G has a GPU
 
 
 @dataclass
@@ -194,10 +195,12 @@ class Config:
         check(c.cot.algo == "mle" or c.cot.m_steps >= 1, "cot.m_steps", "must be >= 1 for cot")
         check(c.run.minutes >= 0, "run.minutes", f"must be >= 0, got {c.run.minutes}")
         check(c.run.iters > 0 or c.run.minutes > 0, "run.iters",
-               "give run.iters > 0 or run.minutes > 0 (the run must be able to stop)")
+              "and run.minutes are both 0, so the run could never stop: give --iters N or --minutes M")
         if c.data.source == "oracle":
             check(c.eval.num_test <= c.data.num_test, "eval.num_test",
                    f"must be <= data.num_test ({c.data.num_test}), got {c.eval.num_test}")
+        check(c.eval.where in ("auto", "driver", "generator"), "eval.where",
+              f"must be 'auto', 'driver' or 'generator', got {c.eval.where!r}")
         self._validate_text_data()
         self._validate_nested()
         for name in ("generator", "mediator", "inner_mediator"):
@@ -404,6 +407,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     or the overrides name, so text runs start from the text model sizes.
     """
     layers = [read_yaml(path) if path else {}, parse_overrides(overrides) if overrides else {}]
+    if path and {"base", "search", "tune"} & set(layers[0]):
+        raise ConfigError(f"'{path}' is a sweep file (sections base, search, tune), not a training config: "
+                          f"run it with `cot-ray tune {path}`")
     cfg = base if base is not None else default_config(source_of(*layers))
     for layer in layers:
         cfg = from_dict(layer, cfg)

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +26,7 @@ from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, sa
 from .config import Config, ConfigError, from_dict, save_config
 from .data import VOCAB_FILE, Dataset, checkpoint_vocab_size, load_dataset, run_vocab_path, save_run_data
 from .learners import GeneratorLearner, MediatorLearner, build_inner
+from .machine import busy_cpus, cpu_count, pick_threads
 from .memory import retain_freed_memory
 from .metrics import METRIC_KEYS, Evaluator, eval_seed, make_evaluator
 from .models import LSTMLM, copy_weights
@@ -48,7 +49,8 @@ class Learners:
     ``iteration(w, cfg, iteration, m_updates)``, ``state(w)`` and ``load_state(w, state)``; its
     state travels in checkpoints); ``is_failure(exc)`` says that an exception means a worker
     process died, and ``recover(w)`` makes the learners callable again, after which the
-    Trainer reloads its last checkpoint into them.
+    Trainer reloads its last checkpoint into them; ``evaluate(evaluator, seed)`` evaluates the
+    current G (and M) where G lives (its GPU) instead of in the Trainer's process.
     """
 
     g: Any
@@ -58,6 +60,9 @@ class Learners:
     schedule: Any = None  # None: the sync schedule_iteration
     is_failure: Callable[[BaseException], bool] = field(default=lambda exc: False)
     recover: Callable[["Learners"], None] = field(default=lambda w: None)
+    # (evaluator, seed) -> metrics, computed where the generator lives; None: in this process
+    evaluate: Optional[Callable[[Any, int], dict]] = None
+    where: str = "in process"  # where the learners are, for the run's first lines
 
     def call(self, learner, method: str, *args):
         return self.call_fn(learner, method, *args)
@@ -98,7 +103,7 @@ def in_process_learners(cfg: Config, data: Dataset, device: Optional[str] = None
     if cfg.cot.algo == "cot":
         m = MediatorLearner(*args)
         m.build(device, data.train, build_inner(*args, device))
-    return Learners(g, m, schedule=make_schedule(cfg))
+    return Learners(g, m, schedule=make_schedule(cfg), where=f"learners in this process on {device}")
 
 
 def initial_sync(w: Learners) -> None:
@@ -207,13 +212,21 @@ def _fmt(d: dict, keys) -> str:
     return "  ".join(f"{k} {d[k]:.3f}" for k in keys if d.get(k) is not None)
 
 
-class _StopFlag:
-    """The first Ctrl-C asks the loop to stop at the end of the iteration (and checkpoint);
-    a second one interrupts at once."""
+def clock_text(seconds: float) -> str:
+    """Seconds as H:MM:SS (or M:SS under an hour)."""
+    s = int(round(max(seconds, 0.0)))
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
-    def __init__(self):
+
+class _StopFlag:
+    """The first Ctrl-C asks the loop to stop at the end of the iteration (and checkpoint),
+    and says so at once; a second one interrupts at once."""
+
+    def __init__(self, echo: Callable[[str], None] = lambda s: None):
         self.stop = False
         self._old = None
+        self._echo = echo
 
     def __enter__(self):
         try:
@@ -226,6 +239,8 @@ class _StopFlag:
         if self.stop:
             raise KeyboardInterrupt
         self.stop = True
+        self._echo("[cot-ray] Ctrl-C: stopping after this iteration and writing a checkpoint "
+                   "(Ctrl-C again stops at once, without one)")
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -259,26 +274,35 @@ class Stopwatch:
 class StatsWindow:
     """The training stats of the iterations since the last progress line, and their rate.
 
-    Stats arrive as values or futures (``Learners.get`` resolves them); :meth:`collect` waits
-    for every submitted step, :meth:`flush` returns the per-key means and iterations/second
-    on the training clock and starts a new window.
+    Stats arrive as values or futures (``Learners.get`` resolves them), one list per
+    iteration. :meth:`add` keeps at most ``in_flight`` iterations unresolved (the runtime's
+    schedule is asynchronous: without a bound the driver would run ahead, and a Ctrl-C would
+    have to wait for everything it had queued); :meth:`collect` waits for every submitted
+    iteration, :meth:`flush` returns the per-key means and iterations/second on the training
+    clock and starts a new window.
     """
 
-    def __init__(self, iteration: int, clock: Stopwatch):
-        self._pending: list = []
+    def __init__(self, iteration: int, clock: Stopwatch, in_flight: int = 1):
+        self._pending: deque = deque()
+        self._in_flight = in_flight
         self._sums: dict = defaultdict(float)
         self._counts: dict = defaultdict(int)
         self._start = (iteration, clock.seconds())
 
-    def add(self, stats: list) -> None:
-        self._pending.extend(stats)
+    def add(self, w: Learners, stats: list) -> None:
+        self._pending.append(stats)
+        while len(self._pending) > self._in_flight:
+            self._take(w.get(self._pending.popleft()))
 
-    def collect(self, w: Learners) -> None:
-        for s in w.get(self._pending):
+    def _take(self, stats: list) -> None:
+        for s in stats:
             for k, v in s.items():
                 self._sums[k] += v
                 self._counts[k] += 1
-        self._pending = []
+
+    def collect(self, w: Learners) -> None:
+        while self._pending:
+            self._take(w.get(self._pending.popleft()))
 
     def flush(self, w: Learners, iteration: int, clock: Stopwatch) -> tuple[dict, float]:
         self.collect(w)
@@ -339,12 +363,15 @@ class Trainer:
         return loss_mask(x, self.data.eos_id)
 
     def evaluate(self) -> dict:
+        seed = eval_seed(self.cfg.run.seed, self.iteration)
+        if self.w.evaluate is not None:
+            return self.w.evaluate(self.evaluator(), seed)
         g_w, m_w = self.w.get([self.w.call(self.w.g, "get_weights"),
                                self.w.call(self.w.m, "get_weights") if self.w.m else None])
         V = self.data.vocab_size
         g = model_from_weights(V, self.cfg.generator, g_w, self.eval_device)
         m = model_from_weights(V, self.cfg.mediator, m_w, self.eval_device) if m_w is not None else None
-        return self.evaluator().evaluate(g, m, eval_seed(self.cfg.run.seed, self.iteration))
+        return self.evaluator().evaluate(g, m, seed)
 
     # -- the loop
     def _done(self, clock: Stopwatch) -> bool:
@@ -389,15 +416,24 @@ class Trainer:
             self.echo(f"[cot-ray] {note}")
 
     def _progress(self, log: RunLog, train: dict, rate: float) -> None:
-        it, cfg = self.iteration, self.cfg
+        it, run = self.iteration, self.cfg.run
         log.scalars("train", train, it)
         log.scalars("time", {"iters_per_sec": rate, "elapsed_s": self.elapsed}, it)
-        self.echo(f"[{cfg.cot.algo}] it {it}" + (f"/{cfg.run.iters}" if cfg.run.iters else "")
-                  + f"  {rate:.1f} it/s  " + _fmt(train, ("m_mix_nll", "m_kl", "g_kl", "g_nll"))
-                  + ("  | " + _fmt(self.last_eval, ("nll_oracle", "nll_test", "jsd", "bleu4"))
+        eta = [t for t in ((run.iters - it) / rate if run.iters and rate > 0 else None,
+                           run.minutes * 60 - self.elapsed if run.minutes else None) if t is not None]
+        where = f"it {it}/{run.iters}" if run.iters else f"it {it}"
+        self.echo(f"[{self.cfg.cot.algo}] {where}  {clock_text(self.elapsed)}"
+                  + (f" of {clock_text(run.minutes * 60)}" if run.minutes and not run.iters else "")
+                  + f"  {rate:.1f} it/s" + (f"  ETA {clock_text(min(eta))}" if eta else "")
+                  + "  " + _fmt(train, ("m_mix_nll", "m_kl", "g_kl", "g_nll"))
+                  + ("  | " + _fmt(self.last_eval, ("nll_oracle", "nll_test", "kl_forward", "kl_reverse", "bleu4"))
                      if self.last_eval else ""))
 
     def _evaluate(self, log: RunLog, clock: Stopwatch) -> None:
+        c = self.cfg.eval
+        what = (f"{min(c.num_test, len(self.data.test)):,} test sequences"
+                + (f", {c.num_samples:,} samples" if self.data.oracle is not None else f", {c.bleu_samples:,} samples"))
+        self.echo(f"[{self.cfg.cot.algo}] evaluating iteration {self.iteration} ({what})...")
         t0 = time.perf_counter()
         with clock.paused():  # evaluation time is not training time
             self.last_eval = self.evaluate()
@@ -405,7 +441,7 @@ class Trainer:
         self.elapsed = clock.seconds()
         log.eval_row(self.iteration, self.elapsed, self.last_eval)
         log.scalars("time", {"eval_s": eval_s}, self.iteration)
-        self.echo(f"[{self.cfg.cot.algo}] eval @ {self.iteration}: " + _fmt(self.last_eval, METRIC_KEYS))
+        self.echo(f"[{self.cfg.cot.algo}] eval @ {self.iteration} ({eval_s:.0f} s): " + _fmt(self.last_eval, METRIC_KEYS))
 
     def _run(self, fresh: bool) -> dict:
         cfg, w = self.cfg, self.w
@@ -416,10 +452,10 @@ class Trainer:
         interrupted = False
         last = self._done(clock)  # decided once per iteration: the final one always evaluates and saves
         try:
-            with _StopFlag() as flag:
+            with _StopFlag(self.echo) as flag:
                 while not last:
                     stats, self.m_updates = w.iteration(cfg, self.iteration, self.m_updates)
-                    window.add(stats)
+                    window.add(w, stats)
                     self.iteration += 1
                     it = self.iteration
                     last = self._done(clock) or flag.stop
@@ -427,7 +463,8 @@ class Trainer:
                         train, rate = window.flush(w, it, clock)
                         self.elapsed = clock.seconds()
                         self._progress(log, train, rate)
-                    evaluated = bool(cfg.eval.every and it % cfg.eval.every == 0) or last
+                    # the final iteration evaluates, unless it ends because of a Ctrl-C
+                    evaluated = not flag.stop and (bool(cfg.eval.every and it % cfg.eval.every == 0) or last)
                     if evaluated:
                         window.collect(w)  # the iteration is complete before its weights are read
                         self._evaluate(log, clock)
@@ -448,21 +485,39 @@ class Trainer:
                 "metrics": self.last_eval, "interrupted": interrupted}
 
 
-def configure_process(threads: int) -> None:
-    """Process-wide settings for training in this process: torch's intra-op threads (0 leaves
-    torch's default) and glibc's malloc keeping freed memory (memory.py)."""
-    if threads:
-        torch.set_num_threads(threads)
+def configure_process(threads: int) -> int:
+    """Process-wide settings for training in this process: torch's intra-op threads and glibc's
+    malloc keeping freed memory (memory.py); -> the thread count."""
+    torch.set_num_threads(threads)
     retain_freed_memory()
+    return threads
+
+
+def resolve_threads(cfg: Config) -> str:
+    """Set ``run.threads`` when it is 0: the CPUs that other work leaves free now (at least one),
+    so that evaluation and the in-process loop do not oversubscribe the cores. The choice is
+    recorded in the run's config (a resumed run keeps it); -> a line saying what was chosen."""
+    cpus = cpu_count()
+    if cfg.run.threads:
+        return f"{cfg.run.threads} torch thread(s) (run.threads), {cpus} CPU(s)"
+    busy = busy_cpus()
+    cfg.run.threads = pick_threads(cpus, busy)
+    return (f"{cfg.run.threads} torch thread(s): {cpus} CPU(s), {busy:.1f} busy with other work "
+            "(set run.threads to choose)")
 
 
 def run_trainer(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,
                 make_learners: Callable[[Config, Dataset], Learners] = in_process_learners,
-                on_eval: Optional[EvalHook] = None) -> dict:
+                on_eval: Optional[EvalHook] = None, data: Optional[Dataset] = None,
+                threads_note: Optional[str] = None) -> dict:
     """Start (or, with ``resume_dir``, continue) a run with the learners that ``make_learners``
-    gives (default: in this process); return its summary. ``on_eval``: see :class:`Trainer`."""
+    gives (default: in this process); return its summary. ``on_eval``: see :class:`Trainer`;
+    ``data``: the run's data set when the caller has loaded it already; ``threads_note``: what
+    :func:`resolve_threads` said when the caller resolved the threads already."""
+    say = echo or (lambda s: print(s, file=sys.stderr, flush=True))
+    note = threads_note or resolve_threads(cfg)
     configure_process(cfg.run.threads)
-    data = load_dataset(cfg.data)  # first: unusable data leaves no empty run directory behind
+    data = data if data is not None else load_dataset(cfg.data)  # unusable data leaves no run directory behind
     if resume_dir is not None:
         state = load_checkpoint(os.path.join(resume_dir, CHECKPOINT))
         run_dir = resume_dir
@@ -471,9 +526,9 @@ def run_trainer(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Ca
         run_dir = new_run_dir(cfg)
     if state is not None:
         check_vocab_size(state["g"]["model"], data.vocab_size)
-    kwargs = {"echo": echo} if echo else {}
-    trainer = Trainer(cfg, run_dir, data, make_learners(cfg, data), eval_device=cfg.run.device,
-                      on_eval=on_eval, **kwargs)
+    learners = make_learners(cfg, data)
+    say(f"[cot-ray] {learners.where}; this process: {note}")
+    trainer = Trainer(cfg, run_dir, data, learners, echo=say, eval_device=cfg.run.device, on_eval=on_eval)
     if state is not None:
         trainer.restore(state)
     return trainer.run(fresh=state is None)

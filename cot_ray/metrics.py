@@ -161,6 +161,12 @@ class Evaluator:
             return seqs
         return seqs[torch.argsort(mask.sum(dim=1), stable=True)]  # batches of similar length waste little padding
 
+    def to(self, device) -> "Evaluator":
+        """Score with the oracle on ``device`` (the generator's); -> self."""
+        if self.oracle is not None:
+            self.oracle = self.oracle.to(device)
+        return self
+
     def _nll(self, model: LSTMLM, seqs: torch.Tensor, tokens: int) -> float:
         return float(-sequence_log_probs(model, seqs, self.mask_fn).sum() / tokens)
 

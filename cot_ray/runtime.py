@@ -62,7 +62,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from . import loop
 from .config import Config, ConfigError, RuntimeConfig
-from .data import Dataset
+from .data import Dataset, load_dataset
 from .learners import GeneratorLearner, LearnerNotBuiltError, MediatorLearner, MixtureLearner, build_inner
 from .schedule import make_schedule
 
@@ -95,6 +95,15 @@ def _build_inner_here(learner, device: str) -> None:
     """Run in the inner actor's process: build its level-1 learner with the levels below it."""
     c = learner
     learner.build(device, build_inner(c.cfg, c.vocab_size, c.seq_len, c.eos_id, device, level=2))
+
+
+def _evaluate_here(learner, evaluator, m_weights: Optional[dict], seed: int) -> dict:
+    """Run in the generator's process: evaluate its model (and M with ``m_weights``) on its device."""
+    g = learner.model
+    m = None
+    if m_weights is not None:
+        m = loop.model_from_weights(learner.vocab_size, learner.cfg.mediator, m_weights, str(learner.device))
+    return evaluator.to(learner.device).evaluate(g, m, seed)
 
 
 def _where(learner) -> dict:
@@ -286,6 +295,7 @@ class ActorRuntime:
         self.pg: Optional[PlacementGroup] = None
         self.actors: dict = {}
         self.train_ref: Optional[ray.ObjectRef] = None
+        self._evaluator_ref: Optional[tuple] = None  # (evaluator, its object ref)
 
     def make_learners(self, cfg: Config, data: Dataset) -> loop.Learners:
         r = self.rcfg
@@ -306,16 +316,29 @@ class ActorRuntime:
                     self.pg, placement_group_bundle_index=self.bundle_offset + i),
             ).remote(*args, **({"level": 1} if name == "inner" else {}))
         ray.get([self._build(name) for name in names])  # fail here, not mid-run
-        if self.echo is not None:
-            where = self.placements()
-            self.echo("[cot-ray] workers: " + ", ".join(
-                f"{n} on {p['device']} ({p['threads']} thread(s), node {p['node_id'][:8]}"
-                + (f", GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else "") + ")" for n, p in where.items())
-                + f" ({'spread' if self.rcfg.spread else 'packed'}, {cfg.runtime.schedule} schedule"
-                + (f", staleness {cfg.runtime.staleness}" if cfg.runtime.schedule == "async" else "") + ")")
+        where = self.placements()
+        text = "workers: " + ", ".join(
+            f"{n} on {p['device']} ({p['threads']} thread(s), node {p['node_id'][:8]}"
+            + (f", GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else "") + ")" for n, p in where.items()) \
+            + f" ({'spread' if self.rcfg.spread else 'packed'}, {cfg.runtime.schedule} schedule" \
+            + (f", staleness {cfg.runtime.staleness}" if cfg.runtime.schedule == "async" else "") + ")"
+        in_generator = cfg.eval.where == "generator" or (
+            cfg.eval.where == "auto" and where["generator"]["device"].startswith("cuda"))
+        text += "; evaluation in the " + ("generator's process" if in_generator else "driver")
         return loop.Learners(self.actors["generator"], self.actors.get("mediator"), call_fn=remote_call,
                              get_fn=ray_get, schedule=make_schedule(cfg), is_failure=is_worker_failure,
-                             recover=self.recover)
+                             recover=self.recover, evaluate=self.evaluate_in_generator if in_generator else None,
+                             where=text)
+
+    def evaluate_in_generator(self, evaluator, seed: int) -> dict:
+        """Evaluate in the generator's process, on its device: the evaluator (test set, oracle)
+        is sent once; M's weights go from the mediator's actor straight to the generator's."""
+        if self._evaluator_ref is None or self._evaluator_ref[0] is not evaluator:
+            self._evaluator_ref = (evaluator, ray.put(evaluator))
+        m = self.actors.get("mediator")
+        m_weights = m.get_weights.remote() if m is not None else None
+        return ray.get(self.actors["generator"].__ray_call__.remote(
+            _evaluate_here, self._evaluator_ref[1], m_weights, seed))
 
     def _build(self, name: str) -> ray.ObjectRef:
         """Set up the actor's process, then build its learner there (fresh, from the run's seed)."""
@@ -405,17 +428,25 @@ def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable
 
     ``runtime.mode`` "local" runs both learners in this process without Ray (the async
     schedule then runs its pipeline sequentially, with the same results); "actors" connects to
-    Ray (:func:`connect`), runs the learners as actors and cleans up after itself.
+    Ray (:func:`connect`), runs the learners as actors and cleans up after itself. The data
+    and the thread count are settled before Ray starts (bad input fails in a second, not after
+    Ray's start-up, and Ray's own start does not count as other work).
     ``on_eval`` is the Trainer's hook after each evaluation; ``placement``/``bundle_offset``
     put the workers into an existing placement group (see :class:`ActorRuntime`).
     """
     if cfg.runtime.mode == "local":
         return loop.run_trainer(cfg, resume_dir, echo, on_eval=on_eval)
+    say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    data = load_dataset(cfg.data)
+    note = loop.resolve_threads(cfg)
+    if not ray.is_initialized():
+        say("[cot-ray] starting a local Ray..." if not cfg.runtime.address
+            else f"[cot-ray] joining the Ray cluster at {cfg.runtime.address}...")
     started = connect(cfg.runtime)
-    rt = ActorRuntime(cfg.runtime, echo or (lambda msg: print(msg, file=sys.stderr, flush=True)),
-                      placement=placement, bundle_offset=bundle_offset)
+    rt = ActorRuntime(cfg.runtime, say, placement=placement, bundle_offset=bundle_offset)
     try:
-        return loop.run_trainer(cfg, resume_dir, echo, make_learners=rt.make_learners, on_eval=on_eval)
+        return loop.run_trainer(cfg, resume_dir, echo, make_learners=rt.make_learners, on_eval=on_eval,
+                                data=data, threads_note=note)
     finally:
         rt.shutdown()
         if started:

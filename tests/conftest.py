@@ -14,7 +14,7 @@ TINY = [
     "cot.batch_size=16",
     "data.num_train=256", "data.num_test=64",
     "eval.num_samples=64", "eval.num_test=64",
-    "run.log_every=1",
+    "run.log_every=1", "run.threads=1",
 ]
 
 

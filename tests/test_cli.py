@@ -24,8 +24,10 @@ def cli(tmp_path, data_cache):
     runner = CliRunner()
     sets = [a for kv in TINY + [f"data.cache_dir={data_cache}"] for a in ("--set", kv)]
 
-    def invoke(*args, tiny=True):
+    def invoke(*args, tiny=True, as_json=True):
         args = list(args)
+        if as_json and args and args[0] == "train":
+            args.insert(1, "--json")  # scripts (and these tests) read the summary as JSON
         if tiny and args and args[0] == "train" and "--resume" not in args:
             args = args[:1] + LOCAL + ["--logdir", str(tmp_path / "runs")] + sets + args[1:]
         elif args and args[0] == "train":
@@ -124,3 +126,103 @@ def test_malformed_yaml_names_the_line(tmp_path):
 def test_eval_of_a_directory_that_is_not_a_run(tmp_path):
     res = CliRunner().invoke(main, ["eval", str(tmp_path)])
     assert res.exit_code != 0 and "is not a cot-ray run directory" in res.output
+
+
+# ----------------------------------------------------------------------------- the first ten minutes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_minutes_must_be_positive():
+    res = CliRunner().invoke(main, ["train", "--minutes", "0"])
+    assert res.exit_code == 2 and "Invalid value for '--minutes': 0.0 is not in the range x>0" in res.output
+
+
+def test_a_run_that_could_never_stop_is_named():
+    res = CliRunner().invoke(main, ["train", "--set", "run.iters=0"])
+    assert res.exit_code == 1
+    assert "config key 'run.iters' and run.minutes are both 0, so the run could never stop: give --iters N or " \
+           "--minutes M" in res.output
+
+
+def test_data_folder_is_named_with_its_files(tmp_path):
+    (tmp_path / "train.txt").write_text("1 2 3\n")
+    res = CliRunner().invoke(main, ["train", "--data", str(tmp_path)])
+    assert res.exit_code == 2
+    assert f"--data {tmp_path} is a folder" in res.output and f"--data {tmp_path / 'train.txt'}" in res.output
+    assert f"--test-data {tmp_path / 'test.txt'}" in res.output
+
+
+def test_a_sweep_file_given_to_train_says_to_run_tune():
+    smoke = os.path.join(ROOT, "tune_configs", "smoke.yaml")
+    res = CliRunner().invoke(main, ["train", "--config", smoke])
+    assert res.exit_code == 1
+    assert f"'{smoke}' is a sweep file (sections base, search, tune), not a training config: run it with " \
+           f"`cot-ray tune {smoke}`" in res.output
+
+
+def test_data_is_checked_before_ray_starts(tmp_path, monkeypatch):
+    """An actors run with a missing test file fails on the file, never reaching Ray."""
+    import cot_ray.runtime as runtime
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started before the inputs were checked")
+
+    monkeypatch.setattr(runtime, "connect", no_ray)
+    (tmp_path / "train.txt").write_text("a b c\n")
+    res = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "train.txt"), "--test-data",
+                                    str(tmp_path / "missing.txt")])
+    assert res.exit_code == 1 and "test file" in res.output and "does not exist" in res.output
+
+
+def test_a_run_ends_with_its_summary_and_the_next_commands(cli):
+    res = cli("train", "--iters", "2", "--set", "run.name=ending", as_json=False)
+    assert res.exit_code == 0, res.output
+    out = res.output
+    run_dir = next(line.split()[-1] for line in out.splitlines() if "run directory" in line)
+    assert "[cot-ray] done: 2 iterations" in out and "nll_oracle" in out
+    for command in (f"cot-ray eval {run_dir}", f"cot-ray sample {run_dir} -n 10",
+                    f"tensorboard --logdir {os.path.dirname(run_dir)}", f"cot-ray train --resume {run_dir} --iters"):
+        assert command in out, command
+    assert "{" not in out.splitlines()[-1]  # no JSON unless --json
+
+
+def test_resuming_a_finished_run_says_so_without_training(cli, monkeypatch):
+    import cot_ray.cli as cli_module
+
+    out = _summary(cli("train", "--iters", "2", "--set", "run.name=finished"))
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run started training (and Ray)")
+
+    monkeypatch.setattr(cli_module, "_run_training", no_training)
+    res = cli("train", "--resume", out["run_dir"], tiny=False, as_json=False)
+    assert res.exit_code == 0
+    assert f"{out['run_dir']} is already finished: 2 iterations (run.iters 2)" in res.output
+    assert _summary(cli("train", "--resume", out["run_dir"], tiny=False))["iteration"] == 2
+
+
+def test_ctrl_c_is_acknowledged_checkpoints_and_exits_130(tmp_path, data_cache):
+    """The real thing: a SIGINT to the `cot-ray train` process during its progress lines."""
+    import signal
+    import subprocess
+    import sys
+
+    sets = [a for kv in TINY + [f"data.cache_dir={data_cache}", "run.iters=100000", "eval.every=0",
+                                "run.name=stopped"] for a in ("--set", kv)]
+    proc = subprocess.Popen([sys.executable, "-m", "cot_ray.cli", "train", "--local", "--logdir", str(tmp_path), *sets],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "it 3/" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    out = "".join(lines) + rest
+    assert proc.returncode == 130, out
+    assert "Ctrl-C: stopping after this iteration" in out
+    state = load_checkpoint(os.path.join(tmp_path, "stopped", CHECKPOINT))
+    assert 3 <= state["iteration"] <= 5
+    assert f"cot-ray train --resume {tmp_path / 'stopped'}" in out
+    assert "stopped by Ctrl-C" in out

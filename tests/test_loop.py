@@ -114,3 +114,27 @@ def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tiny):
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         run_trainer(resume_config(out["run_dir"], iters=2), resume_dir=out["run_dir"], echo=_quiet)
     assert open(path, "rb").read() == damaged
+
+
+def test_progress_says_where_elapsed_rate_eta_and_evaluation(tiny):
+    import re
+
+    lines: list = []
+    run_trainer(tiny("run.iters=4", "run.name=progress", "eval.every=2"), echo=lines.append)
+    assert lines[0] == "[cot-ray] learners in this process on cpu; this process: 1 torch thread(s) (run.threads), " \
+                       f"{loop_cpu_count()} CPU(s)"
+    progress = [line for line in lines if line.startswith("[cot] it ")]
+    assert re.match(r"\[cot\] it 1/4  0:\d\d  [\d.]+ it/s  ETA \d+:\d\d  m_mix_nll [\d.]+", progress[0]), progress[0]
+    assert "[cot] evaluating iteration 2 (64 test sequences, 64 samples)..." in lines
+    assert any(re.match(r"\[cot\] eval @ 2 \(\d+ s\): nll_oracle [\d.]+", line) for line in lines)
+    assert re.search(r"\| nll_oracle [\d.]+  nll_test [\d.]+  kl_forward", progress[2])  # it 3 shows the eval of 2
+    # a minutes budget: elapsed out of the budget, and the time left
+    lines.clear()
+    run_trainer(tiny("run.iters=0", "run.minutes=0.005", "run.name=clock", "eval.every=0"), echo=lines.append)
+    assert re.match(r"\[cot\] it 1  0:\d\d of 0:00  [\d.]+ it/s  ETA 0:\d\d", [x for x in lines if "] it " in x][0])
+
+
+def loop_cpu_count() -> int:
+    from cot_ray.machine import cpu_count
+
+    return cpu_count()

@@ -137,7 +137,7 @@ def test_cli_trains_nested_and_eval_reports_the_same_metrics(tmp_path, data_cach
     sets = [a for kv in TINY + [f"data.cache_dir={data_cache}", "inner_mediator.emb_dim=8",
                                 "inner_mediator.hidden_dim=8"] for a in ("--set", kv)]
     runner = CliRunner()
-    res = runner.invoke(main, ["train", "--local", "--nested", "--nest-depth", "1", "--iters", "2",
+    res = runner.invoke(main, ["train", "--local", "--json", "--nested", "--nest-depth", "1", "--iters", "2",
                                "--logdir", str(tmp_path), *sets], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])

@@ -277,7 +277,7 @@ def _cli_args(tmp_path, data_cache):
     from conftest import TINY
 
     sets = [a for item in TINY + [f"data.cache_dir={data_cache}"] for a in ("--set", item)]
-    return ["train", "--iters", "2", "--logdir", str(tmp_path / "runs"), *sets]
+    return ["train", "--json", "--iters", "2", "--logdir", str(tmp_path / "runs"), *sets]
 
 
 def test_cli_trains_with_actors_by_default_and_resumes_locally(tmp_path, data_cache):
@@ -289,7 +289,7 @@ def test_cli_trains_with_actors_by_default_and_resumes_locally(tmp_path, data_ca
     cfg = loop.resume_config(out["run_dir"])
     assert (cfg.runtime.mode, cfg.runtime.schedule, cfg.runtime.staleness) == ("actors", "async", 1)
     # Where a run lives may change on resume; its schedule may not.
-    res = runner.invoke(main, ["train", "--resume", out["run_dir"], "--iters", "3", "--local"])
+    res = runner.invoke(main, ["train", "--resume", out["run_dir"], "--iters", "3", "--local", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output.strip().splitlines()[-1])["iteration"] == 3
     res = runner.invoke(main, ["train", "--resume", out["run_dir"], "--iters", "4", "--schedule", "sync"])
@@ -312,3 +312,17 @@ def test_pure_modules_do_not_import_ray():
     code = ("import sys; import cot_ray.cli, cot_ray.loop, cot_ray.learners, cot_ray.metrics, cot_ray.data, "
             "cot_ray.schedule, cot_ray.sweep_spec; sys.exit(1 if 'ray' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_evaluation_in_the_generators_process_equals_the_drivers(tiny):
+    """eval.where=generator (what a GPU run does by default) scores G where it lives; with the
+    same thread count the numbers are the driver's, bitwise."""
+    common = ("eval.every=2", "run.iters=2", ONE_THREAD, "runtime.gpus_per_worker=0")
+    ref = runtime.train(tiny(*common, "runtime.mode=local", "run.name=local"), echo=_quiet)
+    lines: list = []
+    act = runtime.train(tiny(*common, "eval.where=generator", "run.name=in_g"), echo=lines.append)
+    assert act["metrics"] == ref["metrics"]
+    assert any("evaluation in the generator's process" in line for line in lines), lines
+    lines.clear()
+    runtime.train(tiny(*common, "run.name=auto"), echo=lines.append)  # auto, G on the CPU: the driver
+    assert any("evaluation in the driver" in line for line in lines), lines

@@ -56,7 +56,7 @@ def cli(tmp_path):
     def invoke(*args):
         args = list(args)
         if args[0] == "train":
-            args.insert(1, "--local")  # the in-process loop: no Ray in this module
+            args[1:1] = ["--local", "--json"]  # the in-process loop: no Ray in this module
             if "--resume" not in args:
                 args[2:2] = ["--logdir", str(tmp_path / "runs")] + [a for kv in TINY_TEXT for a in ("--set", kv)]
         return runner.invoke(main, args, catch_exceptions=False)
