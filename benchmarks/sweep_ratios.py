@@ -66,7 +66,7 @@ def run(name: str, search: str, samples: int, args: argparse.Namespace) -> tuple
     """Run one sweep; -> (its best trial, all its trials), each as :func:`summarize` gives."""
     path = sweep_file(args.logdir, name, search, args, samples)
     sweep = load_sweep(path, args.extra, storage=args.logdir, name=name)
-    out = sweeps.run_sweep(sweep, verbose=0)
+    out = sweeps.run_sweep(sweep)
     print(out["table"], file=sys.stderr, flush=True)
     if out["best"] is None:
         raise SystemExit(f"sweep {name}: no trial finished (see {out['experiment']})")

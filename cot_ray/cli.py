@@ -268,9 +268,11 @@ def _load_run(run_dir: str):
 @click.option("--max-concurrent", type=click.IntRange(min=0), help="Trials at once; 0: no limit (tune.max_concurrent).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of the base training config, e.g. --set data.cache_dir=/data (repeatable).")
-def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_concurrent, overrides):
+@click.option("--show-tune", is_flag=True, help="Show Ray Tune's own status tables here instead of in the "
+              "experiment's tune.log.")
+def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_concurrent, overrides, show_tune):
     """Sweep training hyperparameters with Ray Tune (ASHA, PBT); see the sweep file format in the README."""
-    from .sweep_spec import load_sweep
+    from .sweep_spec import is_uri, load_sweep
 
     if resume_dir:
         changed = [n for n, v in (("--num-samples", num_samples), ("--storage", storage), ("--name", name),
@@ -281,7 +283,7 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
     sweep = load_sweep(sweep_path, overrides, num_samples, max_concurrent, storage, name)  # before Ray starts
     from .tune import run_sweep  # imports Ray Tune: only this command needs it
 
-    summary = run_sweep(sweep, address=address, resume_dir=resume_dir)
+    summary = run_sweep(sweep, address=address, resume_dir=resume_dir, show_tune=show_tune)
     click.echo(summary["table"])
     best = summary["best"]
     if summary["interrupted"]:
@@ -293,6 +295,8 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
     else:
         click.echo(f"[cot-ray] best trial {best.trial_id}: {sweep.tune.metric} {best.metric:.4f}; its config: "
                    f"{summary['best_config']} (cot-ray train --config {summary['best_config']})", err=True)
+    if not is_uri(summary["experiment"]):
+        click.echo(f"[cot-ray] curves: tensorboard --logdir {summary['experiment']}", err=True)
     click.echo(json.dumps({"experiment": summary["experiment"], "trials": len(summary["rows"]),
                            "interrupted": summary["interrupted"],
                            "best_trial": best.trial_id if best else None,

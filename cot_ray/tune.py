@@ -18,9 +18,11 @@ This module imports Ray (and Ray Tune); the CLI imports it lazily.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -37,6 +39,7 @@ from .sweep_trial import DRIVER_BUNDLE, make_trainable, trial_dirname, trial_res
 
 SWEEP_FILE = "sweep.yaml"
 BEST_CONFIG = "best_config.yaml"
+TUNE_LOG = "tune.log"  # Ray Tune's own status tables, unless --show-tune
 
 
 def tune_domain(p: ParamSpec) -> Any:
@@ -205,15 +208,45 @@ def _scheduler(sweep: Sweep):
     return tune.schedulers.FIFOScheduler()
 
 
+class SweepProgress(tune.Callback):
+    """cot-ray's own progress lines of a sweep: one per trial result, start, end and error."""
+
+    def __init__(self, metric: str, echo: Callable[[str], None]):
+        self.metric, self.echo = metric, echo
+
+    def _counts(self, trials) -> str:
+        status = [t.status for t in trials]
+        return (f"{status.count('RUNNING')} running, {status.count('PENDING')} pending, "
+                f"{status.count('TERMINATED')} done" + (f", {status.count('ERROR')} failed" if "ERROR" in status else ""))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        self.echo(f"[tune] trial {trial.trial_id} it {result.get('iteration', 0)}  {self.metric} "
+                  + ("-" if value is None else f"{value:.4f}") + f"  ({self._counts(trials)})")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.echo(f"[tune] trial {trial.trial_id} finished  ({self._counts(trials)})")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.echo(f"[tune] trial {trial.trial_id} failed: see {trial.path}/error.txt  ({self._counts(trials)})")
+
+
+def _tune_log(exp: str, name: str) -> str:
+    """Where Tune's own status tables go: the experiment directory, or beside it in the temp
+    directory when the experiment lives in cloud storage."""
+    return os.path.join(exp, TUNE_LOG) if not is_uri(exp) else os.path.join(tempfile.gettempdir(), f"{name}-{TUNE_LOG}")
+
+
 def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
               echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-              callbacks: Optional[list] = None, verbose: int = 1) -> dict:
+              callbacks: Optional[list] = None, show_tune: bool = False) -> dict:
     """Run (or with ``resume_dir`` continue) the sweep; -> a summary.
 
     The summary holds ``experiment`` (its directory), ``rows`` (:class:`TrialRow` s), ``table``,
     ``best`` (the best row or None), ``best_config`` (the path of best_config.yaml, written
     when every trial has finished) and ``interrupted`` (Ctrl-C: resume with ``resume_dir``).
-    ``callbacks`` are Tune callbacks (tests use them).
+    ``callbacks`` are Tune callbacks (tests use them). Progress is cot-ray's own lines; Tune's
+    status tables go to ``tune.log`` in the experiment directory unless ``show_tune``.
     """
     load_dataset(sweep.base.data)  # unusable data fails here, before any trial starts
     if resume_dir is not None:
@@ -248,11 +281,18 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
                     trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id),
                     reuse_actors=True),  # a trial driver process serves the next trial (or session)
                 run_config=tune.RunConfig(
-                    name=storage_name[1], storage_path=storage_name[0], verbose=verbose,
-                    callbacks=callbacks,
+                    name=storage_name[1], storage_path=storage_name[0], verbose=1,
+                    callbacks=[SweepProgress(sweep.tune.metric, echo)] + list(callbacks or []),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=t.keep_checkpoints),
                     failure_config=tune.FailureConfig(max_failures=t.max_failures)))
-        tuner.fit()
+        log_path = _tune_log(exp, os.path.basename(exp.rstrip("/")))
+        if show_tune:
+            tuner.fit()
+        else:
+            echo(f"[cot-ray] Ray Tune's status tables go to {log_path} (--show-tune shows them here)")
+            os.makedirs(os.path.dirname(log_path), exist_ok=True)
+            with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+                tuner.fit()
     finally:
         if started:
             ray.shutdown()

@@ -78,7 +78,7 @@ def test_a_trial_the_cluster_cannot_host_fails_before_anything_starts(two_nodes,
     sweep = sweep_spec.load_sweep(path, _overrides(data_cache) + ["runtime.gpus_per_worker=1"],
                               storage=str(tmp_path / "tune"), name="gpu")
     with pytest.raises(PlacementError) as e:
-        sweeps.run_sweep(sweep, verbose=0)
+        sweeps.run_sweep(sweep)
     msg = str(e.value)
     assert "\n" not in msg and "2 worker(s)" in msg and "GPU" in msg and "0 trains on CPUs" in msg, msg
     assert not (tmp_path / "tune").exists()
@@ -125,7 +125,7 @@ def test_asha_smoke_sweep_across_two_nodes_writes_the_best_config(two_nodes, tmp
     assert best.mediator.hidden_dim == 16 and best.data.cache_dir == data_cache  # base config and --set
     # Trained again from it (in process, on one thread like each worker), the run ends where
     # the best trial did.
-    again = CliRunner().invoke(main, ["train", "--config", summary["best_config"], "--local", "--set", "run.threads=1",
+    again = CliRunner().invoke(main, ["train", "--json", "--config", summary["best_config"], "--local", "--set", "run.threads=1",
                                       "--logdir", str(tmp_path / "runs")], catch_exceptions=False)
     assert again.exit_code == 0, again.output
     rerun = json.loads(again.output.strip().splitlines()[-1])
@@ -152,7 +152,7 @@ def test_pbt_restores_trials_from_checkpoints_with_perturbed_values(two_nodes, t
                         "quantile_fraction: 0.5, resample_probability: 0.0}}")
     sweep = sweep_spec.load_sweep(path, _overrides(data_cache), storage=str(tmp_path / "tune"), name="pbt")
     pgs = _placement_groups()
-    summary = sweeps.run_sweep(sweep, verbose=0)
+    summary = sweeps.run_sweep(sweep)
     assert not summary["interrupted"] and summary["best_config"]
     trials = _trials(summary["experiment"])
     assert all(t.status == "TERMINATED" and t.last_result["iteration"] == 3 for t in trials.values())
@@ -198,7 +198,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(two_node
     path = _write_sweep(tmp_path, grid, "{scheduler: fifo, max_concurrent: 1, per_trial: {iters: 2}}")
     overrides = _overrides(data_cache) + ["cot.algo=mle"]  # one worker per trial: quicker
     sweep = sweep_spec.load_sweep(path, overrides, storage=str(tmp_path / "tune"), name="resume")
-    first = sweeps.run_sweep(sweep, callbacks=[_InterruptAfterFirstTrial()], verbose=0)
+    first = sweeps.run_sweep(sweep, callbacks=[_InterruptAfterFirstTrial()])
     assert first["interrupted"] and first["best_config"] is None
     exp = first["experiment"]
     statuses = sorted(r.status for r in first["rows"])
@@ -218,6 +218,9 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(two_node
 
     res = CliRunner().invoke(main, ["tune", path, "--resume", exp, *sets], catch_exceptions=False)
     assert res.exit_code == 0, res.output
+    # cot-ray's own progress here; Ray Tune's status tables in the experiment's tune.log
+    assert "[tune] trial" in res.output and "Trial status" not in res.output, res.output
+    assert "Trial status" in _read(os.path.join(exp, "tune.log"))
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["trials"] == 2 and not summary["interrupted"] and os.path.exists(summary["best_config"])
     trials = _trials(exp)
