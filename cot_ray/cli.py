@@ -369,7 +369,7 @@ def synthetic(out_dir, seed, num_train, num_test):
     """Oracle samples as OUT/train.txt and OUT/test.txt (space-separated token ids)."""
     from .data import synthetic_sets, write_token_file
 
-    train_set, test_set = synthetic_sets(num_train, num_test, seed)
+    train_set, test_set, _ = synthetic_sets(num_train, num_test, seed)
     os.makedirs(out_dir, exist_ok=True)
     write_token_file(os.path.join(out_dir, "train.txt"), train_set)
     write_token_file(os.path.join(out_dir, "test.txt"), test_set)

@@ -22,12 +22,15 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+from .metrics import sequence_log_probs
 from .models import LSTMLM
 from .oracle import SEQ_LEN, build_oracle, sample_oracle
 from .text import EOS_ID, MAX_TEST_UNK_RATE, DataError, Vocab, encode_corpus, read_corpus
 
 VOCAB_FILE = "vocab.json"  # a text run's vocabulary, in its run directory
 COCO_FILES = ("coco_train.txt", "coco_test.txt")  # in cot_ray/assets
+SHIPPED_SETS = (88, 9984, 9984)  # (seed, num_train, num_test) of the oracle sets shipped in cot_ray/assets
+SHIPPED_FILE = "oracle_seed88_train9984_test9984.npz"
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Dataset:
     seq_len: int
     eos_id: Optional[int] = None  # None: fixed-length sequences, every position counts
     oracle: Optional[LSTMLM] = None  # the true distribution, when it is known
+    test_logp: Optional[torch.Tensor] = None  # (M,) float64 log P of each test sequence, with the oracle
     decode_fn: Optional[Callable[[list], str]] = None
     vocab: Optional[Vocab] = None  # text: the token <-> id map
     references: Optional[list] = None  # text: the test sentences as token lists, uncut (BLEU references)
@@ -66,35 +70,53 @@ def default_cache_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "cot-ray")
 
 
-def synthetic_sets(num_train: int, num_test: int, seed: int, cache_dir: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """Oracle training and test sets (int64 arrays), generated once per (seed, sizes) and cached."""
+def synthetic_sets(num_train: int, num_test: int, seed: int,
+                   cache_dir: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Oracle training and test sets (int64 arrays) and the oracle's log-probability of each
+    test sequence (float64: what every evaluation's H(P), JSD and KL(P || G) need).
+
+    The default sets (seed 88, 9,984 + 9,984 sequences: the benchmark) ship with the package,
+    so every machine trains and evaluates on the very same sequences whatever its float
+    rounding, and a first run does not wait for them. Other seeds and sizes are drawn once from
+    the oracle and cached in ``cache_dir``.
+    """
+    if (seed, num_train, num_test) == SHIPPED_SETS:  # the benchmark's sets: shipped, the same everywhere
+        with resources.as_file(resources.files("cot_ray") / "assets" / SHIPPED_FILE) as shipped:
+            with np.load(shipped, allow_pickle=False) as d:
+                return d["train"].astype(np.int64), d["test"].astype(np.int64), d["test_logp"]
     cache_dir = cache_dir or default_cache_dir()
     path = os.path.join(cache_dir, f"oracle-seed{seed}-train{num_train}-test{num_test}.npz")
+    train = test = test_logp = None
     if os.path.exists(path):
         try:
             with np.load(path, allow_pickle=False) as d:
                 train, test = d["train"], d["test"]
-            if train.shape == (num_train, SEQ_LEN) and test.shape == (num_test, SEQ_LEN):
-                return train, test
+                test_logp = d["test_logp"] if "test_logp" in d.files else None
+            if train.shape != (num_train, SEQ_LEN) or test.shape != (num_test, SEQ_LEN):
+                train = test = test_logp = None
         except (OSError, ValueError, KeyError):
-            pass  # a damaged cache entry is simply regenerated below
+            train = test = test_logp = None  # a damaged cache entry is simply regenerated below
+    if train is not None and test_logp is not None and test_logp.shape == (num_test,):
+        return train, test, test_logp
     oracle = build_oracle()
-    both = sample_oracle(oracle, num_train + num_test, seed).numpy()
-    train, test = both[:num_train], both[num_train:]
+    if train is None:
+        both = sample_oracle(oracle, num_train + num_test, seed).numpy()
+        train, test = both[:num_train], both[num_train:]
+    test_logp = sequence_log_probs(oracle, torch.from_numpy(test)).numpy()
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}.npz"
-    np.savez(tmp, train=train, test=test)
+    np.savez(tmp, train=train, test=test, test_logp=test_logp)
     os.replace(tmp, path)
-    return train, test
+    return train, test, test_logp
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Build the data set that ``cfg`` names."""
     if cfg.source == "oracle":
-        train, test = synthetic_sets(cfg.num_train, cfg.num_test, cfg.seed, cfg.cache_dir)
+        train, test, test_logp = synthetic_sets(cfg.num_train, cfg.num_test, cfg.seed, cfg.cache_dir)
         oracle = build_oracle()
         return Dataset(torch.from_numpy(train), torch.from_numpy(test), oracle.vocab_size, SEQ_LEN,
-                       eos_id=None, oracle=oracle)
+                       eos_id=None, oracle=oracle, test_logp=torch.from_numpy(test_logp))
     if cfg.source == "coco":
         with ExitStack() as stack:
             train_path, test_path = [str(stack.enter_context(resources.as_file(

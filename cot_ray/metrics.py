@@ -138,12 +138,13 @@ class Evaluator:
     """Computes every metric for given G (and M) models; caches what depends only on the data.
 
     ``train`` (optional): training sequences for the memorisation diagnostics (nll_train and
-    m_nll_train); the first ``num_train`` of them are scored.
+    m_nll_train); the first ``num_train`` of them are scored. ``test_logp``: the oracle's
+    log-probabilities of ``test`` when the data set has them cached.
     """
 
     def __init__(self, test: torch.Tensor, seq_len: int, oracle: Optional[LSTMLM] = None,
                  mask_fn: Optional[MaskFn] = None, num_samples: int = 9984, num_test: int = 9984,
-                 train: Optional[torch.Tensor] = None, num_train: int = 0):
+                 train: Optional[torch.Tensor] = None, num_train: int = 0, test_logp: Optional[torch.Tensor] = None):
         self.test = self._by_length(test[:num_test], mask_fn, oracle)
         self.train = None if train is None or num_train <= 0 else self._by_length(train[:num_train], mask_fn, oracle)
         self.seq_len = seq_len
@@ -152,7 +153,12 @@ class Evaluator:
         self.num_samples = num_samples
         self.test_tokens = count_tokens(self.test, mask_fn)
         self.train_tokens = 0 if self.train is None else count_tokens(self.train, mask_fn)
-        self._p_on_p = None if oracle is None else sequence_log_probs(oracle, self.test)
+        if oracle is None:
+            self._p_on_p = None
+        elif test_logp is not None:  # cached with the data set: the same numbers, computed once
+            self._p_on_p = test_logp[:num_test].to(torch.float64)
+        else:
+            self._p_on_p = sequence_log_probs(oracle, self.test)
 
     @staticmethod
     def _by_length(seqs: torch.Tensor, mask_fn: Optional[MaskFn], oracle: Optional[LSTMLM]) -> torch.Tensor:
@@ -239,7 +245,7 @@ def make_evaluator(data, eval_cfg, mask_fn: Optional[MaskFn] = None,
                              eval_cfg.num_test, data.train, eval_cfg.num_train)
     n = num_samples if num_samples is not None else eval_cfg.num_samples
     return Evaluator(data.test, data.seq_len, data.oracle, mask_fn, n, eval_cfg.num_test, data.train,
-                     eval_cfg.num_train)
+                     eval_cfg.num_train, data.test_logp)
 
 
 def eval_seed(run_seed: int, iteration: int) -> int:

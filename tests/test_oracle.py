@@ -112,3 +112,32 @@ def test_sampled_log_probs_equal_sequence_log_prob(oracle):
         ref = oracle.sequence_log_prob(x)
     assert (lp < -40).all()  # ~20 tokens of ~5.75 nats
     torch.testing.assert_close(lp, ref, atol=2e-4, rtol=0)
+
+
+def test_the_data_cache_holds_the_oracles_test_log_probs_and_upgrades_old_files(tmp_path, oracle):
+    import numpy as np
+
+    from cot_ray.data import synthetic_sets
+    from cot_ray.metrics import sequence_log_probs
+
+    train, test, logp = synthetic_sets(40, 30, seed=5, cache_dir=str(tmp_path))
+    want = sequence_log_probs(oracle, torch.from_numpy(test)).numpy()
+    assert logp.dtype == np.float64 and np.array_equal(logp, want)
+    # a cache written before the log-probs were cached: same sequences, log-probs added
+    (path,) = list(tmp_path.iterdir())
+    np.savez(path, train=train, test=test)
+    again = synthetic_sets(40, 30, seed=5, cache_dir=str(tmp_path))
+    assert np.array_equal(again[0], train) and np.array_equal(again[1], test) and np.array_equal(again[2], want)
+    with np.load(path) as d:
+        assert "test_logp" in d.files
+
+
+def test_the_shipped_benchmark_sets_are_the_oracles_seed_88_draw(oracle):
+    """The default training set ships with the package; today's sampler still draws it (the
+    first chunk of 4,096 sequences of the seed-88 stream)."""
+    from cot_ray.data import SHIPPED_SETS, synthetic_sets
+    from cot_ray.oracle import sample_oracle
+
+    train, test, logp = synthetic_sets(9984, 9984, 88, cache_dir="/nonexistent")  # never read: shipped
+    assert SHIPPED_SETS == (88, 9984, 9984) and train.shape == test.shape == (9984, 20) and logp.shape == (9984,)
+    assert torch.equal(sample_oracle(oracle, 4096, 88), torch.from_numpy(train[:4096]))
