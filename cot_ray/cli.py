@@ -313,18 +313,28 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation samples.")
 def eval_cmd(run_dir, as_json, samples, seed):
     """Evaluate the latest checkpoint of RUN_DIR (oracle metrics, or on text NLL_test, BLEU and self-BLEU)."""
-    from .text import loss_mask
-    from .loop import model_from_weights
+    import time
+
+    from .loop import configure_process, model_from_weights, resolve_threads
     from .metrics import METRIC_KEYS, make_evaluator, metric_keys
+    from .text import loss_mask
 
     cfg, state = _load_run(run_dir)
     data = _load_data(cfg)
     if samples is not None and samples < (2 if data.is_text else 1):
         raise click.UsageError(f"--samples must be >= {2 if data.is_text else 1}")
+    cfg.run.threads = 0  # this machine's free CPUs now, not the ones the run had
+    note = resolve_threads(cfg)
+    configure_process(cfg.run.threads)
     g = model_from_weights(data.vocab_size, cfg.generator, state["g"]["model"])
     m = model_from_weights(data.vocab_size, cfg.mediator, state["m"]["model"]) if state.get("m") else None
     ev = make_evaluator(data, cfg.eval, lambda x: loss_mask(x, data.eos_id), samples)
+    n = ev.num_samples
+    click.echo(f"[cot-ray] evaluating {run_dir} at iteration {state['iteration']}: {len(ev.test):,} test "
+               f"sequences, {n:,} samples; {note}...", err=True)
+    t0 = time.perf_counter()
     res = ev.evaluate(g, m, seed)
+    click.echo(f"[cot-ray] evaluated in {time.perf_counter() - t0:.0f} s", err=True)
     # --json: every key, null where it does not apply (oracle keys on text, BLEU keys on the oracle).
     out = {"iteration": state["iteration"], **{k: res.get(k) for k in METRIC_KEYS}}
     if as_json:

@@ -53,7 +53,8 @@ def test_train_eval_sample_end_to_end(cli):
 
     res = cli("eval", run_dir, "--json")
     assert res.exit_code == 0, res.output
-    ev = json.loads(res.output)
+    assert "[cot-ray] evaluating" in res.output and "[cot-ray] evaluated in" in res.output
+    ev = json.loads(res.output.strip().splitlines()[-1])
     assert set(ev) >= {"nll_oracle", "nll_test", "balanced_nll", "jsd", "jsd_mediator"}
     assert ev["balanced_nll"] == pytest.approx(ev["nll_oracle"] + ev["nll_test"])
     # `eval` scores the checkpoint's G and M with the seed it is given (default 0)
@@ -62,7 +63,8 @@ def test_train_eval_sample_end_to_end(cli):
     g, m = (model_from_weights(data.vocab_size, mcfg, state[k]["model"])
             for k, mcfg in (("g", cfg.generator), ("m", cfg.mediator)))
     direct = make_evaluator(data, cfg.eval).evaluate(g, m, 0)
-    assert {k: v for k, v in ev.items() if v is not None and k != "iteration"} == direct
+    got = {k: v for k, v in ev.items() if v is not None and k != "iteration"}
+    assert set(got) == set(direct) and all(got[k] == pytest.approx(direct[k], rel=1e-6) for k in direct)
     assert ev["nll_test"] == pytest.approx(metrics["nll_test"], rel=1e-6)  # same checkpoint, same test set
 
     res = cli("sample", run_dir, "-n", "4", "--ids")
