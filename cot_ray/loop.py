@@ -62,6 +62,8 @@ class Learners:
     recover: Callable[["Learners"], None] = field(default=lambda w: None)
     # (evaluator, seed) -> metrics, computed where the generator lives; None: in this process
     evaluate: Optional[Callable[[Any, int], dict]] = None
+    # futures a failure made void: wait for them, ignoring their errors (they are accounted for)
+    discard: Callable[[list], None] = field(default=lambda futures: None)
     where: str = "in process"  # where the learners are, for the run's first lines
 
     def call(self, learner, method: str, *args):
@@ -294,8 +296,16 @@ class StatsWindow:
         while len(self._pending) > self._in_flight:
             self._take(w.get(self._pending.popleft()))
 
+    def drop(self) -> list:
+        """Forget the unresolved iterations (a failure made them void); -> their futures."""
+        out = [x for stats in self._pending for x in stats]
+        self._pending.clear()
+        return out
+
     def _take(self, stats: list) -> None:
         for s in stats:
+            if s is None:  # a call without stats (a weight sync): waited for, nothing to count
+                continue
             for k, v in s.items():
                 self._sums[k] += v
                 self._counts[k] += 1
@@ -335,6 +345,7 @@ class Trainer:
         self.last_eval: dict = {}
         self._evaluator: Optional[Evaluator] = None
         self._last: tuple = ({}, True)  # (last checkpoint state, whether it is a fresh start)
+        self._window: Optional[StatsWindow] = None  # the stats of the iterations in flight
 
     # -- state
     def checkpoint_state(self) -> dict:
@@ -398,8 +409,23 @@ class Trainer:
                 state, fresh = self._last
                 self.echo(f"[cot-ray] worker failure ({type(exc).__name__}): restoring both learners "
                           f"from iteration {state['iteration']}")
+                self._recover(state)
+
+    def _recover(self, state: dict) -> None:
+        """Make the learners callable again and load ``state``; a failure during the recovery
+        (another worker lost) starts it over, until the runtime gives up (no restarts left)."""
+        if self._window is not None:
+            self.w.discard(self._window.drop())
+        while True:
+            try:
                 self.w.recover(self.w)
                 self.restore(state)
+                return
+            except Exception as exc:  # noqa: BLE001 - as in run()
+                if not self.w.is_failure(exc):
+                    raise
+                self.echo(f"[cot-ray] another worker failure during the recovery ({type(exc).__name__}): "
+                          "recovering again")
 
     def _start(self, log: RunLog, fresh: bool) -> None:
         cfg = self.cfg
@@ -448,7 +474,7 @@ class Trainer:
         log = RunLog(self.run_dir, self.echo)
         self._start(log, fresh)
         clock = Stopwatch(before=self.elapsed)
-        window = StatsWindow(self.iteration, clock)
+        window = self._window = StatsWindow(self.iteration, clock)
         interrupted = False
         last = self._done(clock)  # decided once per iteration: the final one always evaluates and saves
         try:

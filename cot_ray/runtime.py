@@ -165,6 +165,20 @@ def ray_get(x: Any) -> Any:
     return x
 
 
+def discard(futures: list, timeout_s: float = 30.0) -> None:
+    """``Learners.discard`` for actors: wait for refs that a failure made void and drop their
+    errors, so that Ray does not print them as unhandled tracebacks (the run already said, in
+    one line, that it recovers)."""
+    refs = [x for x in futures if isinstance(x, ray.ObjectRef)]
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception:  # noqa: BLE001 - the failure is being recovered from; its details are in Ray's logs
+            pass
+
+
 _FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError,
              ray.exceptions.NodeDiedError, LearnerNotBuiltError)
 
@@ -315,8 +329,7 @@ class ActorRuntime:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.pg, placement_group_bundle_index=self.bundle_offset + i),
             ).remote(*args, **({"level": 1} if name == "inner" else {}))
-        ray.get([self._build(name) for name in names])  # fail here, not mid-run
-        where = self.placements()
+        where = self._start_all(names)
         text = "workers: " + ", ".join(
             f"{n} on {p['device']} ({p['threads']} thread(s), node {p['node_id'][:8]}"
             + (f", GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else "") + ")" for n, p in where.items()) \
@@ -328,7 +341,7 @@ class ActorRuntime:
         return loop.Learners(self.actors["generator"], self.actors.get("mediator"), call_fn=remote_call,
                              get_fn=ray_get, schedule=make_schedule(cfg), is_failure=is_worker_failure,
                              recover=self.recover, evaluate=self.evaluate_in_generator if in_generator else None,
-                             where=text)
+                             discard=discard, where=text)
 
     def evaluate_in_generator(self, evaluator, seed: int) -> dict:
         """Evaluate in the generator's process, on its device: the evaluator (test set, oracle)
@@ -339,6 +352,26 @@ class ActorRuntime:
         m_weights = m.get_weights.remote() if m is not None else None
         return ray.get(self.actors["generator"].__ray_call__.remote(
             _evaluate_here, self._evaluator_ref[1], m_weights, seed))
+
+    def _start_all(self, names: list) -> dict:
+        """Build every learner (fail here, not mid-run); -> where each actor is. An actor lost
+        meanwhile (a node lost at start-up) is waited for and built again, until it has no
+        restarts left."""
+        try:
+            ray.get([self._build(name) for name in names])
+            return self.placements()
+        except Exception as exc:  # noqa: BLE001 - re-raised unless a worker was lost
+            if not is_worker_failure(exc):
+                raise
+        while True:
+            if self.echo is not None:
+                self.echo("[cot-ray] a worker was lost while starting: starting it again")
+            self.recover(None)
+            try:
+                return self.placements()
+            except Exception as exc:  # noqa: BLE001 - as above
+                if not is_worker_failure(exc):
+                    raise
 
     def _build(self, name: str) -> ray.ObjectRef:
         """Set up the actor's process, then build its learner there (fresh, from the run's seed)."""
@@ -351,30 +384,34 @@ class ActorRuntime:
             return actor.build.remote(device, self.train_ref, inner)
         return actor.build.remote(device, self.train_ref)
 
-    def recover(self, w: loop.Learners) -> None:
+    def recover(self, w: Optional[loop.Learners]) -> None:
         """Wait until every actor answers again (Ray restarts a dead one) and build the learner
-        of a restarted one; raise WorkerLostError if one stays dead. The Trainer then loads the
-        last checkpoint into them."""
+        of a restarted one, as often as actors are lost meanwhile; raise WorkerLostError if one
+        stays dead. The Trainer then loads the last checkpoint into them."""
         deadline = time.monotonic() + self.rcfg.placement_timeout_s
-        for name, actor in self.actors.items():
-            while True:
-                try:
-                    built = ray.get(actor.is_built.remote(), timeout=max(deadline - time.monotonic(), 0.1))
-                    break
-                except ray.exceptions.GetTimeoutError:
+        pending = list(self.actors)
+        while pending:
+            name = pending[0]
+            try:
+                built = ray.get(self.actors[name].is_built.remote(), timeout=max(deadline - time.monotonic(), 0.1))
+                if not built:
+                    ray.get(self._build(name))
+                pending.pop(0)
+            except ray.exceptions.GetTimeoutError:
+                raise WorkerLostError(f"the {name} worker did not come back within "
+                                      f"{self.rcfg.placement_timeout_s:g}s after a failure") from None
+            except ray.exceptions.ActorDiedError:
+                raise WorkerLostError(
+                    f"the {name} worker died and has no restarts left (runtime.max_restarts="
+                    f"{self.rcfg.max_restarts}): raise it, or look for the cause in the Ray logs") from None
+            except Exception as exc:  # noqa: BLE001 - unavailable (restarting), or lost again: ask again
+                if not is_worker_failure(exc):
+                    raise
+                if time.monotonic() > deadline:
                     raise WorkerLostError(f"the {name} worker did not come back within "
                                           f"{self.rcfg.placement_timeout_s:g}s after a failure") from None
-                except ray.exceptions.ActorDiedError:
-                    raise WorkerLostError(
-                        f"the {name} worker died and has no restarts left (runtime.max_restarts="
-                        f"{self.rcfg.max_restarts}): raise it, or look for the cause in the Ray logs") from None
-                except ray.exceptions.RayActorError:  # unavailable: restarting, ask again
-                    if time.monotonic() > deadline:
-                        raise WorkerLostError(f"the {name} worker did not come back within "
-                                              f"{self.rcfg.placement_timeout_s:g}s after a failure") from None
-                    time.sleep(0.2)
-            if not built:
-                ray.get(self._build(name))
+                time.sleep(0.2)
+                pending = list(self.actors)  # a lost actor may be one already checked: check all again
 
     def placements(self) -> dict:
         """name -> where each actor is (node, GPU ids, device, threads, process id)."""
@@ -391,33 +428,45 @@ class ActorRuntime:
         self.pg = None
 
 
+def cluster_address(rcfg: RuntimeConfig) -> str:
+    """Ray's convention for where to run: ``runtime.address`` (``--address``), else
+    $RAY_ADDRESS (``ray job submit`` sets it for the job's driver), else "" (a private local Ray)."""
+    return rcfg.address or os.environ.get("RAY_ADDRESS", "")
+
+
 def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
-    """Connect to Ray as ``rcfg.address`` says; -> whether this call started a local Ray.
+    """Connect to Ray as :func:`cluster_address` says; -> whether this call started a local Ray.
 
     An already connected driver (tests, notebooks) is used as it is. "" starts a private local
     Ray in this process (never joining another cluster by accident), with at least ``min_cpus``
-    logical CPUs (a sweep asks for one trial's worth, so that it runs even on a 2-core machine);
-    "auto" joins the cluster of this machine (or $RAY_ADDRESS); "ray://HOST:PORT" joins through
-    Ray Client, shipping this package to the cluster.
+    logical CPUs (a sweep asks for one trial's worth, so that it runs even on a 2-core machine),
+    and keeps Ray quiet. "auto" joins the cluster of this machine; "HOST:PORT" a cluster's
+    head; "ray://HOST:PORT" joins through Ray Client, shipping this package to the cluster.
+    When joining a cluster, Ray's warnings and the workers' output (tracebacks, the
+    autoscaler's progress, "waiting for resources") reach the driver's log (``ray job logs``).
     """
     if ray.is_initialized():
         return False
-    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
-    if not rcfg.address:
+    address = cluster_address(rcfg)
+    if not address:
         cpus = os.cpu_count() or 1
         # Ray runs its workers at niceness 15 by default; here the workers are the training
         # itself, so they get the priority that the in-process loop would have.
         ray.init(address="local", include_dashboard=False, _system_config={"worker_niceness": 0},
-                 num_cpus=max(cpus, int(math.ceil(min_cpus))), **quiet)
+                 num_cpus=max(cpus, int(math.ceil(min_cpus))), log_to_driver=False, logging_level=logging.ERROR,
+                 configure_logging=True)
         return True
     import cot_ray  # the package itself, for Ray Client's py_modules
 
-    runtime_env = {"py_modules": [cot_ray]} if rcfg.address.startswith("ray://") else None
+    runtime_env = {"py_modules": [cot_ray]} if address.startswith("ray://") else None
     try:
-        ray.init(address=rcfg.address, runtime_env=runtime_env, **quiet)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING,
+                 configure_logging=True)
     except ConnectionError as e:
-        raise ConfigError(f"config key 'runtime.address' {rcfg.address!r}: cannot connect to a Ray cluster "
-                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        source = "config key 'runtime.address'" if rcfg.address else "$RAY_ADDRESS"
+        raise ConfigError(f"{source} {address!r}: cannot connect to a Ray cluster "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__}): start one (ray start "
+                          "--head, ray up) or drop the address to train on a local Ray") from None
     return False
 
 
@@ -440,8 +489,10 @@ def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable
     data = load_dataset(cfg.data)
     note = loop.resolve_threads(cfg)
     if not ray.is_initialized():
-        say("[cot-ray] starting a local Ray..." if not cfg.runtime.address
-            else f"[cot-ray] joining the Ray cluster at {cfg.runtime.address}...")
+        address = cluster_address(cfg.runtime)
+        say("[cot-ray] starting a local Ray..." if not address else
+            f"[cot-ray] joining the Ray cluster at {address}"
+            + (" ($RAY_ADDRESS)" if not cfg.runtime.address else "") + "...")
     started = connect(cfg.runtime)
     rt = ActorRuntime(cfg.runtime, say, placement=placement, bundle_offset=bundle_offset)
     try:

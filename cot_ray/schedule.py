@@ -23,21 +23,28 @@ if TYPE_CHECKING:  # only for annotations: loop imports this module
 def schedule_iteration(w: Learners, cfg: Config, m_updates: int) -> tuple[list, int]:
     """Submit one training iteration; return the stats (or futures of them) and the new M update count.
 
+    Every call's result is among the returned stats (None for calls without stats), so that the
+    Trainer waits for each of them and an error in any of them is raised, never dropped.
+
     CoT: one batch of ``(m_steps + 1) * B`` fresh G samples feeds the ``m_steps`` mediator
     updates and the first generator update (G does not change in between, so the chunks are
-    independent draws from the current G); M's weights reach G every ``sync_every`` updates;
-    each further generator update samples anew from the updated G.
+    independent draws from the current G); M's weights reach G every ``sync_every`` updates
+    (one snapshot per iteration at most: G uses the newest due one); each further generator
+    update samples anew from the updated G.
     """
     B = cfg.cot.batch_size
     if cfg.cot.algo == "mle":
         return [w.call(w.g, "step_mle") for _ in range(cfg.cot.g_steps)], m_updates
     stats = []
     fake = w.call(w.g, "sample", B * (cfg.cot.m_steps + 1))
+    # G reads its copy of M only at its own step, after all of this iteration's M steps: of the
+    # syncs due during them, only the last one is shipped (the weights right after that update).
+    due = [i for i in range(cfg.cot.m_steps) if (m_updates + i + 1) % cfg.cot.sync_every == 0]
     for i in range(cfg.cot.m_steps):
         stats.append(w.call(w.m, "step", fake, i * B, B))
-        m_updates += 1
-        if m_updates % cfg.cot.sync_every == 0:
-            w.call(w.g, "set_mediator_weights", w.call(w.m, "get_weights"))
+        if due and i == due[-1]:
+            stats.append(w.call(w.g, "set_mediator_weights", w.call(w.m, "get_weights")))  # None: waited for
+    m_updates += cfg.cot.m_steps
     stats.append(w.call(w.g, "step_cot", fake, cfg.cot.m_steps * B, B))
     for _ in range(cfg.cot.g_steps - 1):
         stats.append(w.call(w.g, "step_cot", w.call(w.g, "sample", B)))
@@ -86,17 +93,18 @@ class PipelineSchedule:
         self.samples.append((t, fake))
         sample_version, m_fake = self.samples.popleft()
         stats = []
+        due = [i for i in range(S) if (m_updates + i + 1) % c.sync_every == 0]  # one snapshot: the last due
         for i in range(S):
             stats.append(w.call(w.m, "step", m_fake, i * B, B))
-            m_updates += 1
-            if m_updates % c.sync_every == 0:
+            if due and i == due[-1]:
                 self.weights.append((t + 1, w.call(w.m, "get_weights")))
+        m_updates += S
         newest = None
         while self.weights and self.weights[0][0] <= t + 1 - self.k:
             newest = self.weights.popleft()
         if newest is not None:
             self.g_weights_version = newest[0]
-            w.call(w.g, "set_mediator_weights", newest[1])
+            stats.append(w.call(w.g, "set_mediator_weights", newest[1]))
         stats.append(w.call(w.g, "step_cot", fake, S * B, B))
         for _ in range(c.g_steps - 1):
             stats.append(w.call(w.g, "step_cot", w.call(w.g, "sample", B)))
@@ -114,6 +122,7 @@ class PipelineSchedule:
 
     def load_state(self, w: Learners, state: Optional[dict]) -> None:
         """Restore the pipeline of a checkpoint (None or empty: an empty pipeline, fresh start)."""
+        w.discard([x for _, x in self.samples] + [x for _, x in self.weights])  # in-flight work made void
         if not state:
             self.samples.clear()
             self.weights.clear()

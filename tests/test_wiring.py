@@ -176,3 +176,23 @@ def test_the_inner_mediator_fits_quarter_real_quarter_fake_half_m(tiny):
     (level2,) = seen[2]
     assert [wt for _, wt in level2] == [0.125, 0.125, 0.25, 0.5]
     assert torch.equal(level2[0][0], real) and torch.equal(level2[1][0], fake) and torch.equal(level2[2][0], own)
+
+
+@pytest.mark.parametrize("schedule", ["sync", "async"])
+def test_an_iteration_ships_at_most_one_weight_snapshot_the_newest_due(tiny, schedule):
+    """Catches: shipping every due snapshot (sync_every 1, m_steps 3: three copies of M's
+    weights per iteration, of which G uses the last). Each iteration asks M for its weights
+    once, right after its last M step, and G ends with exactly M's weights (sync)."""
+    cfg = tiny("cot.m_steps=3", "cot.sync_every=1", f"runtime.schedule={schedule}", "runtime.staleness=0")
+    w, rec, _ = _recorded(cfg)
+    m_updates = 0
+    for t in range(3):
+        start = len(rec.calls)
+        _, m_updates = w.iteration(cfg, t, m_updates)
+        calls = [(who, method) for who, method, _, _ in rec.calls[start:]]
+        assert calls.count(("m", "get_weights")) == 1
+        steps = [i for i, c in enumerate(calls) if c == ("m", "step")]
+        assert calls.index(("m", "get_weights")) > steps[-1]
+        assert all(torch.equal(a, b) for a, b in zip(w.g.mediator.state_dict().values(),
+                                                      w.m.model.state_dict().values()))
+    assert m_updates == 9
