@@ -135,6 +135,8 @@ class RuntimeConfig:
     max_restarts: int = 3  # times Ray restarts a dead worker; the run then resumes from its last checkpoint
     inner_actor: bool = False  # nested: run the inner mediators in their own actor (own GPU when there are enough)
     placement_timeout_s: float = 60.0  # give up (with an error) if the workers cannot be placed in this time
+    autoscaling: str = "auto"  # "always": an autoscaler can add nodes (ask it, and wait); "never"; "auto": always on a `ray up` cluster
+    scale_timeout_s: float = 900.0  # with an autoscaler: how long to wait for new nodes (placement, and after a lost node)
 
 
 @dataclass
@@ -259,6 +261,9 @@ class Config:
         check(r.cpus_per_worker >= 1, "runtime.cpus_per_worker", f"must be >= 1, got {r.cpus_per_worker}")
         check(r.max_restarts >= 0, "runtime.max_restarts", f"must be >= 0, got {r.max_restarts}")
         check(r.placement_timeout_s > 0, "runtime.placement_timeout_s", f"must be > 0, got {r.placement_timeout_s}")
+        check(r.scale_timeout_s > 0, "runtime.scale_timeout_s", f"must be > 0, got {r.scale_timeout_s}")
+        check(r.autoscaling in ("auto", "always", "never"), "runtime.autoscaling",
+              f"must be 'auto', 'always' or 'never', got {r.autoscaling!r}")
         check(r.address == "" or r.address == "auto" or r.address.startswith("ray://") or ":" in r.address,
                "runtime.address", f"must be '', 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got {r.address!r}")
         check(r.mode == "actors" or r.address == "", "runtime.address",

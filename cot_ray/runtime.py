@@ -52,6 +52,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import ray
@@ -262,17 +263,63 @@ def worker_bundle(rcfg: RuntimeConfig, num_workers: int) -> dict:
     return bundle
 
 
-def create_placement_group(bundles: list[dict], spread: bool, timeout_s: float) -> PlacementGroup:
-    """A ready placement group for ``bundles``, or a :class:`PlacementError` (never a hang)."""
-    problem = placement_problem(bundles, spread, alive_nodes(), ray.cluster_resources())
-    if problem:
+def autoscaling(rcfg: RuntimeConfig) -> bool:
+    """Whether the connected cluster's autoscaler can add the nodes a request needs:
+    ``runtime.autoscaling`` always/never, or on "auto" a cluster started by the cluster launcher
+    (``ray up``), whose head node holds ~/ray_bootstrap_config.yaml (drivers of ``ray job
+    submit`` run there)."""
+    if rcfg.autoscaling != "auto":
+        return rcfg.autoscaling == "always"
+    return Path("~/ray_bootstrap_config.yaml").expanduser().exists()
+
+
+def wait_timeout(rcfg: RuntimeConfig) -> float:
+    """How long to wait for resources: for an autoscaler to add nodes, or for busy ones."""
+    return rcfg.scale_timeout_s if autoscaling(rcfg) else rcfg.placement_timeout_s
+
+
+def create_placement_group(bundles: list[dict], rcfg: RuntimeConfig,
+                           echo: Optional[Callable[[str], None]] = None, every_s: float = 30.0) -> PlacementGroup:
+    """A ready placement group for ``bundles``, or a one-line :class:`PlacementError` (never a hang).
+
+    Bundles the cluster can never hold fail at once, unless an autoscaler can add nodes: then
+    it is asked for them (``ray.autoscaler.sdk.request_resources``) and the wait, up to
+    ``runtime.scale_timeout_s``, says every ``every_s`` seconds what it is waiting for.
+    """
+    say = echo or (lambda msg: None)
+    problem = placement_problem(bundles, rcfg.spread, alive_nodes(), ray.cluster_resources())
+    scaling = autoscaling(rcfg)
+    if problem and not scaling:
         raise PlacementError(problem)
-    pg = placement_group(bundles, strategy="STRICT_SPREAD" if spread else "PACK")
-    if not pg.wait(timeout_seconds=timeout_s):
+    what = f"{len(bundles)} x {format_resources(bundles[0])}"
+    timeout_s = wait_timeout(rcfg)
+    if problem:
+        from ray.autoscaler.sdk import request_resources
+
+        say(f"[cot-ray] {problem.split(':')[0]}: asking the autoscaler for {what} and waiting up to "
+            f"{timeout_s:g}s")
+        request_resources(bundles=bundles)
+    pg = placement_group(bundles, strategy="STRICT_SPREAD" if rcfg.spread else "PACK")
+    start = time.monotonic()
+    ready = False
+    while not ready:
+        left = timeout_s - (time.monotonic() - start)
+        if left <= 0:
+            break
+        ready = pg.wait(timeout_seconds=min(every_s, left))
+        if not ready and time.monotonic() - start < timeout_s:
+            say(f"[cot-ray] still waiting for {what} ({time.monotonic() - start:.0f}s of {timeout_s:g}s"
+                + ("; `ray status` shows what the autoscaler is doing)" if scaling else ")"))
+    if problem:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])  # the group holds what it got; no standing request
+    if not ready:
         remove_placement_group(pg)
-        raise PlacementError(f"the workers ({len(bundles)} x {format_resources(bundles[0])}) could not be placed within "
-                             f"{timeout_s:g}s: the resources are busy with other work; free them or raise "
-                             "runtime.placement_timeout_s")
+        why = ("the autoscaler did not add the nodes: check `ray status` and the cluster's node types, or raise "
+               "runtime.scale_timeout_s") if scaling else (
+            "the resources are busy with other work; free them or raise runtime.placement_timeout_s")
+        raise PlacementError(f"the workers ({what}) could not be placed within {timeout_s:g}s: {why}")
     return pg
 
 
@@ -316,7 +363,7 @@ class ActorRuntime:
         names = learner_names(cfg)
         if self.given_pg is None:
             bundle = worker_bundle(r, len(names))
-            self.pg = create_placement_group([bundle] * len(names), r.spread, r.placement_timeout_s)
+            self.pg = create_placement_group([bundle] * len(names), r, self.echo)
         else:
             self.pg = self.given_pg
             bundle = given_bundle(self.pg, self.bundle_offset, len(names))
@@ -388,7 +435,8 @@ class ActorRuntime:
         """Wait until every actor answers again (Ray restarts a dead one) and build the learner
         of a restarted one, as often as actors are lost meanwhile; raise WorkerLostError if one
         stays dead. The Trainer then loads the last checkpoint into them."""
-        deadline = time.monotonic() + self.rcfg.placement_timeout_s
+        timeout_s = wait_timeout(self.rcfg)  # a lost node may need the autoscaler to replace it
+        deadline = time.monotonic() + timeout_s
         pending = list(self.actors)
         while pending:
             name = pending[0]
@@ -399,7 +447,7 @@ class ActorRuntime:
                 pending.pop(0)
             except ray.exceptions.GetTimeoutError:
                 raise WorkerLostError(f"the {name} worker did not come back within "
-                                      f"{self.rcfg.placement_timeout_s:g}s after a failure") from None
+                                      f"{timeout_s:g}s after a failure") from None
             except ray.exceptions.ActorDiedError:
                 raise WorkerLostError(
                     f"the {name} worker died and has no restarts left (runtime.max_restarts="
@@ -409,7 +457,7 @@ class ActorRuntime:
                     raise
                 if time.monotonic() > deadline:
                     raise WorkerLostError(f"the {name} worker did not come back within "
-                                          f"{self.rcfg.placement_timeout_s:g}s after a failure") from None
+                                          f"{timeout_s:g}s after a failure") from None
                 time.sleep(0.2)
                 pending = list(self.actors)  # a lost actor may be one already checked: check all again
 

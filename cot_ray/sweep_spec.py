@@ -24,7 +24,7 @@ A YAML mapping with three sections::
       name: ""                    # "" : <sweep file name>-<date>-<time>
       seed: 0                     # seed of the search-space sampling
       keep_checkpoints: 0         # Tune checkpoints kept per trial; 0: 2, or 4 with pbt
-      max_failures: 0             # times a failed trial is restarted from its last checkpoint
+      max_failures: 2             # times a failed trial (a lost node) is restarted from its last checkpoint
 
 Both bounds of ``uniform``/``loguniform``/``randint`` must be valid values of the key
 (``loguniform`` needs lo > 0; lo < hi); ``uniform``/``loguniform`` are for float keys,
@@ -152,7 +152,7 @@ class TuneSpec:
     name: str = ""  # "": <sweep file name>-<YYYYmmdd-HHMMSS>
     seed: int = 0  # seed of the search-space sampling
     keep_checkpoints: int = 0  # Tune checkpoints kept per trial; 0: 2, or 4 with pbt (donors' must outlive exploits)
-    max_failures: int = 0  # times Tune restarts a failed trial from its last checkpoint
+    max_failures: int = 2  # times Tune restarts a failed trial (a lost node, an error) from its last checkpoint
 
 
 @dataclass

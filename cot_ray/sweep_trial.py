@@ -178,7 +178,9 @@ def make_trainable(sweep: Sweep, exp: str) -> Callable[[dict], None]:
 
 
 def trial_resources(cfg: Config, worker_bundle: dict) -> "tune.PlacementGroupFactory":
-    """A trial's placement group: its driver, then one bundle per worker of ``cfg``."""
+    """A trial's placement group: its driver, then one bundle per worker of ``cfg``. With
+    ``runtime.spread`` the bundles go to different nodes (STRICT_SPREAD, as for a single run;
+    the trial driver takes a node of its own too)."""
     n = len(runtime.learner_names(cfg))
     return tune.PlacementGroupFactory([dict(DRIVER_BUNDLE)] + [dict(worker_bundle)] * n,
-                                      strategy="SPREAD" if cfg.runtime.spread else "PACK")
+                                      strategy="STRICT_SPREAD" if cfg.runtime.spread else "PACK")

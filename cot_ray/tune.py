@@ -65,12 +65,6 @@ def tune_mutation(p: ParamSpec) -> Any:
     return tune_domain(p)
 
 
-def _autoscaling() -> bool:
-    """Whether this is the head of a cluster started by the cluster launcher (``ray up``), whose
-    autoscaler adds nodes for pending trials."""
-    return Path("~/ray_bootstrap_config.yaml").expanduser().exists()
-
-
 def connect(address: str, trial_cpus: float) -> bool:
     """Connect to Ray as :func:`cot_ray.runtime.connect` does; -> whether a local Ray was started
     here (then shut it down at the end). A local Ray gets at least one trial's worth of logical
@@ -99,16 +93,24 @@ def _check_cluster(sweep: Sweep, bundle: dict, echo: Callable[[str], None]) -> N
         return
     msg = (f"a trial needs {runtime.format_resources(DRIVER_BUNDLE)} for its driver plus {n} worker(s) with "
            f"{runtime.format_resources(bundle)}: {problem}")
-    if _autoscaling():
+    if runtime.autoscaling(sweep.base.runtime):
         echo(f"[cot-ray] {msg} (waiting for the autoscaler to add nodes)")
         return
     raise runtime.PlacementError(msg)
 
 
-def _experiment_dir(sweep: Sweep) -> tuple[str, str]:
-    """(storage path, experiment name) of a new sweep; refuses to reuse an existing experiment."""
+def _experiment_dir(sweep: Sweep, address: str) -> tuple[str, str]:
+    """(storage path, experiment name) of a new sweep; refuses to reuse an existing experiment.
+
+    Through Ray Client (``ray://``) the driver runs on the cluster's head, not here: a local
+    path would be this machine's, so only an absolute path (on the cluster) or a URI will do.
+    """
     storage = sweep.tune.storage_path
-    if not is_uri(storage):
+    if address.startswith("ray://") and not is_uri(storage) and not os.path.isabs(storage):
+        raise ConfigError(f"config key 'tune.storage_path' {storage!r} is relative to this machine, but with --address "
+                          f"{address} the sweep's driver runs on the cluster: give --storage an absolute path on the "
+                          "cluster's shared storage or a URI such as s3://bucket/path")
+    if not is_uri(storage) and not address.startswith("ray://"):
         storage = os.path.abspath(os.path.expanduser(storage))
     name = sweep.tune.name or f"{Path(sweep.path).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     exp = _join(storage, name)
@@ -253,7 +255,7 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
         exp = resume_dir.rstrip("/") if is_uri(resume_dir) else os.path.abspath(resume_dir)
         _check_resume(sweep, exp)
     else:
-        storage_name = _experiment_dir(sweep)
+        storage_name = _experiment_dir(sweep, address)
         exp = _join(*storage_name)
     started = False
     try:

@@ -225,3 +225,24 @@ def test_cluster_yaml_has_a_cpu_head_and_autoscaled_gpu_workers_that_install_cot
     assert 1 <= c["idle_timeout_minutes"] <= 30
     assert any("pip install" in cmd and "cot-ray" in cmd for cmd in c["setup_commands"])
     assert "~/cot-ray" in c["file_mounts"]
+
+
+# ----------------------------------------------------------------------------- sweeps on a cluster
+
+def test_a_trial_survives_lost_nodes_by_default_and_spread_is_strict(tmp_path):
+    sweep = _sweep(tmp_path)
+    assert sweep.tune.max_failures == 2  # a lost node restarts the trial from its checkpoint
+    cfg = sweep.base
+    assert sweep_trial.trial_resources(cfg, {"CPU": 1.0}).strategy == "PACK"
+    cfg.runtime.spread = True
+    pgf = sweep_trial.trial_resources(cfg, {"CPU": 1.0, "GPU": 1.0})
+    assert pgf.strategy == "STRICT_SPREAD"  # as --spread means for a single run
+    assert pgf.bundles == [{"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}]
+
+
+def test_ray_client_sweeps_need_storage_the_cluster_can_name(tmp_path, monkeypatch):
+    sweep = _sweep(tmp_path)
+    monkeypatch.setattr(tune, "connect", lambda *a: pytest.fail("connected before checking the storage"))
+    with pytest.raises(ConfigError, match=r"'runs/tune' is relative to this machine, but with --address "
+                                          r"ray://head:10001 the sweep's driver runs on the cluster"):
+        tune.run_sweep(sweep, address="ray://head:10001")

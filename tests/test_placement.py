@@ -66,3 +66,56 @@ def test_requests_the_nodes_cannot_meet_fail_fast(tiny, overrides, match):
     assert time.monotonic() - t0 < 10
     assert "\n" not in str(err.value)
     assert not any(pg["state"] == "CREATED" for pg in ray.util.placement_group_table().values())
+
+
+# ----------------------------------------------------------------------------- autoscaling clusters
+
+def test_on_an_autoscaling_cluster_a_run_asks_for_the_nodes_and_waits_for_them(tiny, two_nodes, monkeypatch):
+    """No node has a GPU; the 'autoscaler' (here: a GPU node added when it is asked, as a cloud
+    one would minutes later) is asked for the bundles, and the run starts on the new node."""
+    import ray.autoscaler.sdk as sdk
+
+    requests: list = []
+    added: list = []
+
+    def autoscaler(bundles):
+        requests.append(bundles)
+        if bundles:
+            added.append(two_nodes.add_node(num_cpus=2, num_gpus=2))
+
+    monkeypatch.setattr(sdk, "request_resources", lambda bundles: autoscaler(bundles))
+    lines: list = []
+    cfg = tiny("runtime.gpus_per_worker=1", "runtime.autoscaling=always", "runtime.scale_timeout_s=120")
+    rt = runtime.ActorRuntime(cfg.runtime, echo=lines.append)
+    try:
+        rt.make_learners(cfg, load_dataset(cfg.data))
+        where = rt.placements()
+    finally:
+        rt.shutdown()
+        for node in added:
+            two_nodes.remove_node(node)
+    assert requests == [[{"CPU": 1.0, "GPU": 1.0}] * 2, []]  # asked for the bundles, then the request cleared
+    assert any("asking the autoscaler for 2 x 1 CPU, 1 GPU and waiting up to 120s" in line for line in lines), lines
+    assert all(len(p["gpu_ids"]) == 1 for p in where.values())
+
+
+def test_an_autoscaler_that_adds_nothing_ends_the_wait_in_one_line(tiny, monkeypatch):
+    import ray.autoscaler.sdk as sdk
+
+    monkeypatch.setattr(sdk, "request_resources", lambda bundles: None)
+    cfg = tiny("runtime.gpus_per_worker=1", "runtime.autoscaling=always", "runtime.scale_timeout_s=3")
+    lines: list = []
+    t0 = time.monotonic()
+    with pytest.raises(runtime.PlacementError, match=r"within 3s: the autoscaler did not add the nodes") as err:
+        runtime.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime, lines.append, every_s=1.0)
+    assert 3 <= time.monotonic() - t0 < 15 and "\n" not in str(err.value)
+    assert any("still waiting for 2 x 1 CPU, 1 GPU" in line and "ray status" in line for line in lines), lines
+    assert not any(pg["state"] == "CREATED" for pg in ray.util.placement_group_table().values())
+
+
+def test_a_cluster_without_an_autoscaler_still_fails_at_once(tiny):
+    cfg = tiny("runtime.gpus_per_worker=1", "runtime.autoscaling=never", "runtime.scale_timeout_s=600")
+    t0 = time.monotonic()
+    with pytest.raises(runtime.PlacementError, match="runtime.gpus_per_worker"):
+        runtime.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime)
+    assert time.monotonic() - t0 < 10
