@@ -13,7 +13,10 @@ training time (evaluation excluded) and NLL_oracle after those iterations (from
 when each worker has its own device. Prints one JSON line.
 
     python benchmarks/runtime_overhead.py [--iters 100] [--staleness 1] [--eval-samples 1024]
-        [--cpus-per-worker 1] [--threads 1] [--seed 0]
+        [--cpus-per-worker 1] [--threads 1] [--seed 0] [--device cuda --gpus-per-worker 1]
+
+On a GPU machine ``--device cuda`` runs the in-process loop on the GPU and ``--gpus-per-worker``
+gives each actor that much of a GPU (1: G and M on a GPU each; 0.5: both on one).
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ def run(mode: str, args, logdir: str) -> dict:
         f"run.iters={args.iters}", f"run.seed={args.seed}", f"run.logdir={logdir}", f"run.name={mode}",
         "eval.every=0", f"eval.num_samples={args.eval_samples}", f"eval.num_test={args.eval_samples}",
         f"run.checkpoint_every={args.iters}", f"runtime.cpus_per_worker={args.cpus_per_worker}",
-        f"runtime.staleness={args.staleness}",
+        f"runtime.staleness={args.staleness}", f"runtime.gpus_per_worker={args.gpus_per_worker}",
     ]
     if mode == "inprocess":
-        cfg = load_config(None, overrides + ["runtime.mode=local", f"run.threads={args.threads}"])
+        cfg = load_config(None, overrides + ["runtime.mode=local", f"run.threads={args.threads}",
+                                             f"run.device={args.device}"])
         summary = loop.run_trainer(cfg, echo=_quiet)
     else:
         cfg = load_config(None, overrides + [f"runtime.schedule={mode}"])
@@ -59,6 +63,8 @@ def main(argv=None) -> None:
     p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) of each actor")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the in-process loop")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="device of the in-process loop (cpu, cuda)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs of each actor (0: the CPU)")
     args = p.parse_args(argv)
     if args.iters < 1 or args.eval_samples < 1:
         p.error("--iters and --eval-samples must be >= 1")
@@ -71,7 +77,8 @@ def main(argv=None) -> None:
         ray.shutdown()
     out = {
         "iters": args.iters, "staleness": args.staleness, "cpus_per_worker": args.cpus_per_worker,
-        "inprocess_threads": args.threads, "machine_cpus": os.cpu_count(), "device": "cpu",
+        "inprocess_threads": args.threads, "machine_cpus": os.cpu_count(), "device": args.device,
+        "gpus_per_worker": args.gpus_per_worker,
         "inprocess_it_s": round(res["inprocess"]["it_s"], 3),
         "sync_it_s": round(res["sync"]["it_s"], 3),
         "async_it_s": round(res["async"]["it_s"], 3),

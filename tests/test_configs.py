@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 pytest.importorskip("ray.tune")
+import ray  # noqa: E402
 
 from cot_ray import sweep_spec as sweeps  # noqa: E402
 from cot_ray import sweep_trial, tune  # noqa: E402
@@ -223,8 +224,23 @@ def test_cluster_yaml_has_a_cpu_head_and_autoscaled_gpu_workers_that_install_cot
     assert len(gpu) == 1 and gpu[0]["resources"]["GPU"] >= 1
     assert 0 <= gpu[0]["min_workers"] < gpu[0]["max_workers"] <= c["max_workers"]
     assert 1 <= c["idle_timeout_minutes"] <= 30
-    assert any("pip install" in cmd and "cot-ray" in cmd for cmd in c["setup_commands"])
-    assert "~/cot-ray" in c["file_mounts"]
+    assert "IamInstanceProfile" in gpu[0]["node_config"]  # trials write their checkpoints to S3
+
+
+def test_cluster_yaml_pins_the_tested_ray_python_and_torch():
+    """The nodes run Ray's image of the Ray release and Python this project is tested with, and
+    install the tested torch; the code itself comes with each job (--working-dir)."""
+    import sys
+
+    import torch
+
+    c = _cluster()
+    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    assert c["docker"]["head_image"] == f"rayproject/ray:{ray.__version__}-{py}"
+    assert c["docker"]["worker_image"] == f"rayproject/ray:{ray.__version__}-{py}-gpu"
+    torch_pin = f'"torch=={torch.__version__.split("+")[0]}"'
+    assert any(torch_pin in cmd for cmd in c["setup_commands"]), c["setup_commands"]
+    assert not c["file_mounts"]  # no copy of the repository to keep in sync: jobs ship it
 
 
 # ----------------------------------------------------------------------------- sweeps on a cluster
