@@ -14,6 +14,7 @@ import torch
 
 FORMAT = "cot-ray/1"
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # the checkpoint with the best selection metric so far (eval.select)
 CONFIG = "config.yaml"
 
 

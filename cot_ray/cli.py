@@ -248,12 +248,25 @@ def _load_data(cfg):
     return data
 
 
-def _load_run(run_dir: str):
+def _load_run(run_dir: str, which: str = "last"):
+    """A run's config and its last checkpoint, or with ``which`` "best" the best one (best.pt)."""
+    from .checkpoint import BEST
     from .loop import resume_config
 
     cfg = resume_config(run_dir)
-    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
-    return cfg, state
+    path = os.path.join(run_dir, BEST if which == "best" else CHECKPOINT)
+    if which == "best" and not os.path.exists(path):
+        raise CheckpointError(f"'{run_dir}' has no best checkpoint ({BEST}): it was trained without a validation "
+                              "set (data.num_valid 0) or with eval.select none; use --checkpoint last")
+    return cfg, load_checkpoint(path)
+
+
+_CHECKPOINT_OPTION = click.option(
+    "--checkpoint", "which", type=click.Choice(["last", "best"]), default="last", show_default=True,
+    help="The run's last checkpoint, or the best one by its validation metric (eval.select; never the test set).")
+_TEMPERATURE_OPTION = click.option(
+    "--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+    help="Sample from softmax(logits / T), and score G at T (its NLL of the test set is the tempered model's).")
 
 
 @main.command("tune")
@@ -311,15 +324,17 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
 @click.option("--samples", type=int, help="Generator samples for NLL_oracle and JSD (default: config "
               "eval.num_samples), or on text for BLEU and self-BLEU (default: config eval.bleu_samples).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation samples.")
-def eval_cmd(run_dir, as_json, samples, seed):
-    """Evaluate the latest checkpoint of RUN_DIR (oracle metrics, or on text NLL_test, BLEU and self-BLEU)."""
+@_CHECKPOINT_OPTION
+@_TEMPERATURE_OPTION
+def eval_cmd(run_dir, as_json, samples, seed, which, temperature):
+    """Evaluate a checkpoint of RUN_DIR (oracle metrics, or on text NLL_test, BLEU and self-BLEU)."""
     import time
 
     from .loop import configure_process, model_from_weights, resolve_threads
     from .metrics import METRIC_KEYS, make_evaluator, metric_keys
     from .text import loss_mask
 
-    cfg, state = _load_run(run_dir)
+    cfg, state = _load_run(run_dir, which)
     data = _load_data(cfg)
     if samples is not None and samples < (2 if data.is_text else 1):
         raise click.UsageError(f"--samples must be >= {2 if data.is_text else 1}")
@@ -330,17 +345,19 @@ def eval_cmd(run_dir, as_json, samples, seed):
     m = model_from_weights(data.vocab_size, cfg.mediator, state["m"]["model"]) if state.get("m") else None
     ev = make_evaluator(data, cfg.eval, lambda x: loss_mask(x, data.eos_id), samples)
     n = ev.num_samples
-    click.echo(f"[cot-ray] evaluating {run_dir} at iteration {state['iteration']}: {len(ev.test):,} test "
-               f"sequences, {n:,} samples; {note}...", err=True)
+    click.echo(f"[cot-ray] evaluating {run_dir} ({which} checkpoint, iteration {state['iteration']}"
+               + (f", temperature {temperature:g}" if temperature != 1.0 else "")
+               + f"): {len(ev.test):,} test sequences, {n:,} samples; {note}...", err=True)
     t0 = time.perf_counter()
-    res = ev.evaluate(g, m, seed)
+    res = ev.evaluate(g, m, seed, temperature=temperature)
     click.echo(f"[cot-ray] evaluated in {time.perf_counter() - t0:.0f} s", err=True)
     # --json: every key, null where it does not apply (oracle keys on text, BLEU keys on the oracle).
-    out = {"iteration": state["iteration"], **{k: res.get(k) for k in METRIC_KEYS}}
+    out = {"iteration": state["iteration"], "checkpoint": which, "temperature": temperature,
+           **{k: res.get(k) for k in METRIC_KEYS}}
     if as_json:
         click.echo(json.dumps(out))
     else:
-        shown = ("iteration",) + metric_keys(data.is_text, m is not None, cfg.eval.num_train > 0)
+        shown = ("iteration",) + metric_keys(data.is_text, m is not None, cfg.eval.num_train > 0, data.valid is not None)
         for k in shown:
             v = out[k]
             click.echo(f"{k:>14}  {'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else v)}")
@@ -351,16 +368,18 @@ def eval_cmd(run_dir, as_json, samples, seed):
 @click.option("-n", "num", type=click.IntRange(min=1), default=10, show_default=True, help="Number of samples.")
 @click.option("--ids", is_flag=True, help="Print token ids instead of decoded text.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-def sample(run_dir, num, ids, seed):
+@_CHECKPOINT_OPTION
+@_TEMPERATURE_OPTION
+def sample(run_dir, num, ids, seed, which, temperature):
     """Print samples of RUN_DIR's generator, one per line (text: words up to <eos>, no padding)."""
     import torch
 
     from .loop import model_from_weights
 
-    cfg, state = _load_run(run_dir)
+    cfg, state = _load_run(run_dir, which)
     data = _load_data(cfg)
     g = model_from_weights(data.vocab_size, cfg.generator, state["g"]["model"])
-    seqs = g.sample(num, data.seq_len, torch.Generator().manual_seed(seed))
+    seqs = g.sample(num, data.seq_len, torch.Generator().manual_seed(seed), temperature=temperature)
     for row in seqs.tolist():
         click.echo(" ".join(map(str, row)) if ids else data.decode(row))
 

@@ -80,6 +80,7 @@ class DataConfig:
     num_test: int = 9984  # oracle sequences in the held-out test set
     seed: int = 88  # seed of the oracle data sets (fixed, so every run sees the same data)
     shuffle: bool = True  # reshuffle the training set every epoch; False: fixed batches in file order, cycled (the authors' loader)
+    num_valid: int = -1  # validation sequences for model selection: oracle, a fresh draw; text, held out of the training file (seeded); -1: 2048 (text: 5% of the training sentences, at most 2048); 0: none
     cache_dir: str = ""  # where generated data sets are cached; "" means ~/.cache/cot-ray
     train_path: str = ""  # text: training file, one sentence per line (UTF-8)
     test_path: str = ""  # text: held-out file, one sentence per line, for NLL_test and BLEU references
@@ -90,6 +91,7 @@ class DataConfig:
 
 
 DATA_SOURCES = ("oracle", "coco", "text")
+SELECT_METRICS = ("auto", "nll_valid", "balanced_valid", "none")
 TEXT_SOURCES = ("coco", "text")  # sources of real sentences: EOS and padding, BLEU metrics
 
 
@@ -103,6 +105,7 @@ class EvalConfig:
     bleu_samples: int = 1000  # text: generated sentences scored for BLEU-2..5 and self-BLEU-2..5
     num_train: int = 2048  # training sequences scored for nll_train and m_nll_train (memorisation); 0: none
     where: str = "auto"  # actors: "generator" evaluates in G's process, on its device; "driver" in the driver; "auto": G's process when G has a GPU
+    select: str = "auto"  # metric that picks the best checkpoint (best.pt): "nll_valid", "balanced_valid" (oracle: nll_oracle + nll_valid), "none"; "auto": MLE nll_valid, CoT balanced_valid (text: nll_valid)
 
 
 @dataclass
@@ -203,6 +206,13 @@ class Config:
                    f"must be <= data.num_test ({c.data.num_test}), got {c.eval.num_test}")
         check(c.eval.where in ("auto", "driver", "generator"), "eval.where",
               f"must be 'auto', 'driver' or 'generator', got {c.eval.where!r}")
+        check(c.eval.select in SELECT_METRICS, "eval.select",
+              f"must be one of {', '.join(SELECT_METRICS)}, got {c.eval.select!r}")
+        check(c.data.num_valid >= -1, "data.num_valid", f"must be >= 0 (or -1: automatic), got {c.data.num_valid}")
+        check(c.eval.select in ("auto", "none") or c.data.num_valid != 0, "eval.select",
+              "needs a validation set: set data.num_valid > 0 (or -1), or eval.select=none")
+        check(not (c.eval.select == "balanced_valid" and c.data.source in TEXT_SOURCES), "eval.select",
+              "'balanced_valid' needs the oracle (NLL_oracle): on text use nll_valid")
         self._validate_text_data()
         self._validate_nested()
         for name in ("generator", "mediator", "inner_mediator"):
@@ -375,6 +385,24 @@ def read_yaml(path: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def selection_metric(cfg: Config) -> Optional[str]:
+    """The evaluation metric that picks a run's best checkpoint (lower is better), or None.
+
+    "auto": MLE is early-stopped on its validation NLL, the usual practice. CoT on the oracle
+    on ``balanced_valid`` = NLL_oracle + NLL_valid: CoT trades sample quality against coverage
+    (it minimises a symmetric divergence), and selecting on coverage alone would favour its
+    early, high-entropy checkpoints; both terms are free of the test set (NLL_oracle scores G's
+    own samples). On text, where no oracle scores samples, both use NLL_valid.
+    """
+    if cfg.eval.select == "none" or cfg.data.num_valid == 0:
+        return None
+    if cfg.eval.select != "auto":
+        return cfg.eval.select
+    if cfg.cot.algo == "mle" or cfg.data.source in TEXT_SOURCES:
+        return "nll_valid"
+    return "balanced_valid"
 
 
 def default_config(source: str = "oracle") -> Config:

@@ -31,6 +31,8 @@ VOCAB_FILE = "vocab.json"  # a text run's vocabulary, in its run directory
 COCO_FILES = ("coco_train.txt", "coco_test.txt")  # in cot_ray/assets
 SHIPPED_SETS = (88, 9984, 9984)  # (seed, num_train, num_test) of the oracle sets shipped in cot_ray/assets
 SHIPPED_FILE = "oracle_seed88_train9984_test9984.npz"
+ORACLE_VALID = 2048  # validation sequences of the oracle when data.num_valid is -1
+TEXT_VALID_MAX = 2048  # text: at most this many training sentences held out when data.num_valid is -1
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Dataset:
     eos_id: Optional[int] = None  # None: fixed-length sequences, every position counts
     oracle: Optional[LSTMLM] = None  # the true distribution, when it is known
     test_logp: Optional[torch.Tensor] = None  # (M,) float64 log P of each test sequence, with the oracle
+    valid: Optional[torch.Tensor] = None  # (K, T) validation sequences for model selection (never the test set)
     decode_fn: Optional[Callable[[list], str]] = None
     vocab: Optional[Vocab] = None  # text: the token <-> id map
     references: Optional[list] = None  # text: the test sentences as token lists, uncut (BLEU references)
@@ -110,13 +113,46 @@ def synthetic_sets(num_train: int, num_test: int, seed: int,
     return train, test, test_logp
 
 
+def synthetic_valid(num_valid: int, seed: int, cache_dir: str = "") -> np.ndarray:
+    """A validation set of oracle sequences: a draw of its own (a seed derived from the data
+    seed, so it shares no sequence stream with the training and test sets), cached."""
+    cache_dir = cache_dir or default_cache_dir()
+    path = os.path.join(cache_dir, f"oracle-valid-seed{seed}-n{num_valid}.npz")
+    if os.path.exists(path):
+        try:
+            with np.load(path, allow_pickle=False) as d:
+                valid = d["valid"]
+            if valid.shape == (num_valid, SEQ_LEN):
+                return valid
+        except (OSError, ValueError, KeyError):
+            pass
+    valid_seed = int(np.random.SeedSequence([seed, 0x7A11D]).generate_state(1)[0])
+    valid = sample_oracle(build_oracle(), num_valid, valid_seed).numpy()
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}.npz"
+    np.savez(tmp, valid=valid)
+    os.replace(tmp, path)
+    return valid
+
+
+def valid_split(n: int, num_valid: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of ``n`` training sentences: (kept for training, held out for validation), a
+    seeded choice of ``num_valid`` (-1: 5% of them, at most 2,048); both in file order."""
+    k = min(TEXT_VALID_MAX, n // 20) if num_valid < 0 else min(num_valid, n - 1)
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng([seed, 0x7A11D]).permutation(n)[:k]] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Build the data set that ``cfg`` names."""
     if cfg.source == "oracle":
         train, test, test_logp = synthetic_sets(cfg.num_train, cfg.num_test, cfg.seed, cfg.cache_dir)
         oracle = build_oracle()
+        n_valid = ORACLE_VALID if cfg.num_valid < 0 else cfg.num_valid
+        valid = torch.from_numpy(synthetic_valid(n_valid, cfg.seed, cfg.cache_dir)) if n_valid else None
         return Dataset(torch.from_numpy(train), torch.from_numpy(test), oracle.vocab_size, SEQ_LEN,
-                       eos_id=None, oracle=oracle, test_logp=torch.from_numpy(test_logp))
+                       eos_id=None, oracle=oracle, test_logp=torch.from_numpy(test_logp), valid=valid)
     if cfg.source == "coco":
         with ExitStack() as stack:
             train_path, test_path = [str(stack.enter_context(resources.as_file(
@@ -148,6 +184,11 @@ def text_dataset(cfg: DataConfig, train_path: str, test_path: str) -> Dataset:
             notes.append(f"the vocabulary of '{train_path}' ({len(built)} tokens) differs from the saved "
                          f"'{cfg.vocab_path}' ({len(vocab)} tokens): using the saved one")
     max_len = cfg.max_len or max(len(s) for s in train_sents) + 1
+    keep, held = valid_split(len(train_sents), cfg.num_valid, cfg.seed)
+    valid = None
+    if len(held):
+        valid, _ = encode_corpus([train_sents[i] for i in held], vocab, max_len)
+        train_sents = [train_sents[i] for i in keep]
     train, train_stats = encode_corpus(train_sents, vocab, max_len)
     test, test_stats = encode_corpus(test_sents, vocab, max_len)
     for role, path, st in (("training", train_path, train_stats), ("test", test_path, test_stats)):
@@ -156,7 +197,8 @@ def text_dataset(cfg: DataConfig, train_path: str, test_path: str) -> Dataset:
             raise DataError(f"{role} file '{path}' does not match the vocabulary of {source}: "
                             f"{st['unk_rate']:.1%} of its tokens are unknown: give files of the same corpus "
                             "(or lower data.min_count / raise data.max_vocab)")
-    summary = (f"text data: {len(train)} training and {len(test)} test sentences, vocabulary "
+    summary = (f"text data: {len(train)} training, {0 if valid is None else len(valid)} validation (held out of "
+               f"the training file) and {len(test)} test sentences, vocabulary "
                f"{len(vocab)} tokens, {max_len} tokens per sequence (<eos> included), "
                f"{test_stats['unk_rate']:.2%} of test words unknown")
     for role, st in (("training", train_stats), ("test", test_stats)):
@@ -165,15 +207,18 @@ def text_dataset(cfg: DataConfig, train_path: str, test_path: str) -> Dataset:
                          f"{max_len - 1} words: cut to {max_len} words, without <eos>")
     return Dataset(torch.from_numpy(train), torch.from_numpy(test), len(vocab), max_len, eos_id=EOS_ID,
                    decode_fn=vocab.decode, vocab=vocab, references=test_sents, summary=summary, notes=notes,
-                   stats={"train": train_stats, "test": test_stats})
+                   stats={"train": train_stats, "test": test_stats},
+                   valid=None if valid is None else torch.from_numpy(valid))
 
 
 def save_run_data(run_dir: str, cfg: DataConfig, data: Dataset) -> None:
     """Keep what decodes a text run: RUN_DIR/vocab.json (atomically), and record it in ``cfg``.
 
     ``cfg.vocab_path`` then names the saved vocabulary and ``cfg.max_len`` the resolved length,
-    so the saved config rebuilds exactly this data set. Nothing to do for the oracle.
+    so the saved config rebuilds exactly this data set; ``cfg.num_valid`` becomes the number of
+    validation sequences it holds.
     """
+    cfg.num_valid = 0 if data.valid is None else len(data.valid)
     if data.vocab is None:
         return
     path = os.path.abspath(os.path.join(run_dir, VOCAB_FILE))

@@ -22,8 +22,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, save_checkpoint
-from .config import Config, ConfigError, from_dict, save_config
+from .checkpoint import BEST, CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, save_checkpoint
+from .config import Config, ConfigError, from_dict, save_config, selection_metric
 from .data import VOCAB_FILE, Dataset, checkpoint_vocab_size, load_dataset, run_vocab_path, save_run_data
 from .learners import GeneratorLearner, MediatorLearner, build_inner
 from .machine import busy_cpus, cpu_count, pick_threads
@@ -343,6 +343,8 @@ class Trainer:
         self.m_updates = 0
         self.elapsed = 0.0  # training seconds, over all sessions of this run
         self.last_eval: dict = {}
+        self.select = selection_metric(cfg)  # the metric that picks best.pt, or None
+        self.best: dict = {}  # {"iteration", "metric", "value"} of best.pt
         self._evaluator: Optional[Evaluator] = None
         self._last: tuple = ({}, True)  # (last checkpoint state, whether it is a fresh start)
         self._window: Optional[StatsWindow] = None  # the stats of the iterations in flight
@@ -350,7 +352,7 @@ class Trainer:
     # -- state
     def checkpoint_state(self) -> dict:
         return {"iteration": self.iteration, "m_updates": self.m_updates, "elapsed": self.elapsed,
-                "last_eval": self.last_eval, "config": self.cfg.to_dict(), **self.w.state()}
+                "last_eval": self.last_eval, "best": self.best, "config": self.cfg.to_dict(), **self.w.state()}
 
     def save(self) -> None:
         state = self.checkpoint_state()
@@ -363,6 +365,7 @@ class Trainer:
         self.m_updates = int(state["m_updates"])
         self.elapsed = float(state["elapsed"])
         self.last_eval = dict(state.get("last_eval") or {})
+        self.best = dict(state.get("best") or {})
 
     # -- evaluation
     def evaluator(self) -> Evaluator:
@@ -468,6 +471,17 @@ class Trainer:
         log.eval_row(self.iteration, self.elapsed, self.last_eval)
         log.scalars("time", {"eval_s": eval_s}, self.iteration)
         self.echo(f"[{self.cfg.cot.algo}] eval @ {self.iteration} ({eval_s:.0f} s): " + _fmt(self.last_eval, METRIC_KEYS))
+        self._keep_if_best()
+
+    def _keep_if_best(self) -> None:
+        """Write best.pt when the selection metric (validation only, never the test set) improves."""
+        value = self.last_eval.get(self.select) if self.select else None
+        if value is None or (self.best and value >= self.best["value"]):
+            return
+        self.best = {"iteration": self.iteration, "metric": self.select, "value": float(value)}
+        save_checkpoint(os.path.join(self.run_dir, BEST), self.checkpoint_state())
+        self.echo(f"[{self.cfg.cot.algo}] best so far by {self.select}: {value:.4f} at iteration {self.iteration} "
+                  f"({BEST})")
 
     def _run(self, fresh: bool) -> dict:
         cfg, w = self.cfg, self.w

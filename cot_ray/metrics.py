@@ -17,6 +17,9 @@ divide by the number of counted tokens.
   test sequences (a paired estimate); kl_reverse = KL(G || P) per token = NLL_oracle - H(G),
   on the same samples of G.
 
+Model selection, on any data with a validation set: nll_valid, G's NLL of the validation
+sequences (never the test set), and on the oracle balanced_valid = NLL_oracle + NLL_valid.
+
 Memorisation diagnostics, on any data: nll_train, G's NLL of ``eval.num_train`` training
 sequences (compare with nll_test); with a mediator, m_nll_train and m_nll_test, M's NLL of
 those training and of the held-out sequences (its fit to the real half of its mixture), and on
@@ -51,26 +54,28 @@ LN2 = math.log(2.0)
 MaskFn = Callable[[torch.Tensor], Optional[torch.Tensor]]
 BLEU_ORDERS = (2, 3, 4, 5)
 ORACLE_KEYS = ("nll_oracle", "nll_test", "balanced_nll", "kl_forward", "kl_reverse", "entropy_g", "jsd",
-               "nll_train")  # oracle runs
+               "nll_train", "nll_valid", "balanced_valid")  # oracle runs
 TEXT_KEYS = ("nll_test",) + tuple(f"bleu{n}" for n in BLEU_ORDERS) + tuple(f"self_bleu{n}" for n in BLEU_ORDERS) \
-    + ("nll_train",)  # text runs
+    + ("nll_train", "nll_valid")  # text runs
 MEDIATOR_KEYS = ("jsd_mediator", "m_nll_train", "m_nll_test", "m_nll_fake")  # runs with a mediator (oracle)
 TEXT_MEDIATOR_KEYS = ("m_nll_train", "m_nll_test")  # runs with a mediator (text)
 METRIC_KEYS = tuple(dict.fromkeys(ORACLE_KEYS + TEXT_KEYS + MEDIATOR_KEYS))  # every key, in display order
 
 
-def metric_keys(text: bool, mediator: bool, train: bool = True) -> tuple:
+def metric_keys(text: bool, mediator: bool, train: bool = True, valid: bool = True) -> tuple:
     """The keys an evaluation reports: on text or on the oracle, with or without a mediator,
-    with or without scoring training sequences (``eval.num_train`` > 0)."""
+    with or without scoring training sequences (``eval.num_train`` > 0) and a validation set."""
     keys = (TEXT_KEYS + (TEXT_MEDIATOR_KEYS if mediator else ())) if text else \
         (ORACLE_KEYS + (MEDIATOR_KEYS if mediator else ()))
-    return keys if train else tuple(k for k in keys if k not in ("nll_train", "m_nll_train"))
+    drop = (() if train else ("nll_train", "m_nll_train")) + (() if valid else ("nll_valid", "balanced_valid"))
+    return tuple(k for k in keys if k not in drop)
 
 
 @torch.no_grad()
 def sequence_log_probs(model: LSTMLM, seqs: torch.Tensor, mask_fn: Optional[MaskFn] = None,
-                       batch_size: int = 512) -> torch.Tensor:
-    """(N, T) -> (N,) float64 log p(x) under ``model`` (in eval mode: no dropout).
+                       batch_size: int = 512, temperatures: Optional[tuple] = None) -> torch.Tensor:
+    """(N, T) -> (N,) float64 log p(x) under ``model`` (in eval mode: no dropout); with
+    ``temperatures`` (K of them) -> (K, N), the tempered model's, from one forward pass.
 
     ``mask_fn`` must give prefix masks (ones up to some position, zeros after), as
     ``text.loss_mask`` does; each batch is then cut after its longest masked prefix, which the
@@ -79,6 +84,7 @@ def sequence_log_probs(model: LSTMLM, seqs: torch.Tensor, mask_fn: Optional[Mask
     was_training = model.training
     model.eval()
     dev = model.out.weight.device
+    temps = tuple(temperatures) if temperatures is not None else (1.0,)
     out = []
     for i in range(0, len(seqs), batch_size):
         x = seqs[i:i + batch_size]
@@ -86,9 +92,10 @@ def sequence_log_probs(model: LSTMLM, seqs: torch.Tensor, mask_fn: Optional[Mask
         if mask is not None:
             keep = max(int(mask.sum(dim=1).max()), 1)
             x, mask = x[:, :keep], mask[:, :keep].to(dev)
-        out.append(model.sequence_log_prob(x.to(dev), mask).double().cpu())
+        out.append(model.sequence_log_probs_at(x.to(dev), temps, mask).double().cpu())
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
+    lp = torch.cat(out, dim=1) if out else torch.empty(len(temps), 0, dtype=torch.float64)
+    return lp if temperatures is not None else lp[0]
 
 
 def count_tokens(seqs: torch.Tensor, mask_fn: Optional[MaskFn] = None) -> int:
@@ -99,14 +106,15 @@ def count_tokens(seqs: torch.Tensor, mask_fn: Optional[MaskFn] = None) -> int:
 
 
 @torch.no_grad()
-def sample_with_log_probs(model: LSTMLM, n: int, seq_len: int, seed: int,
-                          batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` samples from ``model`` and their exact log-probabilities: (n, T) int64, (n,) float64."""
+def sample_with_log_probs(model: LSTMLM, n: int, seq_len: int, seed: int, batch_size: int = 512,
+                          temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` samples from ``model`` at ``temperature`` and their exact log-probabilities under
+    the tempered model: (n, T) int64, (n,) float64."""
     model.eval()
     gen = torch.Generator(device=model.out.weight.device).manual_seed(seed)
     seqs, lps = [], []
     for i in range(0, n, batch_size):
-        s, lp = model.sample(min(batch_size, n - i), seq_len, gen, with_log_prob=True)
+        s, lp = model.sample(min(batch_size, n - i), seq_len, gen, with_log_prob=True, temperature=temperature)
         seqs.append(s.cpu())
         lps.append(lp.double().cpu())
     return torch.cat(seqs), torch.cat(lps)
@@ -144,15 +152,18 @@ class Evaluator:
 
     def __init__(self, test: torch.Tensor, seq_len: int, oracle: Optional[LSTMLM] = None,
                  mask_fn: Optional[MaskFn] = None, num_samples: int = 9984, num_test: int = 9984,
-                 train: Optional[torch.Tensor] = None, num_train: int = 0, test_logp: Optional[torch.Tensor] = None):
+                 train: Optional[torch.Tensor] = None, num_train: int = 0, test_logp: Optional[torch.Tensor] = None,
+                 valid: Optional[torch.Tensor] = None):
         self.test = self._by_length(test[:num_test], mask_fn, oracle)
         self.train = None if train is None or num_train <= 0 else self._by_length(train[:num_train], mask_fn, oracle)
+        self.valid = None if valid is None or len(valid) == 0 else self._by_length(valid, mask_fn, oracle)
         self.seq_len = seq_len
         self.oracle = oracle
         self.mask_fn = mask_fn
         self.num_samples = num_samples
         self.test_tokens = count_tokens(self.test, mask_fn)
         self.train_tokens = 0 if self.train is None else count_tokens(self.train, mask_fn)
+        self.valid_tokens = 0 if self.valid is None else count_tokens(self.valid, mask_fn)
         if oracle is None:
             self._p_on_p = None
         elif test_logp is not None:  # cached with the data set: the same numbers, computed once
@@ -176,23 +187,51 @@ class Evaluator:
     def _nll(self, model: LSTMLM, seqs: torch.Tensor, tokens: int) -> float:
         return float(-sequence_log_probs(model, seqs, self.mask_fn).sum() / tokens)
 
-    def evaluate(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int) -> dict:
-        g_on_p = sequence_log_probs(generator, self.test, self.mask_fn)
-        res = {"nll_test": float(-g_on_p.sum() / self.test_tokens)}
-        if self.train is not None:
-            res["nll_train"] = self._nll(generator, self.train, self.train_tokens)
+    def evaluate(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int, temperature: float = 1.0) -> dict:
+        """Every metric of G at ``temperature`` (softmax(logits / T): its samples and its
+        probabilities; the mediator and the oracle are never tempered)."""
+        return self.evaluate_temperatures(generator, mediator, seed, (temperature,))[0]
+
+    def evaluate_temperatures(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int,
+                              temperatures) -> list[dict]:
+        """:meth:`evaluate` at each temperature; -> one dict each, in order. What does not depend
+        on T is computed once (one pass over the test and training sequences scores G at every
+        T; the mediator's scores of them); the samples are drawn anew at each T, from ``seed``."""
+        temps = tuple(temperatures)
+        g_on_p = sequence_log_probs(generator, self.test, self.mask_fn, temperatures=temps)  # (K, N)
+        g_on_train = None if self.train is None else \
+            sequence_log_probs(generator, self.train, self.mask_fn, temperatures=temps)
+        g_on_valid = None if self.valid is None else \
+            sequence_log_probs(generator, self.valid, self.mask_fn, temperatures=temps)
+        shared: dict = {}
         m_on_p = None
         if mediator is not None:
             m_on_p = sequence_log_probs(mediator, self.test, self.mask_fn)
-            res["m_nll_test"] = float(-m_on_p.sum() / self.test_tokens)
+            shared["m_nll_test"] = float(-m_on_p.sum() / self.test_tokens)
             if self.train is not None:
-                res["m_nll_train"] = self._nll(mediator, self.train, self.train_tokens)
-        if self.oracle is None:
-            return res
-        samples, g_on_g = sample_with_log_probs(generator, self.num_samples, self.seq_len, seed)
+                shared["m_nll_train"] = self._nll(mediator, self.train, self.train_tokens)
+        out = []
+        for k, temp in enumerate(temps):
+            res = {"nll_test": float(-g_on_p[k].sum() / self.test_tokens)}
+            if g_on_train is not None:
+                res["nll_train"] = float(-g_on_train[k].sum() / self.train_tokens)
+            if g_on_valid is not None:
+                res["nll_valid"] = float(-g_on_valid[k].sum() / self.valid_tokens)
+            res.update(shared)
+            if self.oracle is not None:
+                res.update(self._sample_metrics(generator, mediator, seed, temp, g_on_p[k], m_on_p))
+                if "nll_valid" in res:
+                    res["balanced_valid"] = res["nll_oracle"] + res["nll_valid"]
+            out.append(res)
+        return out
+
+    def _sample_metrics(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int, temp: float,
+                        g_on_p: torch.Tensor, m_on_p: Optional[torch.Tensor]) -> dict:
+        """The oracle metrics that need G's samples (drawn at ``temp``)."""
+        samples, g_on_g = sample_with_log_probs(generator, self.num_samples, self.seq_len, seed, temperature=temp)
         p_on_g = sequence_log_probs(self.oracle, samples)
-        res["nll_oracle"] = float(-p_on_g.sum() / samples.numel())
-        res["balanced_nll"] = res["nll_oracle"] + res["nll_test"]
+        res = {"nll_oracle": float(-p_on_g.sum() / samples.numel())}
+        res["balanced_nll"] = res["nll_oracle"] + float(-g_on_p.sum() / self.test_tokens)
         res["entropy_g"] = float(-g_on_g.sum() / samples.numel())
         res["kl_forward"] = float((self._p_on_p - g_on_p).sum() / self.test_tokens)
         res["kl_reverse"] = float((g_on_g - p_on_g).sum() / samples.numel())
@@ -214,22 +253,25 @@ class TextEvaluator(Evaluator):
     def __init__(self, test: torch.Tensor, seq_len: int, references: Sequence[Sequence[str]],
                  to_tokens: Callable[[list], list], mask_fn: Optional[MaskFn] = None,
                  bleu_samples: int = 1000, num_test: int = 9984,
-                 train: Optional[torch.Tensor] = None, num_train: int = 0):
+                 train: Optional[torch.Tensor] = None, num_train: int = 0, valid: Optional[torch.Tensor] = None):
         if bleu_samples < 2:
             raise ValueError(f"bleu_samples must be >= 2 (self-BLEU needs two sentences), got {bleu_samples}")
-        super().__init__(test, seq_len, None, mask_fn, bleu_samples, num_test, train, num_train)
+        super().__init__(test, seq_len, None, mask_fn, bleu_samples, num_test, train, num_train, valid=valid)
         self.to_tokens = to_tokens
         self.scorer = BleuScorer(references, max_n=max(BLEU_ORDERS))
 
-    def evaluate(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int) -> dict:
-        res = super().evaluate(generator, mediator, seed)
-        samples, _ = sample_with_log_probs(generator, self.num_samples, self.seq_len, seed)
-        hyps = [self.to_tokens(row) for row in samples.tolist()]
-        for n in BLEU_ORDERS:
-            res[f"bleu{n}"] = self.scorer.score(hyps, n)
-        for n in BLEU_ORDERS:
-            res[f"self_bleu{n}"] = self_bleu(hyps, n)
-        return res
+    def evaluate_temperatures(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int,
+                              temperatures) -> list[dict]:
+        temps = tuple(temperatures)
+        out = super().evaluate_temperatures(generator, mediator, seed, temps)
+        for res, temp in zip(out, temps):
+            samples, _ = sample_with_log_probs(generator, self.num_samples, self.seq_len, seed, temperature=temp)
+            hyps = [self.to_tokens(row) for row in samples.tolist()]
+            for n in BLEU_ORDERS:
+                res[f"bleu{n}"] = self.scorer.score(hyps, n)
+            for n in BLEU_ORDERS:
+                res[f"self_bleu{n}"] = self_bleu(hyps, n)
+        return out
 
 
 def make_evaluator(data, eval_cfg, mask_fn: Optional[MaskFn] = None,
@@ -242,10 +284,10 @@ def make_evaluator(data, eval_cfg, mask_fn: Optional[MaskFn] = None,
     if data.vocab is not None and data.references is not None:
         n = num_samples if num_samples is not None else eval_cfg.bleu_samples
         return TextEvaluator(data.test, data.seq_len, data.references, data.tokens, mask_fn, n,
-                             eval_cfg.num_test, data.train, eval_cfg.num_train)
+                             eval_cfg.num_test, data.train, eval_cfg.num_train, data.valid)
     n = num_samples if num_samples is not None else eval_cfg.num_samples
     return Evaluator(data.test, data.seq_len, data.oracle, mask_fn, n, eval_cfg.num_test, data.train,
-                     eval_cfg.num_train, data.test_logp)
+                     eval_cfg.num_train, data.test_logp, data.valid)
 
 
 def eval_seed(run_seed: int, iteration: int) -> int:

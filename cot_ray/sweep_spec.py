@@ -266,7 +266,8 @@ def _parse_param(key: str, spec: Any) -> ParamSpec:
 
 def reported_metrics(cfg: Config) -> list[str]:
     """The metric names a trial of ``cfg`` reports to Tune (besides iteration and elapsed_s)."""
-    keys = metric_keys(cfg.data.source in TEXT_SOURCES, cfg.cot.algo == "cot", cfg.eval.num_train > 0)
+    keys = metric_keys(cfg.data.source in TEXT_SOURCES, cfg.cot.algo == "cot", cfg.eval.num_train > 0,
+                       cfg.data.num_valid != 0)
     return [f"eval/{k}" for k in keys]
 
 

@@ -12,7 +12,7 @@ TINY = [
     "generator.emb_dim=8", "generator.hidden_dim=8",
     "mediator.emb_dim=16", "mediator.hidden_dim=16",
     "cot.batch_size=16",
-    "data.num_train=256", "data.num_test=64",
+    "data.num_train=256", "data.num_test=64", "data.num_valid=64",
     "eval.num_samples=64", "eval.num_test=64",
     "run.log_every=1", "run.threads=1",
 ]

@@ -63,7 +63,8 @@ def test_train_eval_sample_end_to_end(cli):
     g, m = (model_from_weights(data.vocab_size, mcfg, state[k]["model"])
             for k, mcfg in (("g", cfg.generator), ("m", cfg.mediator)))
     direct = make_evaluator(data, cfg.eval).evaluate(g, m, 0)
-    got = {k: v for k, v in ev.items() if v is not None and k != "iteration"}
+    assert (ev["checkpoint"], ev["temperature"]) == ("last", 1.0)
+    got = {k: v for k, v in ev.items() if v is not None and k not in ("iteration", "checkpoint", "temperature")}
     assert set(got) == set(direct) and all(got[k] == pytest.approx(direct[k], rel=1e-6) for k in direct)
     assert ev["nll_test"] == pytest.approx(metrics["nll_test"], rel=1e-6)  # same checkpoint, same test set
 
@@ -228,3 +229,40 @@ def test_ctrl_c_is_acknowledged_checkpoints_and_exits_130(tmp_path, data_cache):
     assert 3 <= state["iteration"] <= 5
     assert f"cot-ray train --resume {tmp_path / 'stopped'}" in out
     assert "stopped by Ctrl-C" in out
+
+
+# ----------------------------------------------------------------------------- selection and temperature
+
+def test_best_checkpoint_is_the_validation_minimum_and_eval_and_sample_take_it(cli):
+    from cot_ray.loop import read_metrics
+
+    out = _summary(cli("train", "--iters", "6", "--set", "eval.every=2", "--set", "run.name=best"))
+    rows = read_metrics(out["run_dir"])
+    assert [r["iteration"] for r in rows] == [2, 4, 6]
+    best_row = min(rows, key=lambda r: r["balanced_valid"])  # CoT on the oracle: NLL_oracle + NLL_valid
+    best = load_checkpoint(os.path.join(out["run_dir"], "best.pt"))
+    assert best["iteration"] == best_row["iteration"]
+    assert best["best"] == {"iteration": best_row["iteration"], "metric": "balanced_valid",
+                            "value": best_row["balanced_valid"]}
+    ev = json.loads(cli("eval", out["run_dir"], "--json", "--checkpoint", "best").output.strip().splitlines()[-1])
+    assert ev["iteration"] == best_row["iteration"] and ev["checkpoint"] == "best"
+    assert ev["nll_test"] == pytest.approx(best_row["nll_test"], rel=1e-6)  # the same G as at that evaluation
+    res = cli("sample", out["run_dir"], "-n", "3", "--ids", "--checkpoint", "best", "--temperature", "0.5")
+    assert res.exit_code == 0 and len(res.output.strip().splitlines()) == 3
+
+
+def test_eval_at_a_temperature_scores_the_tempered_generator(cli):
+    out = _summary(cli("train", "--iters", "2", "--set", "run.name=temp"))
+    at = {t: json.loads(cli("eval", out["run_dir"], "--json", "--temperature", t, "--samples", "4000")
+                        .output.strip().splitlines()[-1]) for t in ("0.7", "1", "1.5")}
+    assert at["1"]["nll_test"] == pytest.approx(out["metrics"]["nll_test"], rel=1e-6)  # T = 1: the run's own
+    assert at["0.7"]["temperature"] == 0.7
+    assert at["0.7"]["entropy_g"] < at["1"]["entropy_g"] < at["1.5"]["entropy_g"]
+    assert at["0.7"]["nll_test"] != at["1"]["nll_test"]
+
+
+def test_a_run_without_a_validation_set_has_no_best_checkpoint(cli):
+    out = _summary(cli("train", "--iters", "2", "--set", "run.name=nobest", "--set", "data.num_valid=0"))
+    assert not os.path.exists(os.path.join(out["run_dir"], "best.pt"))
+    res = cli("eval", out["run_dir"], "--checkpoint", "best")
+    assert res.exit_code == 1 and "has no best checkpoint (best.pt)" in res.output

@@ -182,7 +182,7 @@ def test_evaluator_matches_direct_computations():
     train_set = P.sample(500, T, torch.Generator().manual_seed(3))
     ev = Evaluator(test_set, T, oracle=P, num_samples=600, num_test=650, train=train_set, num_train=300)
     res = ev.evaluate(G, M, seed=11)
-    assert set(res) == set(metric_keys(text=False, mediator=True))
+    assert set(res) == set(metric_keys(text=False, mediator=True, valid=False))
 
     test = test_set[:650]
     with torch.no_grad():
@@ -219,7 +219,7 @@ def test_evaluator_matches_direct_computations():
     # the same seed gives the same result; the test-set figures do not depend on it
     assert ev.evaluate(G, M, seed=11) == res
     other = ev.evaluate(G, None, seed=12)
-    assert set(other) == set(metric_keys(text=False, mediator=False))
+    assert set(other) == set(metric_keys(text=False, mediator=False, valid=False))
     assert other["nll_test"] == res["nll_test"] and other["nll_oracle"] != res["nll_oracle"]
 
 
@@ -251,3 +251,23 @@ def test_evaluator_without_oracle_and_with_mask():
     with torch.no_grad():
         lp = G.sequence_log_prob(test_set, mask_fn(test_set)).double()
     assert res["nll_test"] == pytest.approx((-lp.sum() / mask_fn(test_set).sum()).item(), abs=1e-6)
+
+
+def test_evaluation_at_several_temperatures_equals_each_temperature_alone():
+    """One pass over the test set scores G at every T; each T's numbers are those of evaluating
+    at that T alone, and the tempered NLL_test is the tempered model's, from full logits."""
+    P, G, M = tiny_lm(0), tiny_lm(1), tiny_lm(2)
+    test_set = P.sample(300, T, torch.Generator().manual_seed(7))
+    train_set = P.sample(100, T, torch.Generator().manual_seed(8))
+    ev = Evaluator(test_set, T, oracle=P, num_samples=200, num_test=300, train=train_set, num_train=100)
+    temps = (0.7, 1.0, 1.4)
+    many = ev.evaluate_temperatures(G, M, 3, temps)
+    for res, temp in zip(many, temps):
+        alone = ev.evaluate(G, M, 3, temperature=temp)
+        assert set(res) == set(alone) and all(res[k] == pytest.approx(alone[k], abs=1e-12) for k in res)
+    assert many[1] == ev.evaluate(G, M, 3)  # T = 1 is today's evaluation
+    with torch.no_grad():
+        lp = torch.log_softmax(G(test_set) / 0.7, -1).gather(2, test_set.unsqueeze(2)).sum()
+    assert many[0]["nll_test"] == pytest.approx(-lp.item() / test_set.numel(), abs=1e-5)
+    assert many[0]["entropy_g"] < many[1]["entropy_g"] < many[2]["entropy_g"]  # colder: lower entropy
+    assert many[0]["m_nll_test"] == many[2]["m_nll_test"]  # M is never tempered

@@ -279,3 +279,33 @@ def test_a_target_between_a_block_total_and_its_cumulative_sum_never_draws_a_zer
         assert tok.item() == blk - 2  # the block's last token of positive probability
         return
     pytest.fail("no constructed case found")
+
+
+# ----------------------------------------------------------------------------- temperature
+
+def _tempered_probs(model, seq_len, temp):
+    """(V^T,) float64 probabilities of every sequence under softmax(logits / temp), by enumeration
+    with the full (B, T, V) logits (not the code under test's per-position path)."""
+    m64 = copy.deepcopy(model).double()
+    x = all_sequences(model.vocab_size, seq_len)
+    with torch.no_grad():
+        lp = torch.log_softmax(m64(x) / temp, dim=-1).gather(2, x.unsqueeze(2)).squeeze(2).sum(1)
+    return lp.exp()
+
+
+@pytest.mark.parametrize("temp", [0.5, 0.8, 1.6])
+def test_tempered_log_probs_and_samples_are_softmax_of_logits_over_t(temp):
+    m = make(vocab=V, seed=4, init_std=1.0)
+    want = _tempered_probs(m, T, temp)
+    assert want.sum().item() == pytest.approx(1.0, abs=1e-12)
+    m64 = copy.deepcopy(m).double()
+    x = all_sequences(V, T)
+    with torch.no_grad():
+        got = m64.sequence_log_probs_at(x, (1.0, temp))  # one pass, two temperatures
+    assert torch.allclose(got[1].exp(), want, atol=1e-12)
+    assert torch.allclose(got[0].exp(), exact_probs(m, T), atol=1e-12)
+    assert torch.equal(got[1], m64.sequence_log_prob(x, temperature=temp))
+    samples, lp = m.sample(N, T, torch.Generator().manual_seed(1), with_log_prob=True, temperature=temp)
+    assert frequencies_match(samples, want, V)
+    assert not frequencies_match(samples, exact_probs(m, T), V)  # T matters, and the check sees it
+    assert torch.allclose(lp.double().exp(), want[seq_index(samples, V)], rtol=1e-4)

@@ -25,7 +25,7 @@ MAX_LEN = 10
 BLEU_KEYS = [k for k in TEXT_KEYS if "bleu" in k]
 TINY_TEXT = [
     "generator.emb_dim=8", "generator.hidden_dim=8", "mediator.emb_dim=16", "mediator.hidden_dim=16",
-    "cot.batch_size=8", f"data.max_len={MAX_LEN}", "eval.bleu_samples=16", "run.log_every=2",
+    "cot.batch_size=8", f"data.max_len={MAX_LEN}", "eval.bleu_samples=16", "run.log_every=2", "data.num_valid=0",
 ]
 
 
@@ -89,9 +89,15 @@ def test_max_len_zero_is_longest_plus_one(tmp_path, corpus):
 
 def test_bundled_coco():
     data = load_dataset(load_config(None, ["data.source=coco"]).data)
-    assert data.train.shape == (10000, 36) and data.test.shape == (10000, 36)
-    assert data.vocab_size == 6097
-    assert data.decode(data.train[0]) == "a bicycle replica with a clock as the front wheel."
+    # 5% of the 10,000 training sentences held out (seeded) for model selection
+    assert data.train.shape == (9500, 36) and data.valid.shape == (500, 36) and data.test.shape == (10000, 36)
+    assert data.vocab_size == 6097  # built from the whole training file
+    everything = load_dataset(load_config(None, ["data.source=coco", "data.num_valid=0"]).data)
+    assert everything.train.shape == (10000, 36) and everything.valid is None
+    assert everything.decode(everything.train[0]) == "a bicycle replica with a clock as the front wheel."
+    rows = {tuple(r) for r in everything.train.tolist()}
+    assert all(tuple(r) in rows for r in data.valid.tolist())  # validation: training sentences
+    assert len({tuple(r) for r in data.train.tolist()} & {tuple(r) for r in data.valid.tolist()}) <= 5  # (duplicates)
 
 
 def test_config_errors_name_the_key():
@@ -120,7 +126,7 @@ def test_train_both_algorithms_on_text(tmp_path, corpus, algo):
     out = run_trainer(cfg, echo=lines.append)
     m = out["metrics"]
     assert out["iteration"] == 4
-    assert set(m) == set(metric_keys(text=True, mediator=algo == "cot"))  # no oracle metrics on text
+    assert set(m) == set(metric_keys(text=True, mediator=algo == "cot", valid=False))  # no oracle metrics on text
     assert math.isfinite(m["nll_test"]) and 0 < m["nll_test"] < math.log(len(WORDS) + 3) + 0.5
     assert all(0.0 <= m[k] <= 1.0 for k in BLEU_KEYS)
     assert [r["iteration"] for r in read_metrics(out["run_dir"])] == [2, 4]
@@ -139,7 +145,7 @@ def test_minutes_budget_is_used_in_full_and_ends_with_eval_and_checkpoint(tmp_pa
                "run.log_every=1", "run.name=clock")  # 1.2 s of training
     out = run_trainer(cfg, echo=lambda s: None)
     assert 1.2 <= out["elapsed_s"] < 5.0  # the whole budget (not half of it), evaluation excluded
-    assert set(out["metrics"]) == set(metric_keys(text=True, mediator=False))  # the last iteration evaluated...
+    assert set(out["metrics"]) == set(metric_keys(text=True, mediator=False, valid=False))  # the last evaluated...
     assert os.path.exists(os.path.join(out["run_dir"], "checkpoint.pt"))  # ...and saved
 
 
@@ -152,8 +158,9 @@ def test_cli_eval_sample_resume_and_saved_vocab(cli, corpus, tmp_path):
     res = cli("eval", run_dir, "--json", "--samples", "8")
     assert res.exit_code == 0, res.output
     ev = json.loads(res.output.strip().splitlines()[-1])
-    assert ev["iteration"] == 3 and all(isinstance(ev[k], float) for k in TEXT_KEYS)
+    assert ev["iteration"] == 3 and all(isinstance(ev[k], float) for k in TEXT_KEYS if k != "nll_valid")
     assert ev["nll_oracle"] is None and ev["jsd"] is None  # oracle-only keys are null on text
+    assert ev["nll_valid"] is None  # this run holds out no validation sentences (data.num_valid 0)
 
     vocab = Vocab.load(os.path.join(run_dir, VOCAB_FILE))
     res = cli("sample", run_dir, "-n", "6")
