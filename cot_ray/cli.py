@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import sys
@@ -382,6 +383,47 @@ def sample(run_dir, num, ids, seed, which, temperature):
     seqs = g.sample(num, data.seq_len, torch.Generator().manual_seed(seed), temperature=temperature)
     for row in seqs.tolist():
         click.echo(" ".join(map(str, row)) if ids else data.decode(row))
+
+
+@main.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--temperatures", default="0.7:1.3:0.1", show_default=True, metavar="START:STOP:STEP|T,T,...",
+              help="Sampling temperatures to evaluate each checkpoint at.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Where compare.md, compare.json and quality_diversity.png go.")
+@click.option("--checkpoints", default="best,last", show_default=True, help="Which checkpoints of each run.")
+@click.option("--samples", type=click.IntRange(min=2), help="Generator samples per evaluation (default: each "
+              "run's eval.num_samples, or eval.bleu_samples on text).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation samples.")
+@click.option("--no-plot", is_flag=True, help="Skip the plot (it needs matplotlib).")
+def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, no_plot):
+    """Compare runs over a temperature grid: best and last checkpoints, seeds grouped (mean ± std),
+    a table and a quality-diversity plot."""
+    from .compare import compare_runs, parse_temperatures, write_outputs
+    from .loop import configure_process, resolve_threads
+
+    temps = parse_temperatures(temperatures)
+    which = tuple(c.strip() for c in checkpoints.split(",") if c.strip())
+    if not which or any(c not in ("best", "last") for c in which):
+        raise click.UsageError(f"--checkpoints {checkpoints!r}: give best, last or best,last")
+    for r in run_dirs:
+        if not os.path.exists(os.path.join(r, CHECKPOINT)):
+            raise click.UsageError(f"{r} is not a run with a checkpoint: give directories that `cot-ray train` made")
+    if not no_plot and importlib.util.find_spec("matplotlib") is None:
+        raise click.UsageError("the quality-diversity plot needs matplotlib: pip install -e \".[bench]\", or "
+                               "give --no-plot")
+    cfg = load_config(None, [])
+    note = resolve_threads(cfg)
+    configure_process(cfg.run.threads)
+    click.echo(f"[compare] {len(run_dirs)} run(s) x {len(which)} checkpoint(s) x {len(temps)} temperature(s) "
+               f"({', '.join(f'{t:g}' for t in temps)}); {note}", err=True)
+    result = compare_runs(list(run_dirs), temps, which, samples, seed,
+                          echo=lambda s: click.echo(s, err=True))
+    paths = write_outputs(result, out_dir, plot=not no_plot)
+    from .compare import markdown_table
+
+    click.echo(markdown_table(result))
+    click.echo(f"[compare] {result['seconds']:.0f} s; written: " + ", ".join(paths.values()), err=True)
 
 
 @main.group()

@@ -266,3 +266,37 @@ def test_a_run_without_a_validation_set_has_no_best_checkpoint(cli):
     assert not os.path.exists(os.path.join(out["run_dir"], "best.pt"))
     res = cli("eval", out["run_dir"], "--checkpoint", "best")
     assert res.exit_code == 1 and "has no best checkpoint (best.pt)" in res.output
+
+
+def test_compare_groups_seeds_over_temperatures_and_writes_table_json_and_plot(cli, tmp_path):
+    pytest.importorskip("matplotlib")
+    runs = [_summary(cli("train", "--algo", algo, "--iters", "2", "--seed", str(s), "--set", f"run.name={algo}{s}"))
+            ["run_dir"] for algo in ("cot", "mle") for s in (0, 1)]
+    out = tmp_path / "cmp"
+    res = cli("compare", *runs, "--temperatures", "0.8:1.2:0.2", "--out", str(out), "--samples", "32")
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "compare.json").read_text())
+    assert result["temperatures"] == [0.8, 1.0, 1.2]
+    assert [g["group"] for g in result["groups"]] == ["cot", "cot", "mle", "mle"]  # seeds 0 and 1 grouped
+    assert [g["checkpoint"] for g in result["groups"]] == ["best", "last"] * 2
+    cot_last = result["groups"][1]
+    assert cot_last["seeds"] == [0, 1] and [r["temperature"] for r in cot_last["rows"]] == [0.8, 1.0, 1.2]
+    # mean and std over the seeds of exactly the per-run numbers
+    per_run = [r["checkpoints"]["last"]["metrics"]["1"]["nll_test"] for r in result["runs"] if r["group"] == "cot"]
+    row = cot_last["rows"][1]["nll_test"]
+    assert row["mean"] == pytest.approx(sum(per_run) / 2) and row["std"] == pytest.approx(abs(per_run[0] - per_run[1]) / 2 ** 0.5)
+    # at T = 1 the last checkpoint's NLL_test is the run's own final one
+    assert per_run[0] == pytest.approx(json.loads((tmp_path / "runs" / "cot0" / "metrics.jsonl").read_text()
+                                                  .splitlines()[-1])["nll_test"], rel=1e-6)
+    table = (out / "compare.md").read_text()
+    assert "| cot | last | 2 | 0.8 |" in table and "± " in table
+    assert (out / "quality_diversity.png").stat().st_size > 1000
+    assert "[compare] run 1/4" in res.output
+
+
+def test_compare_says_what_is_wrong_with_its_input(cli, tmp_path):
+    res = cli("compare", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2 and "is not a run with a checkpoint" in res.output
+    out = _summary(cli("train", "--iters", "1", "--set", "run.name=one"))
+    res = cli("compare", out["run_dir"], "--out", str(tmp_path / "o"), "--temperatures", "1.3:0.7:0.1")
+    assert res.exit_code == 1 and "give START:STOP:STEP" in res.output

@@ -1,0 +1,225 @@
+"""``cot-ray compare``: runs side by side over a grid of sampling temperatures.
+
+A sequence model's single score at temperature 1 misleads: lowering the softmax temperature
+trades diversity for quality (Caccia et al., "Language GANs Falling Short", ICLR 2020), so a
+method wins only if it beats the other's whole quality-diversity curve. This module evaluates
+each run's best (by its validation metric) and last checkpoints at every temperature of a grid,
+groups the runs that differ only by their seed (mean and standard deviation over seeds), and
+writes a table (Markdown and JSON) and the quality-diversity plot: on the oracle NLL_oracle
+(quality, lower is better) against NLL_test (coverage), on text BLEU-4 against self-BLEU-4.
+
+Test-set scores at every temperature come from one forward pass per checkpoint; only the
+samples are drawn anew per temperature.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable, Optional
+
+from .checkpoint import BEST, CHECKPOINT, load_checkpoint
+from .config import Config, ConfigError
+from .data import load_dataset
+from .loop import model_from_weights, resume_config
+from .metrics import make_evaluator
+from .text import loss_mask
+
+# Keys that say how or where a run was made, not what was trained: runs that differ only in
+# these (and the seed) are repetitions of one configuration.
+_BOOKKEEPING = ("run", "runtime", "eval")
+_DATA_BOOKKEEPING = ("cache_dir", "vocab_path", "train_path", "test_path")
+ORACLE_SHOWN = ("nll_oracle", "nll_test", "kl_forward", "kl_reverse", "entropy_g")
+TEXT_SHOWN = ("bleu4", "self_bleu4", "nll_test")
+
+
+def parse_temperatures(text: str) -> list[float]:
+    """"0.7:1.3:0.1" (start:stop:step, both ends included) or "0.8,1,1.2" -> temperatures."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            temps = [round(start + i * step, 10) for i in range(n)]
+        else:
+            temps = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--temperatures {text!r}: give START:STOP:STEP (e.g. 0.7:1.3:0.1) or a list "
+                          "(e.g. 0.8,1,1.2)") from None
+    if not temps or any(t <= 0 for t in temps):
+        raise ConfigError(f"--temperatures {text!r}: temperatures must be > 0")
+    return temps
+
+
+def configuration(cfg: Config) -> dict:
+    """What a run trained, without its seed and bookkeeping: runs with equal configurations
+    are seeds of one configuration."""
+    d = cfg.to_dict()
+    for section in _BOOKKEEPING:
+        d.pop(section, None)
+    for key in _DATA_BOOKKEEPING:
+        d["data"].pop(key, None)
+    return d
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def group_labels(configs: list[dict]) -> list[str]:
+    """A short label per configuration: its algorithm, and the keys in which the compared
+    configurations differ (beyond the algorithm's own defaults)."""
+    flats = [_flat(c) for c in configs]
+    differing = sorted(k for k in set().union(*flats) if k != "cot.algo" and len({repr(f.get(k)) for f in flats}) > 1)
+    labels = []
+    for f in flats:
+        extra = ", ".join(f"{k}={f.get(k)}" for k in differing)
+        labels.append(f["cot.algo"] + (f" ({extra})" if extra else ""))
+    return labels
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("best", "last"),
+                 samples: Optional[int] = None, seed: int = 0,
+                 echo: Callable[[str], None] = lambda s: None) -> dict:
+    """Evaluate every run's checkpoints at every temperature; -> {"runs": [...], "groups": [...],
+    "text": bool, "seconds": float}. Each run entry holds its directory, group, seed and, per
+    checkpoint, the iteration and the metrics per temperature; each group entry the mean and
+    standard deviation over its seeds."""
+    if not run_dirs:
+        raise ConfigError("give at least one run directory to compare")
+    t_all = time.perf_counter()
+    cfgs = [resume_config(r) for r in run_dirs]
+    texts = {c.data.source != "oracle" for c in cfgs}
+    if len(texts) > 1:
+        raise ConfigError("the runs mix oracle and text data: compare runs of one data set")
+    configs = [configuration(c) for c in cfgs]
+    keys, labels = [], {}
+    for conf, label in zip(configs, group_labels(configs)):
+        k = json.dumps(conf, sort_keys=True)
+        keys.append(k)
+        labels.setdefault(k, label)
+    data = load_dataset(cfgs[0].data)
+    runs = []
+    for i, (run_dir, cfg) in enumerate(zip(run_dirs, cfgs)):
+        ev = make_evaluator(data, cfg.eval, lambda x: loss_mask(x, data.eos_id), samples)
+        entry = {"run_dir": run_dir, "group": labels[keys[i]], "seed": cfg.run.seed, "checkpoints": {}}
+        for which in checkpoints:
+            path = os.path.join(run_dir, BEST if which == "best" else CHECKPOINT)
+            if not os.path.exists(path):
+                echo(f"[compare] {run_dir}: no {which} checkpoint, skipped")
+                continue
+            state = load_checkpoint(path)
+            V = data.vocab_size
+            g = model_from_weights(V, cfg.generator, state["g"]["model"])
+            m = model_from_weights(V, cfg.mediator, state["m"]["model"]) if state.get("m") else None
+            t0 = time.perf_counter()
+            echo(f"[compare] run {i + 1}/{len(run_dirs)} {run_dir} {which} (iteration {state['iteration']}): "
+                 f"{len(temperatures)} temperatures...")
+            results = ev.evaluate_temperatures(g, m, seed, temperatures)
+            entry["checkpoints"][which] = {"iteration": int(state["iteration"]),
+                                           "metrics": {f"{t:g}": r for t, r in zip(temperatures, results)}}
+            echo(f"[compare]   done in {time.perf_counter() - t0:.0f} s")
+        runs.append(entry)
+    groups = []
+    for label in dict.fromkeys(labels[k] for k in keys):
+        members = [r for r in runs if r["group"] == label]
+        for which in checkpoints:
+            have = [r for r in members if which in r["checkpoints"]]
+            if not have:
+                continue
+            rows = []
+            for t in temperatures:
+                per_seed = [r["checkpoints"][which]["metrics"][f"{t:g}"] for r in have]
+                stats = {}
+                for k in per_seed[0]:
+                    vals = [p[k] for p in per_seed if p.get(k) is not None]
+                    if vals:
+                        mean, std = _mean_std(vals)
+                        stats[k] = {"mean": mean, "std": std}
+                rows.append({"temperature": t, **stats})
+            groups.append({"group": label, "checkpoint": which, "seeds": sorted(r["seed"] for r in have),
+                           "iterations": [r["checkpoints"][which]["iteration"] for r in have], "rows": rows})
+    return {"runs": runs, "groups": groups, "text": texts.pop(), "temperatures": temperatures,
+            "seconds": round(time.perf_counter() - t_all, 1)}
+
+
+def markdown_table(result: dict) -> str:
+    """The groups' mean ± std over seeds, one row per (group, checkpoint, temperature)."""
+    shown = TEXT_SHOWN if result["text"] else ORACLE_SHOWN
+    head = ["configuration", "checkpoint", "seeds", "T"] + list(shown)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in result["groups"]:
+        for row in g["rows"]:
+            cells = [g["group"], g["checkpoint"], str(len(g["seeds"])), f"{row['temperature']:g}"]
+            for k in shown:
+                s = row.get(k)
+                cells.append("-" if s is None else f"{s['mean']:.3f} ± {s['std']:.3f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_quality_diversity(result: dict, path: str) -> None:
+    """Oracle: NLL_oracle against NLL_test; text: BLEU-4 against self-BLEU-4; one curve per
+    (group, checkpoint) over the temperatures, with the seeds' standard deviation as error bars."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("the quality-diversity plot needs matplotlib: pip install -e \".[bench]\" (the table and "
+                          "JSON are written)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key, y_key = ("self_bleu4", "bleu4") if result["text"] else ("nll_test", "nll_oracle")
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for g in result["groups"]:
+        rows = [r for r in g["rows"] if x_key in r and y_key in r]
+        if not rows:
+            continue
+        xs = [r[x_key]["mean"] for r in rows]
+        ys = [r[y_key]["mean"] for r in rows]
+        ax.errorbar(xs, ys, xerr=[r[x_key]["std"] for r in rows], yerr=[r[y_key]["std"] for r in rows],
+                    marker="o" if g["checkpoint"] == "best" else "s", ms=4, capsize=2,
+                    label=f"{g['group']}, {g['checkpoint']} ({len(g['seeds'])} seeds)")
+        for r, x, y in zip(rows, xs, ys):
+            ax.annotate(f"{r['temperature']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if result["text"]:
+        ax.set_xlabel("self-BLEU-4 (lower: more diverse)")
+        ax.set_ylabel("BLEU-4 (higher: better quality)")
+    else:
+        ax.set_xlabel("NLL_test (lower: better coverage)")
+        ax.set_ylabel("NLL_oracle (lower: better quality)")
+    ax.set_title("quality against diversity over the softmax temperature")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_outputs(result: dict, out_dir: str, plot: bool = True) -> dict:
+    """compare.json, compare.md and (with matplotlib) quality_diversity.png in ``out_dir``;
+    -> their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, "compare.json"), "markdown": os.path.join(out_dir, "compare.md")}
+    with open(paths["json"], "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
+        f.write(markdown_table(result))
+    if plot:
+        paths["plot"] = os.path.join(out_dir, "quality_diversity.png")
+        plot_quality_diversity(result, paths["plot"])
+    return paths
