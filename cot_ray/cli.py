@@ -180,7 +180,7 @@ def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed
         sys.exit(130)  # the shell's code for a run stopped by Ctrl-C (SIGINT)
 
 
-_SHOWN = ("nll_oracle", "nll_test", "kl_forward", "kl_reverse", "jsd", "bleu4", "self_bleu4")
+_SHOWN = ("kl_forward", "kl_reverse", "nll_oracle", "nll_test", "bleu4", "self_bleu4")
 
 
 def _ending(cfg, summary: dict) -> None:

@@ -455,7 +455,7 @@ class Trainer:
                   + (f" of {clock_text(run.minutes * 60)}" if run.minutes and not run.iters else "")
                   + f"  {rate:.1f} it/s" + (f"  ETA {clock_text(min(eta))}" if eta else "")
                   + "  " + _fmt(train, ("m_mix_nll", "m_kl", "g_kl", "g_nll"))
-                  + ("  | " + _fmt(self.last_eval, ("nll_oracle", "nll_test", "kl_forward", "kl_reverse", "bleu4"))
+                  + ("  | " + _fmt(self.last_eval, ("kl_forward", "kl_reverse", "nll_oracle", "nll_test", "bleu4"))
                      if self.last_eval else ""))
 
     def _evaluate(self, log: RunLog, clock: Stopwatch) -> None:

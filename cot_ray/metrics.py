@@ -53,8 +53,8 @@ from .models import LSTMLM
 LN2 = math.log(2.0)
 MaskFn = Callable[[torch.Tensor], Optional[torch.Tensor]]
 BLEU_ORDERS = (2, 3, 4, 5)
-ORACLE_KEYS = ("nll_oracle", "nll_test", "balanced_nll", "kl_forward", "kl_reverse", "entropy_g", "jsd",
-               "nll_train", "nll_valid", "balanced_valid")  # oracle runs
+ORACLE_KEYS = ("kl_forward", "kl_reverse", "nll_oracle", "nll_test", "entropy_g", "balanced_nll", "jsd",
+               "nll_train", "nll_valid", "balanced_valid")  # oracle runs; the quantities that move first
 TEXT_KEYS = ("nll_test",) + tuple(f"bleu{n}" for n in BLEU_ORDERS) + tuple(f"self_bleu{n}" for n in BLEU_ORDERS) \
     + ("nll_train", "nll_valid")  # text runs
 MEDIATOR_KEYS = ("jsd_mediator", "m_nll_train", "m_nll_test", "m_nll_fake")  # runs with a mediator (oracle)

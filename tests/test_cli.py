@@ -183,7 +183,7 @@ def test_a_run_ends_with_its_summary_and_the_next_commands(cli):
     assert res.exit_code == 0, res.output
     out = res.output
     run_dir = next(line.split()[-1] for line in out.splitlines() if "run directory" in line)
-    assert "[cot-ray] done: 2 iterations" in out and "nll_oracle" in out
+    assert "[cot-ray] done: 2 iterations" in out and "kl_forward" in out and "nll_oracle" in out
     for command in (f"cot-ray eval {run_dir}", f"cot-ray sample {run_dir} -n 10",
                     f"tensorboard --logdir {os.path.dirname(run_dir)}", f"cot-ray train --resume {run_dir} --iters"):
         assert command in out, command

@@ -126,8 +126,8 @@ def test_progress_says_where_elapsed_rate_eta_and_evaluation(tiny):
     progress = [line for line in lines if line.startswith("[cot] it ")]
     assert re.match(r"\[cot\] it 1/4  0:\d\d  [\d.]+ it/s  ETA \d+:\d\d  m_mix_nll [\d.]+", progress[0]), progress[0]
     assert "[cot] evaluating iteration 2 (64 test sequences, 64 samples)..." in lines
-    assert any(re.match(r"\[cot\] eval @ 2 \(\d+ s\): nll_oracle [\d.]+", line) for line in lines)
-    assert re.search(r"\| nll_oracle [\d.]+  nll_test [\d.]+  kl_forward", progress[2])  # it 3 shows the eval of 2
+    assert any(re.match(r"\[cot\] eval @ 2 \(\d+ s\): kl_forward [\d.]+  kl_reverse", line) for line in lines)
+    assert re.search(r"\| kl_forward [\d.]+  kl_reverse [\d.]+  nll_oracle [\d.]+  nll_test", progress[2])  # eval of 2
     # a minutes budget: elapsed out of the budget, and the time left
     lines.clear()
     run_trainer(tiny("run.iters=0", "run.minutes=0.005", "run.name=clock", "eval.every=0"), echo=lines.append)
