@@ -1,0 +1,107 @@
+"""CoT against MLE, fairly: equal wall-clock, several seeds, MLE early-stopped on validation,
+both swept over the softmax temperature (Caccia et al., ICLR 2020).
+
+For each seed, a CoT run and an MLE run train at the same time (one torch thread each, so the
+machine's load hits both alike) for ``--minutes`` of training each, evaluating along the way
+on the validation set only; each keeps its best checkpoint by its selection metric (MLE: NLL on
+validation; CoT: NLL_oracle + NLL_valid on the oracle, NLL_valid on text). Then
+``cot-ray compare`` evaluates every run's best and last checkpoints over ``--temperatures`` on
+the test set, groups the seeds (mean ± std) and draws the quality-diversity curves.
+
+    python benchmarks/fair_comparison.py --data oracle --minutes 10 --seeds 0,1,2 --out docs/fair_oracle
+    python benchmarks/fair_comparison.py --data coco --minutes 30 --seeds 0,1,2 --out docs/fair_coco
+
+Runs go to ``--logdir`` (default ``runs/fair_<data>``); running the command again continues
+unfinished runs (``--resume``) and re-does the comparison. Prints one JSON line: the budget,
+the runs' iterations, the best checkpoints' iterations and, per algorithm and checkpoint, the
+temperature with the lowest NLL_oracle + NLL_test (oracle) or highest BLEU-4 - self-BLEU-4
+(text), with its metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from cot_ray.compare import compare_runs, parse_temperatures, write_outputs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_pair(seed: int, args, logdir: str) -> None:
+    """CoT and MLE of one seed, at the same time (one thread each); continued if present."""
+    procs = []
+    for algo in ("cot", "mle"):
+        run_dir = os.path.join(logdir, f"{algo}-seed{seed}")
+        common = ["--json", "--local"]
+        if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
+            cmd = ["train", "--resume", run_dir, "--minutes", str(args.minutes)]
+        else:
+            every = args.cot_eval_every if algo == "cot" else args.mle_eval_every
+            cmd = ["train", "--algo", algo, "--minutes", str(args.minutes), "--seed", str(seed),
+                   "--logdir", logdir, "--set", f"run.name={algo}-seed{seed}", "--set", "run.threads=1",
+                   "--set", f"eval.every={every}", "--set", f"eval.num_samples={args.train_eval_samples}",
+                   "--set", f"eval.num_test={args.train_eval_samples}", "--set", "run.log_every=250"]
+            if args.data == "coco":
+                cmd += ["--data", "coco", "--set", "eval.bleu_samples=200"]
+        log = open(os.path.join(logdir, f"{algo}-seed{seed}.log"), "a", encoding="utf-8")
+        procs.append((subprocess.Popen([sys.executable, "-m", "cot_ray.cli", *cmd, *common], stdout=log,
+                                       stderr=subprocess.STDOUT, cwd=ROOT), log, algo))
+    for proc, log, algo in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"the {algo} run of seed {seed} failed: see {log.name}")
+        log.close()
+
+
+def best_temperatures(result: dict) -> dict:
+    """Per (group, checkpoint): the temperature with the best balanced score, and its metrics."""
+    out = {}
+    for g in result["groups"]:
+        def score(row):
+            if result["text"]:
+                return -(row["bleu4"]["mean"] - row["self_bleu4"]["mean"])
+            return row["nll_oracle"]["mean"] + row["nll_test"]["mean"]
+
+        rows = [r for r in g["rows"] if ("bleu4" in r if result["text"] else "nll_oracle" in r)]
+        best = min(rows, key=score)
+        keys = ("bleu4", "self_bleu4", "nll_test") if result["text"] else \
+            ("nll_oracle", "nll_test", "kl_forward", "kl_reverse")
+        out[f"{g['group']}/{g['checkpoint']}"] = {
+            "temperature": best["temperature"], "seeds": len(g["seeds"]), "iterations": g["iterations"],
+            **{k: [round(best[k]["mean"], 4), round(best[k]["std"], 4)] for k in keys if k in best}}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", choices=["oracle", "coco"], default="oracle")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training minutes of every run (equal wall-clock)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--temperatures", default="0.7:1.3:0.1")
+    ap.add_argument("--cot-eval-every", type=int, default=250)
+    ap.add_argument("--mle-eval-every", type=int, default=500)
+    ap.add_argument("--train-eval-samples", type=int, default=2048, help="samples per evaluation while training")
+    ap.add_argument("--compare-samples", type=int, default=4096, help="samples per temperature in the comparison")
+    ap.add_argument("--logdir", default="")
+    ap.add_argument("--out", required=True, help="where the table, JSON and plot go (e.g. docs/fair_oracle)")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    logdir = os.path.abspath(args.logdir or os.path.join("runs", f"fair_{args.data}"))
+    os.makedirs(logdir, exist_ok=True)
+    for seed in seeds:
+        train_pair(seed, args, logdir)
+    runs = [os.path.join(logdir, f"{algo}-seed{s}") for algo in ("cot", "mle") for s in seeds]
+    result = compare_runs(runs, parse_temperatures(args.temperatures), ("best", "last"), args.compare_samples,
+                          echo=lambda s: print(s, file=sys.stderr, flush=True))
+    result["budget_minutes"] = args.minutes
+    paths = write_outputs(result, args.out)
+    print(json.dumps({"data": args.data, "minutes_per_run": args.minutes, "seeds": seeds,
+                      "compare_seconds": result["seconds"], "best": best_temperatures(result),
+                      "outputs": paths}))
+
+
+if __name__ == "__main__":
+    main()
