@@ -358,7 +358,8 @@ def eval_cmd(run_dir, as_json, samples, seed, which, temperature):
     if as_json:
         click.echo(json.dumps(out))
     else:
-        shown = ("iteration",) + metric_keys(data.is_text, m is not None, cfg.eval.num_train > 0, data.valid is not None)
+        shown = ("iteration",) + metric_keys(data.is_text, m is not None, cfg.eval.num_train > 0,
+                                             data.valid is not None)
         for k in shown:
             v = out[k]
             click.echo(f"{k:>14}  {'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else v)}")

@@ -34,7 +34,9 @@ class ModelConfig:
     num_layers: int = 1  # stacked LSTM layers
     dropout: float = 0.0  # drop probability on LSTM outputs, applied only in the model's own training step
     emb_dropout: float = 0.0  # drop probability on the token embeddings fed to the LSTM (own training step only)
-    init: str = "normal"  # "normal": every parameter N(0, init_std); "orthogonal": LSTM kernels orthogonal per gate, LSTM biases 0 (the authors' cuDNN mediator), embedding and output N(0, init_std)
+    # "normal": every parameter N(0, init_std); "orthogonal": the authors' cuDNN mediator, LSTM
+    # kernels orthogonal per gate and LSTM biases 0, embedding and output N(0, init_std)
+    init: str = "normal"
     init_std: float = 0.1  # standard deviation of the N(0, init_std) parameters (all of them under init "normal")
 
 
@@ -46,7 +48,7 @@ class OptimConfig:
     beta1: float = 0.9  # Adam beta1
     beta2: float = 0.95  # Adam beta2 (the authors use 0.95, not 0.999)
     grad_clip: float = 5.0  # clip gradients to this global L2 norm; 0 disables clipping
-    weight_decay: float = 0.0  # decoupled weight decay (AdamW): every step multiplies the weights by 1 - lr * weight_decay
+    weight_decay: float = 0.0  # decoupled (AdamW): each step multiplies the weights by 1 - lr * weight_decay
 
 
 @dataclass
@@ -79,8 +81,10 @@ class DataConfig:
     num_train: int = 9984  # oracle sequences in the training set
     num_test: int = 9984  # oracle sequences in the held-out test set
     seed: int = 88  # seed of the oracle data sets (fixed, so every run sees the same data)
-    shuffle: bool = True  # reshuffle the training set every epoch; False: fixed batches in file order, cycled (the authors' loader)
-    num_valid: int = -1  # validation sequences for model selection: oracle, a fresh draw; text, held out of the training file (seeded); -1: 2048 (text: 5% of the training sentences, at most 2048); 0: none
+    shuffle: bool = True  # reshuffle every epoch; False: fixed batches in file order, cycled (the authors' loader)
+    # validation sequences for model selection (oracle: a draw of their own; text: held out of the
+    # training file by seed); -1: 2048 (text: 5% of the training sentences, at most 2048); 0: none
+    num_valid: int = -1
     cache_dir: str = ""  # where generated data sets are cached; "" means ~/.cache/cot-ray
     train_path: str = ""  # text: training file, one sentence per line (UTF-8)
     test_path: str = ""  # text: held-out file, one sentence per line, for NLL_test and BLEU references
@@ -104,8 +108,12 @@ class EvalConfig:
     num_test: int = 9984  # held-out sequences for NLL_test (oracle: at most data.num_test; text: all if fewer)
     bleu_samples: int = 1000  # text: generated sentences scored for BLEU-2..5 and self-BLEU-2..5
     num_train: int = 2048  # training sequences scored for nll_train and m_nll_train (memorisation); 0: none
-    where: str = "auto"  # actors: "generator" evaluates in G's process, on its device; "driver" in the driver; "auto": G's process when G has a GPU
-    select: str = "auto"  # metric that picks the best checkpoint (best.pt): "nll_valid", "balanced_valid" (oracle: nll_oracle + nll_valid), "none"; "auto": MLE nll_valid, CoT balanced_valid (text: nll_valid)
+    # actors: "generator" evaluates in G's process, on its device; "driver" in the driver;
+    # "auto": in G's process when G has a GPU
+    where: str = "auto"
+    # the metric that picks the best checkpoint (best.pt): "nll_valid", "balanced_valid" (oracle:
+    # nll_oracle + nll_valid), "none"; "auto": MLE nll_valid, CoT balanced_valid (text: nll_valid)
+    select: str = "auto"
 
 
 @dataclass
@@ -121,7 +129,7 @@ class RunConfig:
     log_every: int = 50  # write train/ scalars and a progress line every this many iterations
     device: str = "cpu"  # torch device of the in-process loop: "cpu", "cuda", "cuda:1", ...
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
-    chunk_rows: int = 256  # rows per slab of the fused output-layer losses; fixes the order of their sums, so part of the bits
+    chunk_rows: int = 256  # rows per slab of the fused losses; fixes the order of their sums (part of the bits)
 
 
 @dataclass
@@ -138,8 +146,9 @@ class RuntimeConfig:
     max_restarts: int = 3  # times Ray restarts a dead worker; the run then resumes from its last checkpoint
     inner_actor: bool = False  # nested: run the inner mediators in their own actor (own GPU when there are enough)
     placement_timeout_s: float = 60.0  # give up (with an error) if the workers cannot be placed in this time
-    autoscaling: str = "auto"  # "always": an autoscaler can add nodes (ask it, and wait); "never"; "auto": always on a `ray up` cluster
-    scale_timeout_s: float = 900.0  # with an autoscaler: how long to wait for new nodes (placement, and after a lost node)
+    # "always": an autoscaler can add nodes (ask it, and wait); "never"; "auto": always on a `ray up` cluster
+    autoscaling: str = "auto"
+    scale_timeout_s: float = 900.0  # with an autoscaler: how long to wait for new nodes (at start, after a lost node)
 
 
 @dataclass

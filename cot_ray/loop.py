@@ -470,7 +470,8 @@ class Trainer:
         self.elapsed = clock.seconds()
         log.eval_row(self.iteration, self.elapsed, self.last_eval)
         log.scalars("time", {"eval_s": eval_s}, self.iteration)
-        self.echo(f"[{self.cfg.cot.algo}] eval @ {self.iteration} ({eval_s:.0f} s): " + _fmt(self.last_eval, METRIC_KEYS))
+        self.echo(f"[{self.cfg.cot.algo}] eval @ {self.iteration} ({eval_s:.0f} s): "
+                  + _fmt(self.last_eval, METRIC_KEYS))
         self._keep_if_best()
 
     def _keep_if_best(self) -> None:

@@ -218,8 +218,9 @@ class SweepProgress(tune.Callback):
 
     def _counts(self, trials) -> str:
         status = [t.status for t in trials]
+        failed = f", {status.count('ERROR')} failed" if "ERROR" in status else ""
         return (f"{status.count('RUNNING')} running, {status.count('PENDING')} pending, "
-                f"{status.count('TERMINATED')} done" + (f", {status.count('ERROR')} failed" if "ERROR" in status else ""))
+                f"{status.count('TERMINATED')} done{failed}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)

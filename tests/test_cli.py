@@ -284,7 +284,8 @@ def test_compare_groups_seeds_over_temperatures_and_writes_table_json_and_plot(c
     # mean and std over the seeds of exactly the per-run numbers
     per_run = [r["checkpoints"]["last"]["metrics"]["1"]["nll_test"] for r in result["runs"] if r["group"] == "cot"]
     row = cot_last["rows"][1]["nll_test"]
-    assert row["mean"] == pytest.approx(sum(per_run) / 2) and row["std"] == pytest.approx(abs(per_run[0] - per_run[1]) / 2 ** 0.5)
+    assert row["mean"] == pytest.approx(sum(per_run) / 2)
+    assert row["std"] == pytest.approx(abs(per_run[0] - per_run[1]) / 2 ** 0.5)
     # at T = 1 the last checkpoint's NLL_test is the run's own final one
     assert per_run[0] == pytest.approx(json.loads((tmp_path / "runs" / "cot0" / "metrics.jsonl").read_text()
                                                   .splitlines()[-1])["nll_test"], rel=1e-6)

@@ -155,7 +155,8 @@ def _long_horizon():
 
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
-        spec = importlib.util.spec_from_file_location("long_horizon", os.path.join(ROOT, "benchmarks", "long_horizon.py"))
+        path = os.path.join(ROOT, "benchmarks", "long_horizon.py")
+        spec = importlib.util.spec_from_file_location("long_horizon", path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod

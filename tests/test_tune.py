@@ -125,7 +125,8 @@ def test_asha_smoke_sweep_across_two_nodes_writes_the_best_config(two_nodes, tmp
     assert best.mediator.hidden_dim == 16 and best.data.cache_dir == data_cache  # base config and --set
     # Trained again from it (in process, on one thread like each worker), the run ends where
     # the best trial did.
-    again = CliRunner().invoke(main, ["train", "--json", "--config", summary["best_config"], "--local", "--set", "run.threads=1",
+    again = CliRunner().invoke(main, ["train", "--json", "--config", summary["best_config"], "--local",
+                                      "--set", "run.threads=1",
                                       "--logdir", str(tmp_path / "runs")], catch_exceptions=False)
     assert again.exit_code == 0, again.output
     rerun = json.loads(again.output.strip().splitlines()[-1])
