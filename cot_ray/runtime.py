@@ -263,14 +263,28 @@ def worker_bundle(rcfg: RuntimeConfig, num_workers: int) -> dict:
     return bundle
 
 
+def autoscaler_running(proc: Path = Path("/proc")) -> bool:
+    """Whether an autoscaler with a cluster config runs on this machine: on a ``ray up`` cluster
+    the head node's monitor is started with ``--autoscaling-config``. A plain ``ray start`` (or
+    ``ray.cluster_utils.Cluster``) runs its monitor without one, and the ~/ray_bootstrap_config.yaml
+    that ``ray up`` leaves behind outlives the cluster, so neither counts. Linux only (``/proc``)."""
+    for cmdline in proc.glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process ended, or is not ours to read
+            continue
+        if any(a.startswith(b"--autoscaling-config") for a in args) and any(b"monitor" in a for a in args):
+            return True
+    return False
+
+
 def autoscaling(rcfg: RuntimeConfig) -> bool:
     """Whether the connected cluster's autoscaler can add the nodes a request needs:
-    ``runtime.autoscaling`` always/never, or on "auto" a cluster started by the cluster launcher
-    (``ray up``), whose head node holds ~/ray_bootstrap_config.yaml (drivers of ``ray job
-    submit`` run there)."""
+    ``runtime.autoscaling`` always/never, or on "auto" an autoscaler running on this machine
+    (the head of a ``ray up`` cluster, where drivers of ``ray job submit`` run)."""
     if rcfg.autoscaling != "auto":
         return rcfg.autoscaling == "always"
-    return Path("~/ray_bootstrap_config.yaml").expanduser().exists()
+    return autoscaler_running()
 
 
 def wait_timeout(rcfg: RuntimeConfig) -> float:

@@ -29,6 +29,10 @@ export RAY_USAGE_STATS_ENABLED=0
 export RAY_ADDRESS="http://127.0.0.1:$DASH_PORT"  # for the job commands of this script
 start=$(date +%s)
 say() { echo "[local-cluster] $*" >&2; }
+# `ray up` writes these into the head's home (here: ours) and `ray down` leaves them: remove
+# them afterwards unless they were there before.
+leftovers=()
+for f in ~/ray_bootstrap_config.yaml ~/ray_bootstrap_key.pem; do [ -e "$f" ] || leftovers+=("$f"); done
 
 cleanup() {
     set +e
@@ -41,6 +45,7 @@ cleanup() {
     fi
     rm -f /etc/profile.d/cot-ray-local-cluster.sh
     rm -f /tmp/cluster-cot-ray-local-check.state /tmp/cluster-cot-ray-local-check.lock  # the local provider's
+    [ ${#leftovers[@]} -eq 0 ] || rm -f "${leftovers[@]}"
 }
 trap cleanup EXIT
 

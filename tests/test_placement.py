@@ -59,7 +59,7 @@ def test_pack_keeps_the_workers_together(tiny):
     (("runtime.cpus_per_worker=3",), r"runtime.cpus_per_worker.*6 CPUs.*has 4"),
 ])
 def test_requests_the_nodes_cannot_meet_fail_fast(tiny, overrides, match):
-    cfg = tiny(*overrides, "runtime.placement_timeout_s=600")
+    cfg = tiny(*overrides, "runtime.placement_timeout_s=600", "runtime.scale_timeout_s=30")
     t0 = time.monotonic()
     with pytest.raises(runtime.PlacementError, match=match) as err:
         _placements(cfg)
@@ -113,8 +113,31 @@ def test_an_autoscaler_that_adds_nothing_ends_the_wait_in_one_line(tiny, monkeyp
     assert not any(pg["state"] == "CREATED" for pg in ray.util.placement_group_table().values())
 
 
+def _fake_proc(root, *cmdlines):
+    for pid, args in enumerate(cmdlines, start=100):
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in args) + b"\0")
+    return root
+
+
+def test_auto_detects_a_ray_up_head_by_its_autoscaler_not_by_a_leftover_bootstrap_file(tmp_path):
+    """`ray up` leaves ~/ray_bootstrap_config.yaml behind after `ray down`; a later plain local
+    cluster must not make every impossible request wait 15 minutes for an autoscaler."""
+    py = "/usr/bin/python3"
+    plain = _fake_proc(tmp_path / "plain", [py, "-u", "/ray/autoscaler/_private/monitor.py", "--logs-dir=/tmp/x"],
+                       [py, "-u", "/ray/_private/log_monitor.py", "--gcs-address=1.2.3.4:6379"])
+    (tmp_path / "plain" / "ray_bootstrap_config.yaml").write_text("cluster_name: old\n")
+    assert not runtime.autoscaler_running(plain)
+    head = _fake_proc(tmp_path / "head", [py, "-u", "/ray/autoscaler/_private/monitor.py",
+                                          "--autoscaling-config=/root/ray_bootstrap_config.yaml"])
+    assert runtime.autoscaler_running(head)
+    v2 = _fake_proc(tmp_path / "v2", [py, "/ray/autoscaler/v2/monitor.py", "--autoscaling-config", "/root/b.yaml"])
+    assert runtime.autoscaler_running(v2)
+    assert not runtime.autoscaler_running(tmp_path / "nothing")
+
+
 def test_a_cluster_without_an_autoscaler_still_fails_at_once(tiny):
-    cfg = tiny("runtime.gpus_per_worker=1", "runtime.autoscaling=never", "runtime.scale_timeout_s=600")
+    cfg = tiny("runtime.gpus_per_worker=1", "runtime.scale_timeout_s=600")  # auto: Cluster's monitor has no config
     t0 = time.monotonic()
     with pytest.raises(runtime.PlacementError, match="runtime.gpus_per_worker"):
         runtime.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime)
