@@ -9,14 +9,14 @@ lengthened later; the overrides of a continued arm must be the ones it started w
 
     python benchmarks/long_horizon.py --arm NAME [--iters 20000] [--eval-every 2500]
                                       [--dir runs/long_horizon] [--set key=value ...] [--threads 1]
-    python benchmarks/long_horizon.py --plot docs/long_horizon.png [--dir runs/long_horizon] [ARM ...]
+    python benchmarks/long_horizon.py --plot docs/long_horizon.png [--table] [--dir runs/long_horizon] [ARM ...]
 
 Prints one JSON line: the arm, its overrides, iterations, training seconds, the curve (every
 evaluation: NLL_oracle, NLL_test, the per-token KLs, G's entropy rate and the memorisation
 diagnostics nll_train / m_nll_train / m_nll_test / m_nll_fake), the best evaluation, and
 ``improving``: whether NLL_oracle and NLL_test at the last evaluation are both lower than at
 ``--turn`` (default 7,500) iterations, the point where the old recipe turned. ``--plot`` draws
-the arms' curves against iterations (needs matplotlib).
+the arms' curves against iterations (needs matplotlib); ``--table`` prints them as Markdown.
 
 Expected curve (seed 0, one thread, evaluation on 9,984 samples and 9,984 test sequences):
 see README's "Long horizon" results for the measured table of every arm.
@@ -80,6 +80,23 @@ def summarize(name: str, run_dir: str, overrides: list, elapsed_s: float, turn: 
             "improving_after": turn, "improving": improving, "curve": curve}
 
 
+def markdown_table(summaries: list) -> str:
+    """The arms' curves as one Markdown table: NLL_oracle / NLL_test at every evaluation, and
+    M's memorisation gap (m_nll_test - m_nll_train) at the last one."""
+    iters = sorted({r["iteration"] for s in summaries for r in s["curve"]})
+    lines = ["| arm | overrides | " + " | ".join(f"{i:,}" for i in iters) + " | M's gap at the end |",
+             "|---" * (len(iters) + 3) + "|"]
+    for s in summaries:
+        at = {r["iteration"]: r for r in s["curve"]}
+        cells = [f"{at[i]['nll_oracle']:.3f} / {at[i]['nll_test']:.3f}" if i in at else "" for i in iters]
+        last = s["curve"][-1] if s["curve"] else {}
+        gap = (f"{last['m_nll_test'] - last['m_nll_train']:.2f}" if "m_nll_test" in last and "m_nll_train" in last
+               else "")
+        lines.append(f"| {s['arm']} | {' '.join(s['overrides']) or '(defaults)'} | " + " | ".join(cells)
+                     + f" | {gap} |")
+    return "\n".join(lines)
+
+
 def arm_overrides(run_dir: str) -> list:
     path = os.path.join(run_dir, OVERRIDES_FILE)
     if not os.path.exists(path):
@@ -99,14 +116,22 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override of the arm (repeatable)")
     ap.add_argument("--plot", default="", help="draw the curves of the arms under --dir to this PNG file")
-    ap.add_argument("arms", nargs="*", help="with --plot: the arms to draw (default: every arm under --dir)")
+    ap.add_argument("--table", action="store_true",
+                    help="print the arms' curves under --dir as a Markdown table (NLL_oracle / NLL_test)")
+    ap.add_argument("arms", nargs="*", help="with --plot or --table: the arms (default: every arm under --dir)")
     args = ap.parse_args()
-    if args.plot:
+    if args.plot or args.table:
         arms = args.arms or sorted(d for d in os.listdir(args.dir) if os.path.isdir(os.path.join(args.dir, d)))
-        plot_curves({a: read_metrics(os.path.join(args.dir, a)) for a in arms}, PLOT_KEYS, args.plot, x="iteration")
-        for a in arms:
-            print(json.dumps({k: v for k, v in summarize(a, os.path.join(args.dir, a), arm_overrides(
-                os.path.join(args.dir, a)), 0.0).items() if k != "train_s"}))
+        summaries = [{k: v for k, v in summarize(a, os.path.join(args.dir, a), arm_overrides(
+            os.path.join(args.dir, a)), 0.0).items() if k != "train_s"} for a in arms]
+        if args.plot:
+            plot_curves({a: read_metrics(os.path.join(args.dir, a)) for a in arms}, PLOT_KEYS, args.plot,
+                        x="iteration")
+        if args.table:
+            print(markdown_table(summaries))
+        else:
+            for s in summaries:
+                print(json.dumps(s))
         return
     if not args.arm:
         ap.error("give --arm NAME (or --plot FILE)")
