@@ -93,6 +93,32 @@ def test_zero_embedding_dropout_draws_nothing():
     assert torch.equal(gen.get_state(), before)
 
 
+def test_the_default_mediator_drops_inputs_and_outputs_in_its_step_and_the_generator_nothing(tiny):
+    """The long-horizon fix: M's default step drops a quarter of its input embeddings on top of
+    half its LSTM outputs (without the input dropout M memorises the training set and G turns)."""
+    from cot_ray.learners import MediatorLearner
+
+    default = load_config(None, [])
+    assert (default.mediator.emb_dropout, default.mediator.dropout) == (0.25, 0.5)
+    assert (default.inner_mediator.emb_dropout, default.inner_mediator.dropout) == (0.25, 0.5)
+    assert (default.generator.emb_dropout, default.generator.dropout) == (0.0, 0.0)
+
+    cfg = tiny()
+    data = load_dataset(cfg.data)
+    fake = data.train[:16].flip(0)
+
+    def step_loss(emb_dropout):
+        c = copy.deepcopy(cfg)
+        c.mediator.emb_dropout = emb_dropout
+        m = MediatorLearner(c, data.vocab_size, data.seq_len, data.eos_id)
+        m.build("cpu", data.train)
+        return m.step(fake)["m_mix_nll"], m
+
+    with_it, m = step_loss(0.25)
+    assert with_it == step_loss(0.25)[0] and with_it != step_loss(0.0)[0]  # seeded, and it is applied
+    assert not m.model.training  # evaluation (M's held-out NLL, G's step) sees no dropout
+
+
 # ----------------------------------------------------------------------------- weight decay
 
 def test_weight_decay_shrinks_every_weight_by_lr_times_decay_each_step(tiny):
@@ -181,3 +207,15 @@ def test_long_horizon_calls_a_run_improving_only_if_both_nlls_beat_the_turn(tmp_
     assert out["iterations"] == 20000 and out["improving_after"] == 7500
     assert [r["iteration"] for r in out["curve"]] == [2500, 7500, 20000]
     assert math.isfinite(out["curve"][0]["nll_oracle"])
+
+
+def test_long_horizon_table_lines_up_every_arms_evaluations(tmp_path):
+    lh = _long_horizon()
+    _write_curve(tmp_path / "a", [(2500, 10.0, 7.7), (7500, 9.6, 7.5)])
+    _write_curve(tmp_path / "b", [(2500, 10.1, 7.8), (5000, 9.9, 7.6), (7500, 9.4, 7.45)])
+    table = lh.markdown_table([lh.summarize("a", str(tmp_path / "a"), [], 1.0),
+                               lh.summarize("b", str(tmp_path / "b"), ["mediator.emb_dropout=0.25"], 1.0)])
+    head, rule, a, b = table.splitlines()
+    assert head.split(" | ")[2:5] == ["2,500", "5,000", "7,500"]
+    assert a.split(" | ")[2:5] == ["10.000 / 7.700", "", "9.600 / 7.500"]  # a missing evaluation stays empty
+    assert b.split(" | ")[1] == "mediator.emb_dropout=0.25" and "9.400 / 7.450" in b
