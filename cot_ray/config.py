@@ -146,7 +146,8 @@ class RuntimeConfig:
     max_restarts: int = 3  # times Ray restarts a dead worker; the run then resumes from its last checkpoint
     inner_actor: bool = False  # nested: run the inner mediators in their own actor (own GPU when there are enough)
     placement_timeout_s: float = 60.0  # give up (with an error) if the workers cannot be placed in this time
-    # "always": an autoscaler can add nodes (ask it, and wait); "never"; "auto": always on a `ray up` cluster
+    # "always": an autoscaler can add nodes (ask it, and wait); "never"; "auto": when one runs on this
+    # machine (the head of a `ray up` cluster, where `ray job submit` runs drivers)
     autoscaling: str = "auto"
     scale_timeout_s: float = 900.0  # with an autoscaler: how long to wait for new nodes (at start, after a lost node)
 
