@@ -140,7 +140,7 @@ def main() -> None:
                 print(json.dumps(s))
         return
     if not args.arm:
-        ap.error("give --arm NAME (or --plot FILE)")
+        ap.error("give --arm NAME (or --plot FILE / --table)")
     print(json.dumps(run_arm(args.arm, args.iters, args.eval_every, args.dir, args.seed, args.threads,
                              args.overrides)))
 

@@ -424,14 +424,14 @@ def default_config(source: str = "oracle") -> Config:
     ``Config()`` holds the synthetic-oracle defaults (the CoT authors' setup: G 32/32, M 64/64).
     Real text ("coco", "text") has a larger vocabulary and longer-range structure, so its
     defaults widen both models, keeping M twice as wide as G: G emb/hidden 64/64, M 128/128
-    (dropout 0.5, emb_dropout 0.25 as on the oracle). Everything else is shared. Sized for a CPU: a CoT iteration on COCO
-    (6,100 words, 36 tokens) then costs about 5 MLE iterations.
+    (regularised as on the oracle). Everything else is shared. Sized for a CPU: a CoT iteration
+    on COCO (6,100 words, 36 tokens) then costs about 5 MLE iterations.
     """
     cfg = Config()
     cfg.data.source = source
     if source in TEXT_SOURCES:
         cfg.generator = ModelConfig(emb_dim=64, hidden_dim=64)
-        cfg.mediator = ModelConfig(emb_dim=128, hidden_dim=128, dropout=0.5, emb_dropout=0.25)
+        cfg.mediator = dataclasses.replace(_default_mediator(), emb_dim=128, hidden_dim=128)
     return cfg
 
 
