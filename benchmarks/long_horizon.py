@@ -7,7 +7,7 @@ An *arm* is a named configuration (the defaults plus ``--set`` overrides) traine
 ``--iters`` (``cot-ray train --resume`` underneath), so an arm can be spread over sessions and
 lengthened later; the overrides of a continued arm must be the ones it started with.
 
-    python benchmarks/long_horizon.py --arm NAME [--iters 20000] [--eval-every 2500]
+    python benchmarks/long_horizon.py --arm NAME [--iters 20000] [--eval-every 2500] [--checkpoint-every 500]
                                       [--dir runs/long_horizon] [--set key=value ...] [--threads 1]
     python benchmarks/long_horizon.py --plot docs/long_horizon.png [--table] [--dir runs/long_horizon] [ARM ...]
 
@@ -46,7 +46,8 @@ PLOT_KEYS = ("nll_oracle", "nll_test", "m_nll_test", "m_nll_train")
 OVERRIDES_FILE = "long_horizon_overrides.json"
 
 
-def run_arm(name: str, iters: int, eval_every: int, root: str, seed: int, threads: int, overrides: list) -> dict:
+def run_arm(name: str, iters: int, eval_every: int, root: str, seed: int, threads: int, overrides: list,
+            checkpoint_every: int = 500) -> dict:
     run_dir = os.path.join(root, name)
     saved = os.path.join(run_dir, OVERRIDES_FILE)
     echo = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
@@ -58,10 +59,12 @@ def run_arm(name: str, iters: int, eval_every: int, root: str, seed: int, thread
                              "give the same --set options (or none) to continue it, or pick another --arm")
         overrides = started["overrides"]
         cfg = resume_config(run_dir, iters=iters)  # its own thread count: the bits depend on it
+        cfg.run.checkpoint_every = checkpoint_every  # how often to save leaves the bits alone
+        cfg.validate()
         out = run_trainer(cfg, resume_dir=run_dir, echo=echo)
     else:
         cfg = load_config(None, ["run.iters=%d" % iters, "run.minutes=0", f"eval.every={eval_every}",
-                                 f"run.checkpoint_every={eval_every}", f"run.logdir={root}", f"run.name={name}",
+                                 f"run.checkpoint_every={checkpoint_every}", f"run.logdir={root}", f"run.name={name}",
                                  f"run.seed={seed}", f"run.threads={threads}", "run.log_every=250",
                                  "runtime.mode=local", *overrides])
         os.makedirs(run_dir, exist_ok=True)
@@ -115,7 +118,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arm", help="name of the arm (its run directory under --dir)")
     ap.add_argument("--iters", type=int, default=20000, help="train (or continue) the arm to this many iterations")
-    ap.add_argument("--eval-every", type=int, default=2500, help="evaluate (and checkpoint) every this many iterations")
+    ap.add_argument("--eval-every", type=int, default=2500, help="evaluate every this many iterations")
+    ap.add_argument("--checkpoint-every", type=int, default=500,
+                    help="save a checkpoint every this many iterations (a stopped arm loses at most these)")
     ap.add_argument("--dir", default="runs/long_horizon", help="where the arms' run directories are")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the arm's process")
@@ -142,7 +147,7 @@ def main() -> None:
     if not args.arm:
         ap.error("give --arm NAME (or --plot FILE / --table)")
     print(json.dumps(run_arm(args.arm, args.iters, args.eval_every, args.dir, args.seed, args.threads,
-                             args.overrides)))
+                             args.overrides, args.checkpoint_every)))
 
 
 if __name__ == "__main__":

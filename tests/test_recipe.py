@@ -13,10 +13,13 @@ import re
 import pytest
 import torch
 
+from cot_ray.checkpoint import CHECKPOINT
 from cot_ray.config import ConfigError, ModelConfig, load_config
 from cot_ray.data import BatchSampler, load_dataset
 from cot_ray.learners import GeneratorLearner
+from cot_ray.loop import read_metrics
 from cot_ray.models import LSTMLM
+from tests.conftest import TINY, assert_same_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -219,3 +222,21 @@ def test_long_horizon_table_lines_up_every_arms_evaluations(tmp_path):
     assert head.split(" | ")[2:5] == ["2,500", "5,000", "7,500"]
     assert a.split(" | ")[2:5] == ["10.000 / 7.700", "", "9.600 / 7.500"]  # a missing evaluation stays empty
     assert b.split(" | ")[1] == "mediator.emb_dropout=0.25" and "9.400 / 7.450" in b
+
+
+def test_long_horizon_arm_continued_with_another_checkpoint_interval_ends_where_a_straight_arm_ends(
+        tmp_path, data_cache):
+    lh = _long_horizon()
+    sets = TINY + [f"data.cache_dir={data_cache}"]
+    lh.run_arm("straight", 6, 3, str(tmp_path), 0, 1, sets, checkpoint_every=6)
+    lh.run_arm("stopped", 3, 3, str(tmp_path), 0, 1, sets, checkpoint_every=1)
+    with pytest.raises(SystemExit, match="was started with"):
+        lh.run_arm("stopped", 6, 3, str(tmp_path), 0, 1, sets + ["cot.m_steps=2"])
+    out = lh.run_arm("stopped", 6, 3, str(tmp_path), 0, 1, [], checkpoint_every=2)
+    assert out["overrides"] == sets and out["iterations"] == 6
+    straight, stopped = (torch.load(tmp_path / name / CHECKPOINT, weights_only=False) for name in ("straight", "stopped"))
+    assert straight["iteration"] == stopped["iteration"] == 6
+    assert_same_tree(straight["g"], stopped["g"], "g")
+    assert_same_tree(straight["m"], stopped["m"], "m")
+    assert [r["nll_test"] for r in read_metrics(str(tmp_path / "straight"))] == \
+        [r["nll_test"] for r in read_metrics(str(tmp_path / "stopped"))]
