@@ -55,13 +55,23 @@ def parse_temperatures(text: str) -> list[float]:
 
 
 def configuration(cfg: Config) -> dict:
-    """What a run trained, without its seed and bookkeeping: runs with equal configurations
-    are seeds of one configuration."""
+    """What a run trained, without its seed, its bookkeeping and the settings its algorithm
+    never reads (an MLE run's mediator, a plain CoT run's inner mediator): runs with equal
+    configurations are seeds of one configuration."""
     d = cfg.to_dict()
     for section in _BOOKKEEPING:
         d.pop(section, None)
     for key in _DATA_BOOKKEEPING:
         d["data"].pop(key, None)
+    if cfg.cot.algo == "mle":
+        for section in ("mediator", "m_optim", "nested", "inner_mediator", "inner_optim"):
+            d.pop(section)
+        for key in ("m_steps", "sync_every"):
+            d["cot"].pop(key)
+    elif not cfg.nested.enabled:
+        for section in ("inner_mediator", "inner_optim"):
+            d.pop(section)
+        d["nested"] = {"enabled": False}
     return d
 
 
@@ -77,12 +87,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def group_labels(configs: list[dict]) -> list[str]:
     """A short label per configuration: its algorithm, and the keys in which the compared
-    configurations differ (beyond the algorithm's own defaults)."""
+    configurations that have them differ (an MLE run has no mediator keys to name)."""
     flats = [_flat(c) for c in configs]
-    differing = sorted(k for k in set().union(*flats) if k != "cot.algo" and len({repr(f.get(k)) for f in flats}) > 1)
+    differing = sorted(k for k in set().union(*flats)
+                       if k != "cot.algo" and len({repr(f[k]) for f in flats if k in f}) > 1)
     labels = []
     for f in flats:
-        extra = ", ".join(f"{k}={f.get(k)}" for k in differing)
+        extra = ", ".join(f"{k}={f[k]}" for k in differing if k in f)
         labels.append(f["cot.algo"] + (f" ({extra})" if extra else ""))
     return labels
 
