@@ -8,7 +8,7 @@ validation; CoT: NLL_oracle + NLL_valid on the oracle, NLL_valid on text). Then
 ``cot-ray compare`` evaluates every run's best and last checkpoints over ``--temperatures`` on
 the test set, groups the seeds (mean ± std) and draws the quality-diversity curves.
 
-    python benchmarks/fair_comparison.py --data oracle --minutes 10 --seeds 0,1,2 --out docs/fair_oracle
+    python benchmarks/fair_comparison.py --data oracle --minutes 15 --seeds 0,1,2 --out docs/fair_oracle
     python benchmarks/fair_comparison.py --data coco --minutes 30 --seeds 0,1,2 --out docs/fair_coco
 
 Runs go to ``--logdir`` (default ``runs/fair_<data>``); running the command again continues
@@ -16,6 +16,12 @@ unfinished runs (``--resume``) and re-does the comparison. Prints one JSON line:
 the runs' iterations, the best checkpoints' iterations and, per algorithm and checkpoint, the
 temperature with the lowest NLL_oracle + NLL_test (oracle) or highest BLEU-4 - self-BLEU-4
 (text), with its metrics.
+
+Measured on the oracle with the command above (2-core CPU, one thread per run, about 58 minutes
+of training and evaluation plus 8 minutes of comparison; docs/fair_oracle): CoT makes about
+1,800 iterations and MLE about 11,500, best on validation at 5,000-5,500. Temperature-tuned MLE
+is ahead on the whole curve at this budget: at NLL_test 7.73 MLE's best checkpoint has
+NLL_oracle 9.45 (T = 0.9) against CoT's 9.93-10.08.
 """
 
 from __future__ import annotations
