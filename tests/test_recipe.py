@@ -13,7 +13,7 @@ import re
 import pytest
 import torch
 
-from cot_ray.checkpoint import CHECKPOINT
+from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
 from cot_ray.config import ConfigError, ModelConfig, load_config
 from cot_ray.data import BatchSampler, load_dataset
 from cot_ray.learners import GeneratorLearner
@@ -234,7 +234,7 @@ def test_long_horizon_arm_continued_with_another_checkpoint_interval_ends_where_
         lh.run_arm("stopped", 6, 3, str(tmp_path), 0, 1, sets + ["cot.m_steps=2"])
     out = lh.run_arm("stopped", 6, 3, str(tmp_path), 0, 1, [], checkpoint_every=2)
     assert out["overrides"] == sets and out["iterations"] == 6
-    straight, stopped = (torch.load(tmp_path / name / CHECKPOINT, weights_only=False) for name in ("straight", "stopped"))
+    straight, stopped = (load_checkpoint(str(tmp_path / name / CHECKPOINT)) for name in ("straight", "stopped"))
     assert straight["iteration"] == stopped["iteration"] == 6
     assert_same_tree(straight["g"], stopped["g"], "g")
     assert_same_tree(straight["m"], stopped["m"], "m")
