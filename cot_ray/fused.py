@@ -19,7 +19,8 @@ needs exp over the slab once, where autograd's log_softmax backward computes it 
 
 Each function equals its logits-based reference in ``losses.py`` (value, stats and gradients,
 up to float rounding from reordered sums), which stays the exact reference for tests and
-metrics. Masks are data: no gradient flows into them. Without grad mode (``torch.no_grad()``)
+metrics. Masks are data: no gradient flows into them, and the rows they drop (text padding)
+are never computed. Without grad mode (``torch.no_grad()``)
 or when no input requires grad, nothing but the loss is computed.
 """
 
@@ -59,6 +60,20 @@ def _row_weights(mask: Optional[torch.Tensor], n_rows: int, scale: float, like: 
         return torch.full((n_rows,), scale / max(n_rows, 1), dtype=like.dtype, device=like.device)
     mask = mask.detach().reshape(-1).to(like.dtype)
     return mask * (scale / mask.sum().clamp_min(1.0))
+
+
+def _counted_rows(coef: torch.Tensor) -> Optional[torch.Tensor]:
+    """Indices of the rows with a nonzero weight, or None when every row has one.
+
+    A row of weight 0 (padding after a sentence's end) adds nothing to a loss or its gradients,
+    so the fused losses skip it: on text, where most of a batch is padding (COCO: 68% of the
+    real batches' positions), this removes most of the output layer's work. Without a mask
+    (fixed-length data) nothing is dropped and the arithmetic is unchanged to the bit.
+    """
+    zero = coef == 0
+    if not bool(zero.any()):
+        return None
+    return (~zero).nonzero().squeeze(1)
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -143,15 +158,25 @@ class _FusedNLL(torch.autograd.Function):
 
 
 def _weighted_nll(hidden, weight, bias, targets, coef, chunk):
-    """hidden (..., H), targets (...) -> (scalar sum_r coef_r nll_r, detached nll (N,))."""
+    """hidden (..., H), targets (...) -> (scalar sum_r coef_r nll_r, detached nll (N,)).
+
+    Rows of weight 0 are never computed (:func:`_counted_rows`); their nll is reported as 0.
+    """
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
     t = targets.reshape(-1)  # (N,)
     chunk = chunk_rows(chunk)
+    keep = _counted_rows(coef)
+    if keep is not None:  # (K,) counted rows only; index_select carries the gradient back to (N, H)
+        h, t, coef = h.index_select(0, keep), t[keep], coef[keep]
     if _needs_grad(hidden, weight, bias):
-        return _FusedNLL.apply(h, weight, bias, t, coef, chunk)
-    with torch.no_grad():
-        nll = _nll_chunks(h, weight, bias, t, coef, (False, False, False), chunk)[0]
-    return torch.dot(coef, nll), nll
+        loss, nll = _FusedNLL.apply(h, weight, bias, t, coef, chunk)
+    else:
+        with torch.no_grad():
+            nll = _nll_chunks(h, weight, bias, t, coef, (False, False, False), chunk)[0]
+        loss = torch.dot(coef, nll)
+    if keep is not None:
+        nll = nll.new_zeros(hidden.shape[:-1].numel()).index_copy_(0, keep, nll)
+    return loss, nll
 
 
 def fused_mle_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, tokens: torch.Tensor,
@@ -283,6 +308,9 @@ def fused_cot_generator_loss(g_hidden: torch.Tensor, g_weight: torch.Tensor, g_b
     m_w, m_b = m_weight.detach(), m_bias.detach()
     coef = _row_weights(mask, g_h.shape[0], 1.0, g_hidden)
     chunk = chunk_rows(chunk)
+    keep = _counted_rows(coef)
+    if keep is not None:  # padding rows are skipped, as in _weighted_nll
+        g_h, m_h, coef = g_h.index_select(0, keep), m_h.index_select(0, keep), coef[keep]
     if _needs_grad(g_hidden, g_weight, g_bias):
         loss, _ = _FusedKL.apply(g_h, g_weight, g_bias, m_h, m_w, m_b, coef, chunk)
     else:

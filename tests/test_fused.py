@@ -286,3 +286,38 @@ def test_float32_full_vocabulary_matches_float64_reference():
         assert loss.dtype == torch.float32
         for got, want in zip([loss, *grads(loss, ins32)], [ref, *grads(ref, inputs)]):
             assert ((got.double() - want).norm() / want.norm()).item() < 1e-5
+
+
+def test_padding_rows_are_never_computed():
+    """Rows of weight 0 are skipped, not multiplied by 0: NaN hidden states there leave every
+    loss and gradient equal to the reference on clean inputs (a skipped row's gradient is 0)."""
+    gen = torch.Generator().manual_seed(11)
+    B, T, Hg, Hm, V = 5, 4, 3, 6, 7
+    mask = padding_mask(B, T, gen)
+    hg, hm = leaf(gen, B, T, Hg), leaf(gen, B, T, Hm)
+    wg, bg = layer(gen, V, Hg)
+    wm, bm = layer(gen, V, Hm)
+    tok = torch.randint(0, V, (B, T), generator=gen)
+    pad = mask == 0
+
+    def poisoned(h):
+        out = h.detach().clone()
+        out[pad] = float("nan")
+        return out.requires_grad_(True)
+
+    for fused_loss, ref_loss, clean in (
+            (lambda h: fused_mle_loss(h, wg, bg, tok, mask, chunk=3), lambda h: mle_loss(F.linear(h, wg, bg), tok, mask),
+             hg),
+            (lambda h: fused_mediator(h, tok, 2, wm, bm, mask[:2], mask[2:], chunk=3),
+             lambda h: mediator_loss(F.linear(h[:2], wm, bm), tok[:2], F.linear(h[2:], wm, bm), tok[2:],
+                                     mask[:2], mask[2:]), hm),
+            (lambda h: fused_cot_generator_loss(h, wg, bg, poisoned(hm), wm, bm, mask, chunk=3),
+             lambda h: cot_generator_loss(F.linear(h, wg, bg), F.linear(hm, wm, bm), mask), hg)):
+        h = poisoned(clean)
+        loss = fused_loss(h)[0]
+        ref = ref_loss(clean)[0]
+        assert_close(loss, ref)
+        g_h, = grads(loss, [h])
+        ref_h, = grads(ref, [clean])
+        assert torch.isfinite(g_h).all() and (g_h[pad] == 0).all()
+        assert_close(g_h, ref_h)
