@@ -28,7 +28,7 @@ from .config import Config, ModelConfig, OptimConfig
 from .data import BatchSampler
 from .fused import fused_cot_generator_loss, fused_mixture_loss, fused_mle_loss
 from .models import LSTMLM, copy_weights, cpu_weights
-from .text import loss_mask
+from .text import loss_mask, trim_padding
 
 # Offsets that give each RNG stream of a run its own seed. Mediators of nested CoT have
 # three streams per level: level L > 0 uses 10 * L + (_INIT_M, _DROPOUT_M, _SAMPLE_M).
@@ -165,7 +165,7 @@ class GeneratorLearner(_Learner):
         """-> (n, T) int64 on the CPU (cheap to send to another worker)."""
         self._need_built()
         self.model.eval()
-        return self.model.sample(n, self.seq_len, self.sample_gen).cpu()
+        return self.model.sample(n, self.seq_len, self.sample_gen, stop_id=self.eos_id).cpu()
 
     def set_mediator_weights(self, weights: dict) -> None:
         self._need_built()
@@ -174,7 +174,7 @@ class GeneratorLearner(_Learner):
     def step_cot(self, fake: torch.Tensor, start: int = 0, size: Optional[int] = None) -> dict:
         """One CoT update on ``fake[start:start+size]``, G's own samples: minimise KL(pi_G || pi_M)."""
         self._need_built()
-        fake = fake[start:start + (size or len(fake))].to(self.device)
+        fake, = trim_padding([fake[start:start + (size or len(fake))].to(self.device)], self.eos_id)
         stats = _cot_update(self.model, self.optim, self.mediator, fake, loss_mask(fake, self.eos_id),
                             self.cfg.g_optim.grad_clip, self.chunk)
         self.steps += 1
@@ -183,7 +183,7 @@ class GeneratorLearner(_Learner):
     def step_mle(self) -> dict:
         """One MLE update on a batch of real sequences."""
         self._need_built()
-        real = self.batches.next().to(self.device)
+        real, = trim_padding([self.batches.next().to(self.device)], self.eos_id)
         self.model.train()
         loss, stats = fused_mle_loss(self.model.hidden(real), self.model.out.weight, self.model.out.bias, real,
                                      loss_mask(real, self.eos_id), self.chunk)
@@ -263,7 +263,7 @@ class MixtureLearner(_Learner):
         """-> (n, T) int64 on the CPU: this model's own samples (nested levels only)."""
         self._need_built()
         self.model.eval()
-        return self.model.sample(n, self.seq_len, self.sample_gen).cpu()
+        return self.model.sample(n, self.seq_len, self.sample_gen, stop_id=self.eos_id).cpu()
 
     def fit(self, groups: list, names: Optional[tuple] = None) -> dict:
         """One step towards the mixture of ``groups``; -> float stats named for this level.
@@ -276,7 +276,7 @@ class MixtureLearner(_Learner):
         return stats
 
     def _mle_fit(self, groups: list, names: Optional[tuple]) -> dict:
-        tokens = [x.to(self.device) for x, _ in groups]
+        tokens = trim_padding([x.to(self.device) for x, _ in groups], self.eos_id)
         names = names if names is not None else (None,) * (len(groups) - 1) + ("own",)
         self.model.train()
         hidden = self.model.hidden(torch.cat(tokens), self.dropout_gen)  # one forward pass over every group
@@ -296,7 +296,7 @@ class MixtureLearner(_Learner):
         chunks = [own[n.m_steps * B:]] + [self.sample(B) for _ in range(n.g_steps - 1)]
         own_stats = []
         for x in chunks:
-            x = x.to(self.device)
+            x, = trim_padding([x.to(self.device)], self.eos_id)
             st = _cot_update(self.model, self.optim, self.inner_model, x, loss_mask(x, self.eos_id),
                              self.ocfg.grad_clip, self.chunk, self.dropout_gen)
             own_stats.append(_to_floats(st, level_prefix(self.level)))

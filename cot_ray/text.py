@@ -254,6 +254,22 @@ def encode_corpus(
     return data, stats
 
 
+def trim_padding(batches: list, eos_id: Optional[int]) -> list:
+    """The (B_k, T) token batches cut to the longest counted prefix among them: -> (B_k, T').
+
+    A model's outputs up to a position depend only on the tokens before it, and every position
+    after a sentence's EOS is masked out of the losses, so positions past the last counted one
+    of every row cost time and change nothing: on COCO (36 positions) a real batch of 64
+    counts at most about 20. All batches get the same T' so that they can be stacked. With
+    ``eos_id`` None (fixed-length data) the batches are returned as they are.
+    """
+    if eos_id is None:
+        return batches
+    lengths = [loss_mask(x, eos_id).sum(dim=-1) for x in batches]  # (B_k,) counted positions per row
+    longest = max((int(n.max()) for n in lengths if n.numel()), default=0)
+    return [x[..., :max(longest, 1)] for x in batches]
+
+
 def loss_mask(tokens: torch.Tensor, eos_id: Optional[int]) -> Optional[torch.Tensor]:
     """Float mask of the positions that count in losses and metrics; None when all of them do.
 

@@ -19,6 +19,7 @@ from cot_ray.text import (
     loss_mask,
     read_corpus,
     tokenize,
+    trim_padding,
 )
 
 
@@ -237,3 +238,33 @@ def test_vocab_load_errors(tmp_path):
     bad = write(tmp_path / "bad.json", '["a", "b"]')
     with pytest.raises(DataError, match="bad.json"):
         Vocab.load(bad)
+
+
+def test_trim_padding_cuts_every_batch_to_the_longest_counted_prefix_and_changes_no_loss():
+    from cot_ray.config import ModelConfig
+    from cot_ray.fused import fused_mixture_loss
+    from cot_ray.models import LSTMLM
+
+    E, P = EOS_ID, PAD_ID
+    a = torch.tensor([[5, E, P, P, P, P, P], [6, 7, E, P, P, P, P]])
+    b = torch.tensor([[5, 6, 7, E, P, P, P]])  # 4 counted positions: the longest
+    ta, tb = trim_padding([a, b], EOS_ID)
+    assert ta.shape == (2, 4) and tb.shape == (1, 4) and torch.equal(tb, b[:, :4])
+    no_eos = torch.tensor([[5, 6, 7, 8, 5, 6, 7]])  # a sentence cut at max_len counts everywhere
+    assert trim_padding([a, no_eos], EOS_ID)[0].shape == (2, 7)
+    assert trim_padding([a], None)[0] is a  # fixed-length data: untouched
+    # The mediator's loss and gradients on the trimmed batches equal those on the full ones.
+    model = LSTMLM(9, ModelConfig(emb_dim=4, hidden_dim=5, init_std=0.5))
+    model.init_weights(torch.Generator().manual_seed(0))
+    model.double()
+
+    def loss_and_grads(batches):
+        model.zero_grad()
+        loss, _ = fused_mixture_loss(model.hidden(torch.cat(batches)), batches, [0.5, 0.5], model.out.weight,
+                                     model.out.bias, [loss_mask(x, EOS_ID) for x in batches])
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    full, trimmed = loss_and_grads([a, b]), loss_and_grads([ta, tb])
+    assert torch.allclose(full[0], trimmed[0], rtol=1e-12)
+    assert all(torch.allclose(g, h, rtol=1e-10, atol=1e-14) for g, h in zip(full[1], trimmed[1]))
