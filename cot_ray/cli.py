@@ -381,7 +381,8 @@ def sample(run_dir, num, ids, seed, which, temperature):
     cfg, state = _load_run(run_dir, which)
     data = _load_data(cfg)
     g = model_from_weights(data.vocab_size, cfg.generator, state["g"]["model"])
-    seqs = g.sample(num, data.seq_len, torch.Generator().manual_seed(seed), temperature=temperature)
+    seqs = g.sample(num, data.seq_len, torch.Generator().manual_seed(seed), temperature=temperature,
+                    stop_id=data.eos_id)
     for row in seqs.tolist():
         click.echo(" ".join(map(str, row)) if ids else data.decode(row))
 

@@ -107,14 +107,15 @@ def count_tokens(seqs: torch.Tensor, mask_fn: Optional[MaskFn] = None) -> int:
 
 @torch.no_grad()
 def sample_with_log_probs(model: LSTMLM, n: int, seq_len: int, seed: int, batch_size: int = 512,
-                          temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                          temperature: float = 1.0, stop_id: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` samples from ``model`` at ``temperature`` and their exact log-probabilities under
-    the tempered model: (n, T) int64, (n,) float64."""
+    the tempered model: (n, T) int64, (n,) float64. ``stop_id``: as in :meth:`LSTMLM.sample`."""
     model.eval()
     gen = torch.Generator(device=model.out.weight.device).manual_seed(seed)
     seqs, lps = [], []
     for i in range(0, n, batch_size):
-        s, lp = model.sample(min(batch_size, n - i), seq_len, gen, with_log_prob=True, temperature=temperature)
+        s, lp = model.sample(min(batch_size, n - i), seq_len, gen, with_log_prob=True, temperature=temperature,
+                             stop_id=stop_id)
         seqs.append(s.cpu())
         lps.append(lp.double().cpu())
     return torch.cat(seqs), torch.cat(lps)
@@ -253,11 +254,13 @@ class TextEvaluator(Evaluator):
     def __init__(self, test: torch.Tensor, seq_len: int, references: Sequence[Sequence[str]],
                  to_tokens: Callable[[list], list], mask_fn: Optional[MaskFn] = None,
                  bleu_samples: int = 1000, num_test: int = 9984,
-                 train: Optional[torch.Tensor] = None, num_train: int = 0, valid: Optional[torch.Tensor] = None):
+                 train: Optional[torch.Tensor] = None, num_train: int = 0, valid: Optional[torch.Tensor] = None,
+                 eos_id: Optional[int] = None):
         if bleu_samples < 2:
             raise ValueError(f"bleu_samples must be >= 2 (self-BLEU needs two sentences), got {bleu_samples}")
         super().__init__(test, seq_len, None, mask_fn, bleu_samples, num_test, train, num_train, valid=valid)
         self.to_tokens = to_tokens
+        self.eos_id = eos_id  # sampling stops once every sentence has ended (the words are the same)
         self.scorer = BleuScorer(references, max_n=max(BLEU_ORDERS))
 
     def evaluate_temperatures(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int,
@@ -265,7 +268,8 @@ class TextEvaluator(Evaluator):
         temps = tuple(temperatures)
         out = super().evaluate_temperatures(generator, mediator, seed, temps)
         for res, temp in zip(out, temps):
-            samples, _ = sample_with_log_probs(generator, self.num_samples, self.seq_len, seed, temperature=temp)
+            samples, _ = sample_with_log_probs(generator, self.num_samples, self.seq_len, seed, temperature=temp,
+                                               stop_id=self.eos_id)
             hyps = [self.to_tokens(row) for row in samples.tolist()]
             for n in BLEU_ORDERS:
                 res[f"bleu{n}"] = self.scorer.score(hyps, n)
@@ -284,7 +288,7 @@ def make_evaluator(data, eval_cfg, mask_fn: Optional[MaskFn] = None,
     if data.vocab is not None and data.references is not None:
         n = num_samples if num_samples is not None else eval_cfg.bleu_samples
         return TextEvaluator(data.test, data.seq_len, data.references, data.tokens, mask_fn, n,
-                             eval_cfg.num_test, data.train, eval_cfg.num_train, data.valid)
+                             eval_cfg.num_test, data.train, eval_cfg.num_train, data.valid, data.eos_id)
     n = num_samples if num_samples is not None else eval_cfg.num_samples
     return Evaluator(data.test, data.seq_len, data.oracle, mask_fn, n, eval_cfg.num_test, data.train,
                      eval_cfg.num_train, data.test_logp, data.valid)

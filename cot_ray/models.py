@@ -111,8 +111,14 @@ class LSTMLM(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, seq_len: int, generator: torch.Generator, with_log_prob: bool = False,
-               temperature: float = 1.0):
+               temperature: float = 1.0, stop_id: Optional[int] = None):
         """Draw ``n`` sequences of ``seq_len`` tokens: -> (n, seq_len) int64, on the model's device.
+
+        With ``stop_id`` (text: the EOS token) drawing stops once every row has drawn it, and
+        the positions left are filled with ``stop_id``: everything up to each row's first
+        ``stop_id`` is the same as without it (the uniforms are drawn up front), and what comes
+        after is padding, which no loss or metric reads. The log-probability then covers the
+        drawn positions only.
 
         With ``with_log_prob`` also return each sequence's exact log-probability (n,), which
         the sampler gets almost for free from the normaliser it computes anyway. At
@@ -146,6 +152,7 @@ class LSTMLM(nn.Module):
         uniforms = torch.rand(seq_len, n, 1, generator=generator, device=generator.device).to(dev)
         x = torch.full((n,), self.start_token, dtype=torch.long, device=dev)
         log_prob = torch.zeros(n, device=dev)
+        stopped = torch.zeros(n, dtype=torch.bool, device=dev) if stop_id is not None else None
         out_w, out_b = self.out.weight.t(), self.out.bias  # (H, V), (V,)
         V = self.vocab_size
         blk = block_size(V)
@@ -173,6 +180,11 @@ class LSTMLM(nn.Module):
                 log_prob += (shifted.gather(1, x) - total.log()).squeeze(1)
             x = x.squeeze(1)
             out[:, t] = x
+            if stopped is not None:
+                stopped |= x == stop_id
+                if bool(stopped.all()):
+                    out[:, t + 1:] = stop_id
+                    break
         return (out, log_prob) if with_log_prob else out
 
 

@@ -309,3 +309,25 @@ def test_tempered_log_probs_and_samples_are_softmax_of_logits_over_t(temp):
     assert frequencies_match(samples, want, V)
     assert not frequencies_match(samples, exact_probs(m, T), V)  # T matters, and the check sees it
     assert torch.allclose(lp.double().exp(), want[seq_index(samples, V)], rtol=1e-4)
+
+
+def test_sampling_with_stop_id_keeps_every_drawn_token_and_pads_after_the_last_stop():
+    """Text: drawing stops once every row has drawn EOS; the positions drawn until then (and
+    their log-probability) are those of the sampler without ``stop_id``, the rest is EOS."""
+    from cot_ray.text import loss_mask
+    m = make(vocab=6, seed=3, init_std=0.5)
+    with torch.no_grad():
+        m.out.bias[1] += 1.5  # EOS (id 1) likely enough that every row ends well before T
+    n, T = 64, 30
+    full, lp_full = m.sample(n, T, torch.Generator().manual_seed(5), with_log_prob=True)
+    short, lp_short = m.sample(n, T, torch.Generator().manual_seed(5), with_log_prob=True, stop_id=1)
+    kept = loss_mask(full, 1).bool()  # up to and including each row's first EOS
+    assert kept.all(dim=1).logical_not().all(), "every row must end before T for this test to mean anything"
+    assert (full[~kept] != 1).any()  # without stop_id, what follows EOS is random tokens
+    last = int(kept.sum(dim=1).max())  # positions drawn before every row had stopped
+    assert last < T
+    assert torch.equal(short[:, :last], full[:, :last])  # every drawn position, EOS-masked or not
+    assert (short[:, last:] == 1).all()
+    # the log-probability covers the drawn positions only
+    prefix_lp = (m.log_probs(full).gather(2, full[:, :, None]).squeeze(2)[:, :last]).sum(dim=1)
+    assert torch.allclose(lp_short, prefix_lp, atol=1e-4)
