@@ -25,8 +25,9 @@ code, 6.8 hours of training with other work on the machine; docs/long_horizon/de
     2,500: 9.996 / 7.672   7,500: 9.489 / 7.443   12,500: 9.311 / 7.390   20,000: 9.249 / 7.376
 
 so ``improving`` is true (the same recipe on the code before the learner refactor, whose sums
-differ in the last bits: 9.455 / 7.450 at 7,500 and 9.267 / 7.380 at 20,000); the old recipe (``--set mediator.emb_dropout=0``) turns after 7,500
-(9.573 / 7.458, then 9.825 / 7.593 at 12,500). Every arm's curve is in docs/long_horizon/ and
+differ in the last bits: 9.455 / 7.450 at 7,500 and 9.267 / 7.380 at 20,000); the old recipe
+(``--set mediator.emb_dropout=0``) turns after 7,500 (9.573 / 7.458, then 9.825 / 7.593 at
+12,500). Every arm's curve is in docs/long_horizon/ and
 README's "Long horizon" results.
 """
 

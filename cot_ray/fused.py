@@ -20,8 +20,8 @@ needs exp over the slab once, where autograd's log_softmax backward computes it 
 Each function equals its logits-based reference in ``losses.py`` (value, stats and gradients,
 up to float rounding from reordered sums), which stays the exact reference for tests and
 metrics. Masks are data: no gradient flows into them, and the rows they drop (text padding)
-are never computed. Without grad mode (``torch.no_grad()``)
-or when no input requires grad, nothing but the loss is computed.
+are never computed. Without grad mode (``torch.no_grad()``) or when no input requires grad,
+nothing but the loss is computed.
 """
 
 from __future__ import annotations
