@@ -13,8 +13,10 @@ of real sentences in place of G's samples: the cost once G ends sentences as the
     python benchmarks/iteration_cost.py [--data oracle|coco] [--iters 30] [--rounds 5] [--device cpu] [--threads N]
 
 Measured on the 2-core dev CPU, one thread, COCO (6,097 words, 36 positions, G 64/64, M
-128/128), after padding was skipped: m_step 730 ms with G's initial samples, 380 ms with real
-sentence lengths; g_step 510 and 190 ms. Before, both cost 1,000 and 510 ms whatever the lengths.
+128/128), ``--data coco --threads 1 --iters 10 --rounds 3``, after padding was skipped: m_step
+678 ms with G's initial samples, 349 ms with real sentence lengths; g_step 481 and 164 ms
+(MLE 91 ms, CoT 1,368 ms with G's initial samples). Before, the two steps cost 1,000 and 510 ms
+whatever the lengths.
 """
 
 from __future__ import annotations
