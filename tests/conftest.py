@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import struct
+from collections import defaultdict
+
 import pytest
 import torch
 
@@ -49,6 +54,24 @@ def assert_same_tree(a, b, path="state"):
             assert_same_tree(x, y, f"{path}[{i}]")
     else:
         assert a == b, path
+
+
+def event_scalars(run_dir: str) -> dict:
+    """tag -> [(step, value)] from the run's tensorboardX event files (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    out = defaultdict(list)
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])  # record: length, crc, payload, crc
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                out[v.tag].append((event.step, v.simple_value))
+    return dict(out)
 
 
 @pytest.fixture

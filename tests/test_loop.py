@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 
 import pytest
 
@@ -13,7 +12,7 @@ from cot_ray.config import ConfigError, read_yaml
 from cot_ray.data import load_dataset
 from cot_ray.loop import METRICS_FILE, model_from_weights, read_metrics, resume_config, run_trainer
 from cot_ray.metrics import eval_seed, make_evaluator, metric_keys
-from tests.conftest import assert_same_tree
+from tests.conftest import assert_same_tree, event_scalars
 
 
 def _quiet(_msg: str) -> None:
@@ -57,25 +56,6 @@ def test_ctrl_c_checkpoints_and_resume_completes_exactly(tiny):
     assert_same_tree(_learner_state(full["run_dir"]), _learner_state(run_dir))
 
 
-def _event_tags(run_dir):
-    """Scalar tags in the tensorboardX event files of ``run_dir`` (TFRecord framing)."""
-    from tensorboardX.proto import event_pb2
-
-    tags = set()
-    for name in os.listdir(run_dir):
-        if not name.startswith("events.out.tfevents"):
-            continue
-        with open(os.path.join(run_dir, name), "rb") as f:
-            buf = f.read()
-        pos = 0
-        while pos < len(buf):
-            (length,) = struct.unpack("<Q", buf[pos:pos + 8])
-            event = event_pb2.Event.FromString(buf[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
-            tags.update(v.tag for v in event.summary.value)
-    return tags
-
-
 def test_run_directory_holds_config_checkpoint_metrics_and_namespaced_scalars(tiny):
     cfg = tiny("run.iters=2", "run.name=r", "cot.m_steps=3")
     out = run_trainer(cfg, echo=_quiet)
@@ -90,7 +70,7 @@ def test_run_directory_holds_config_checkpoint_metrics_and_namespaced_scalars(ti
             for k, mcfg in (("g", cfg.generator), ("m", cfg.mediator)))
     assert make_evaluator(data, cfg.eval).evaluate(g, m, eval_seed(cfg.run.seed, 2)) == out["metrics"]
     assert os.path.exists(os.path.join(run_dir, METRICS_FILE))
-    tags = _event_tags(run_dir)
+    tags = set(event_scalars(run_dir))
     assert {"train/m_mix_nll", "train/g_kl", "eval/nll_oracle", "eval/jsd", "eval/m_nll_test",
             "eval/kl_forward", "time/iters_per_sec"} <= tags
     assert all(t.split("/")[0] in ("train", "eval", "time") for t in tags)

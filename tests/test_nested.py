@@ -20,8 +20,7 @@ from cot_ray.learners import MediatorLearner, build_inner
 from cot_ray.loop import resume_config, run_trainer
 from cot_ray.losses import mediator_loss, mixture_loss, token_nll
 from cot_ray.models import LSTMLM
-from tests.conftest import assert_same_tree
-from tests.test_loop import _event_tags
+from tests.conftest import assert_same_tree, event_scalars
 
 V, T = 3, 3
 ALL = torch.tensor(list(itertools.product(range(V), repeat=T)))  # (27, T)
@@ -113,7 +112,7 @@ def test_nested_run_resumes_exactly_and_logs_inner_losses(tiny):
     assert_same_tree({k: a[k] for k in ("g", "m", "iteration")}, {k: b[k] for k in ("g", "m", "iteration")})
     assert resumed["metrics"] == full["metrics"]
     assert {"jsd_mediator", "nll_oracle"} <= set(full["metrics"])
-    tags = _event_tags(full["run_dir"])
+    tags = set(event_scalars(full["run_dir"]))
     assert {"train/m_kl", "train/inner/kl", "train/inner/grad_norm", "train/inner/inner/mix_nll",
             "train/g_kl"} <= tags
 

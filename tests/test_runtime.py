@@ -7,15 +7,12 @@ CUDA here: a worker only uses a GPU that Ray assigned *and* CUDA can see.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-from collections import defaultdict
 
 import pytest
 import torch
@@ -28,7 +25,7 @@ from cot_ray import loop, runtime  # noqa: E402
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint  # noqa: E402
 from cot_ray.cli import main  # noqa: E402
 from cot_ray.data import load_dataset  # noqa: E402
-from tests.conftest import assert_same_tree  # noqa: E402
+from tests.conftest import assert_same_tree, event_scalars  # noqa: E402
 
 # Same thread count in the driver as in each worker, so the in-process reference does the
 # very same float operations as the actors.
@@ -57,25 +54,6 @@ def _states(run_dir: str) -> dict:
 
 def _differs(a: dict, b: dict) -> bool:
     return any(not torch.equal(a["g"]["model"][k], b["g"]["model"][k]) for k in a["g"]["model"])
-
-
-def _train_scalars(run_dir: str) -> dict:
-    """tag -> [(step, value)] from the run's tensorboardX event files (TFRecord framing)."""
-    from tensorboardX.proto import event_pb2
-
-    out = defaultdict(list)
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        with open(path, "rb") as f:
-            data = f.read()
-        pos = 0
-        while pos + 12 <= len(data):
-            (n,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event()
-            event.ParseFromString(data[pos + 12:pos + 12 + n])
-            pos += 12 + n + 4
-            for v in event.summary.value:
-                out[v.tag].append((event.step, v.simple_value))
-    return out
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -117,7 +95,7 @@ def test_async_pipeline_is_deterministic_and_logs_staleness(tiny):
     assert_same_tree(_states(ref["run_dir"]), _states(act["run_dir"]))
     state = _states(act["run_dir"])
     assert [v for v, _ in state["schedule"]["samples"]] == [3, 4]  # in flight: G versions 3 and 4
-    scalars = _train_scalars(act["run_dir"])
+    scalars = event_scalars(act["run_dir"])
     # iteration t: M trains on samples of G_{max(t-2, 0)} (G_0's for the priming batches),
     # G uses M's weights of the end of its iteration t-2 (the initial ones before that).
     assert [v for _, v in scalars["train/staleness_samples"]] == [0, 1, 2, 2, 2]
@@ -274,7 +252,7 @@ def test_ctrl_c_in_actor_mode_checkpoints_and_async_resume_is_exact(tiny):
 
 
 def _cli_args(tmp_path, data_cache):
-    from conftest import TINY
+    from tests.conftest import TINY
 
     sets = [a for item in TINY + [f"data.cache_dir={data_cache}"] for a in ("--set", item)]
     return ["train", "--json", "--iters", "2", "--logdir", str(tmp_path / "runs"), *sets]
