@@ -333,7 +333,6 @@ def eval_cmd(run_dir, as_json, samples, seed, which, temperature):
 
     from .loop import configure_process, model_from_weights, resolve_threads
     from .metrics import METRIC_KEYS, make_evaluator, metric_keys
-    from .text import loss_mask
 
     cfg, state = _load_run(run_dir, which)
     data = _load_data(cfg)
@@ -344,7 +343,7 @@ def eval_cmd(run_dir, as_json, samples, seed, which, temperature):
     configure_process(cfg.run.threads)
     g = model_from_weights(data.vocab_size, cfg.generator, state["g"]["model"])
     m = model_from_weights(data.vocab_size, cfg.mediator, state["m"]["model"]) if state.get("m") else None
-    ev = make_evaluator(data, cfg.eval, lambda x: loss_mask(x, data.eos_id), samples)
+    ev = make_evaluator(data, cfg.eval, samples)
     n = ev.num_samples
     click.echo(f"[cot-ray] evaluating {run_dir} ({which} checkpoint, iteration {state['iteration']}"
                + (f", temperature {temperature:g}" if temperature != 1.0 else "")

@@ -25,7 +25,6 @@ from .config import Config, ConfigError
 from .data import load_dataset
 from .loop import model_from_weights, resume_config
 from .metrics import make_evaluator
-from .text import loss_mask
 
 # Keys that say how or where a run was made, not what was trained: runs that differ only in
 # these (and the seed) are repetitions of one configuration.
@@ -128,7 +127,7 @@ def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("b
     data = load_dataset(cfgs[0].data)
     runs = []
     for i, (run_dir, cfg) in enumerate(zip(run_dirs, cfgs)):
-        ev = make_evaluator(data, cfg.eval, lambda x: loss_mask(x, data.eos_id), samples)
+        ev = make_evaluator(data, cfg.eval, samples)
         entry = {"run_dir": run_dir, "group": labels[keys[i]], "seed": cfg.run.seed, "checkpoints": {}}
         for which in checkpoints:
             path = os.path.join(run_dir, BEST if which == "best" else CHECKPOINT)

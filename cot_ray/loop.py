@@ -31,7 +31,6 @@ from .memory import retain_freed_memory
 from .metrics import METRIC_KEYS, Evaluator, eval_seed, make_evaluator
 from .models import LSTMLM, copy_weights
 from .schedule import make_schedule, schedule_iteration
-from .text import loss_mask
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -370,11 +369,8 @@ class Trainer:
     # -- evaluation
     def evaluator(self) -> Evaluator:
         if self._evaluator is None:
-            self._evaluator = make_evaluator(self.data, self.cfg.eval, self.mask_fn)
+            self._evaluator = make_evaluator(self.data, self.cfg.eval)
         return self._evaluator
-
-    def mask_fn(self, x):
-        return loss_mask(x, self.data.eos_id)
 
     def evaluate(self) -> dict:
         seed = eval_seed(self.cfg.run.seed, self.iteration)

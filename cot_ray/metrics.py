@@ -41,6 +41,7 @@ On text (no oracle), Texygen's real-data metrics instead:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional, Sequence
 
@@ -49,6 +50,7 @@ import torch
 
 from .bleu import BleuScorer, self_bleu
 from .models import LSTMLM
+from .text import loss_mask
 
 LN2 = math.log(2.0)
 MaskFn = Callable[[torch.Tensor], Optional[torch.Tensor]]
@@ -252,13 +254,13 @@ class TextEvaluator(Evaluator):
     """
 
     def __init__(self, test: torch.Tensor, seq_len: int, references: Sequence[Sequence[str]],
-                 to_tokens: Callable[[list], list], mask_fn: Optional[MaskFn] = None,
-                 bleu_samples: int = 1000, num_test: int = 9984,
-                 train: Optional[torch.Tensor] = None, num_train: int = 0, valid: Optional[torch.Tensor] = None,
-                 eos_id: Optional[int] = None):
+                 to_tokens: Callable[[list], list], eos_id: int, bleu_samples: int = 1000, num_test: int = 9984,
+                 train: Optional[torch.Tensor] = None, num_train: int = 0, valid: Optional[torch.Tensor] = None):
         if bleu_samples < 2:
             raise ValueError(f"bleu_samples must be >= 2 (self-BLEU needs two sentences), got {bleu_samples}")
-        super().__init__(test, seq_len, None, mask_fn, bleu_samples, num_test, train, num_train, valid=valid)
+        # positions after a sentence's EOS are padding: they count in no NLL
+        super().__init__(test, seq_len, None, functools.partial(loss_mask, eos_id=eos_id), bleu_samples, num_test,
+                         train, num_train, valid=valid)
         self.to_tokens = to_tokens
         self.eos_id = eos_id  # sampling stops once every sentence has ended (the words are the same)
         self.scorer = BleuScorer(references, max_n=max(BLEU_ORDERS))
@@ -278,19 +280,19 @@ class TextEvaluator(Evaluator):
         return out
 
 
-def make_evaluator(data, eval_cfg, mask_fn: Optional[MaskFn] = None,
-                   num_samples: Optional[int] = None) -> Evaluator:
-    """The evaluator of a ``Dataset`` under an ``EvalConfig``: exact oracle metrics or text metrics.
+def make_evaluator(data, eval_cfg, num_samples: Optional[int] = None) -> Evaluator:
+    """The evaluator of a ``Dataset`` under an ``EvalConfig``: exact oracle metrics or text metrics
+    (where the padding after each sentence's EOS counts in no NLL).
 
     ``num_samples`` overrides the generated-sample count (``eval.num_samples`` for the oracle,
     ``eval.bleu_samples`` for text).
     """
     if data.vocab is not None and data.references is not None:
         n = num_samples if num_samples is not None else eval_cfg.bleu_samples
-        return TextEvaluator(data.test, data.seq_len, data.references, data.tokens, mask_fn, n,
-                             eval_cfg.num_test, data.train, eval_cfg.num_train, data.valid, data.eos_id)
+        return TextEvaluator(data.test, data.seq_len, data.references, data.tokens, data.eos_id, n,
+                             eval_cfg.num_test, data.train, eval_cfg.num_train, data.valid)
     n = num_samples if num_samples is not None else eval_cfg.num_samples
-    return Evaluator(data.test, data.seq_len, data.oracle, mask_fn, n, eval_cfg.num_test, data.train,
+    return Evaluator(data.test, data.seq_len, data.oracle, None, n, eval_cfg.num_test, data.train,
                      eval_cfg.num_train, data.test_logp, data.valid)
 
 

@@ -8,6 +8,7 @@ import os
 import random
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -16,7 +17,8 @@ from cot_ray.cli import main
 from cot_ray.config import ConfigError, load_config
 from cot_ray.data import VOCAB_FILE, load_dataset
 from cot_ray.loop import read_metrics, run_trainer
-from cot_ray.metrics import TEXT_KEYS, metric_keys
+from cot_ray.metrics import TEXT_KEYS, make_evaluator, metric_keys
+from cot_ray.models import LSTMLM
 from cot_ray.text import EOS_ID, PAD_ID, Vocab, read_corpus
 
 WORDS = "a the cat dog bird sat ran on under mat tree red big small".split()
@@ -138,6 +140,19 @@ def test_train_both_algorithms_on_text(tmp_path, corpus, algo):
     with open(os.path.join(out["run_dir"], "config.yaml"), encoding="utf-8") as f:
         saved = yaml.safe_load(f)["data"]
     assert saved["vocab_path"] == os.path.abspath(vocab_path) and saved["max_len"] == MAX_LEN
+
+
+def test_text_evaluation_counts_each_sentence_up_to_its_eos_and_no_padding(tmp_path, corpus):
+    cfg = _cfg(tmp_path, corpus, "eval.num_test=100000")
+    data = load_dataset(cfg.data)
+    torch.manual_seed(0)
+    g = LSTMLM(data.vocab_size, cfg.generator)
+    res = make_evaluator(data, cfg.eval).evaluate(g, None, seed=0)  # the data set alone decides the mask
+    counted = (torch.arange(MAX_LEN)[None, :] <= (data.test == EOS_ID).long().argmax(dim=1)[:, None]).float()
+    assert 0 < counted.sum() < data.test.numel()  # the test sentences are padded
+    with torch.no_grad():
+        lp = g.sequence_log_prob(data.test, counted).double()
+    assert res["nll_test"] == pytest.approx((-lp.sum() / counted.sum()).item(), rel=1e-6)
 
 
 def test_minutes_budget_is_used_in_full_and_ends_with_eval_and_checkpoint(tmp_path, corpus):
