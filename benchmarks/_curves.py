@@ -29,6 +29,6 @@ def plot_curves(curves: dict, keys: tuple, path: str, ln2_on: tuple = (), x: str
     for ax, key in zip(axes, keys):
         if key in ln2_on:
             ax.axhline(math.log(2), color="grey", lw=0.8, ls="--")
-    axes[0].legend()
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside the panels: it hides no line
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
