@@ -145,6 +145,12 @@ def mediator_jsd(p_on_p: torch.Tensor, m_on_p: torch.Tensor, g_on_g: torch.Tenso
     return float(0.5 * ((p_on_p - m_on_p).mean() + (g_on_g - m_on_g).mean()))
 
 
+def padding_mask_fn(eos_id: Optional[int]) -> Optional[MaskFn]:
+    """The mask of data whose sentences end at ``eos_id``: the positions after it are padding and
+    count in no NLL. None for fixed-length data (``eos_id`` None), where every position counts."""
+    return None if eos_id is None else functools.partial(loss_mask, eos_id=eos_id)
+
+
 class Evaluator:
     """Computes every metric for given G (and M) models; caches what depends only on the data.
 
@@ -258,9 +264,8 @@ class TextEvaluator(Evaluator):
                  train: Optional[torch.Tensor] = None, num_train: int = 0, valid: Optional[torch.Tensor] = None):
         if bleu_samples < 2:
             raise ValueError(f"bleu_samples must be >= 2 (self-BLEU needs two sentences), got {bleu_samples}")
-        # positions after a sentence's EOS are padding: they count in no NLL
-        super().__init__(test, seq_len, None, functools.partial(loss_mask, eos_id=eos_id), bleu_samples, num_test,
-                         train, num_train, valid=valid)
+        super().__init__(test, seq_len, None, padding_mask_fn(eos_id), bleu_samples, num_test, train, num_train,
+                         valid=valid)
         self.to_tokens = to_tokens
         self.eos_id = eos_id  # sampling stops once every sentence has ended (the words are the same)
         self.scorer = BleuScorer(references, max_n=max(BLEU_ORDERS))
@@ -281,8 +286,8 @@ class TextEvaluator(Evaluator):
 
 
 def make_evaluator(data, eval_cfg, num_samples: Optional[int] = None) -> Evaluator:
-    """The evaluator of a ``Dataset`` under an ``EvalConfig``: exact oracle metrics or text metrics
-    (where the padding after each sentence's EOS counts in no NLL).
+    """The evaluator of a ``Dataset`` under an ``EvalConfig``: exact oracle metrics or text metrics.
+    On data with an EOS (``data.eos_id``), the padding after each sentence's end counts in no NLL.
 
     ``num_samples`` overrides the generated-sample count (``eval.num_samples`` for the oracle,
     ``eval.bleu_samples`` for text).
@@ -292,8 +297,8 @@ def make_evaluator(data, eval_cfg, num_samples: Optional[int] = None) -> Evaluat
         return TextEvaluator(data.test, data.seq_len, data.references, data.tokens, data.eos_id, n,
                              eval_cfg.num_test, data.train, eval_cfg.num_train, data.valid)
     n = num_samples if num_samples is not None else eval_cfg.num_samples
-    return Evaluator(data.test, data.seq_len, data.oracle, None, n, eval_cfg.num_test, data.train,
-                     eval_cfg.num_train, data.test_logp, data.valid)
+    return Evaluator(data.test, data.seq_len, data.oracle, padding_mask_fn(data.eos_id), n, eval_cfg.num_test,
+                     data.train, eval_cfg.num_train, data.test_logp, data.valid)
 
 
 def eval_seed(run_seed: int, iteration: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -142,12 +143,17 @@ def test_train_both_algorithms_on_text(tmp_path, corpus, algo):
     assert saved["vocab_path"] == os.path.abspath(vocab_path) and saved["max_len"] == MAX_LEN
 
 
-def test_text_evaluation_counts_each_sentence_up_to_its_eos_and_no_padding(tmp_path, corpus):
+@pytest.mark.parametrize("with_references", [True, False])
+def test_text_evaluation_counts_each_sentence_up_to_its_eos_and_no_padding(tmp_path, corpus, with_references):
+    """With BLEU references (TextEvaluator) or without (the plain Evaluator), the data set's EOS
+    alone decides what counts."""
     cfg = _cfg(tmp_path, corpus, "eval.num_test=100000")
     data = load_dataset(cfg.data)
+    if not with_references:
+        data = dataclasses.replace(data, references=None)
     torch.manual_seed(0)
     g = LSTMLM(data.vocab_size, cfg.generator)
-    res = make_evaluator(data, cfg.eval).evaluate(g, None, seed=0)  # the data set alone decides the mask
+    res = make_evaluator(data, cfg.eval).evaluate(g, None, seed=0)
     counted = (torch.arange(MAX_LEN)[None, :] <= (data.test == EOS_ID).long().argmax(dim=1)[:, None]).float()
     assert 0 < counted.sum() < data.test.numel()  # the test sentences are padded
     with torch.no_grad():
