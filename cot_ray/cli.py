@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import sys
@@ -15,14 +14,20 @@ from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from .config import ConfigError, load_config
 
 
+INTERRUPTED = 130  # the shell's exit code for a command stopped by Ctrl-C (SIGINT)
+
+
 class _Errors(click.Group):
-    """Turn the project's own input errors into one-line messages instead of tracebacks."""
+    """Turn the project's own input errors into one-line messages instead of tracebacks, and
+    Ctrl-C into exit code 130 (click's "Aborted!" would exit with 1)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(INTERRUPTED) from None
 
 
 @click.group(cls=_Errors)
@@ -39,6 +44,12 @@ _RUNTIME_FLAGS = {  # click parameter -> (flag, config key); the schedule flags 
     "inner_actor": ("--inner-actor/--inner-local", "runtime.inner_actor"),
 }
 _MATH_FLAGS = ("schedule", "staleness")
+
+
+_SMOKE_OPTION = click.option(
+    "--smoke", is_flag=True,
+    help="Check this command end to end in seconds: the same models, data and runtime with a tiny budget "
+         "(a few iterations, small evaluations; sweeps: two short trials).")
 
 
 def _runtime_options(f):
@@ -129,18 +140,19 @@ def _run_training(cfg, resume_dir: Optional[str]) -> dict:
               help="With --nested: levels of inner mediators, 1 or more (config nested.depth).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line (run_dir, iteration, metrics) "
               "instead of the summary and next steps.")
+@_SMOKE_OPTION
 @_runtime_options
 def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed, data_arg, test_data,
-          nested, nest_depth, as_json, runtime):
+          nested, nest_depth, as_json, smoke, runtime):
     """Train a generator with CoT (default) or MLE on the oracle, COCO captions or your sentences."""
-    from .config import from_dict, parse_overrides
+    from .config import from_dict, parse_overrides, smoke_budget
     from .loop import resume_config
 
     if resume_dir:
         changed = [n for n, v in (("--algo", algo), ("--config", config_path), ("--set", overrides),
                                   ("--logdir", logdir), ("--seed", seed), ("--data", data_arg),
                                   ("--test-data", test_data), ("--nested", nested),
-                                  ("--nest-depth", nest_depth is not None)) if v]
+                                  ("--nest-depth", nest_depth is not None), ("--smoke", smoke)) if v]
         if changed:
             raise click.UsageError(f"{', '.join(changed)} cannot change a resumed run: only --iters and "
                                    "--minutes may be given with --resume")
@@ -171,13 +183,15 @@ def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed
             items.append(f"nested.depth={nest_depth}")
         items.extend(_runtime_overrides(runtime, resumed=False))
         cfg = load_config(config_path, items)
+        if smoke:
+            cfg = smoke_budget(cfg).validate()
     summary = _run_training(cfg, resume_dir)
     if as_json:
         click.echo(json.dumps({k: summary[k] for k in ("run_dir", "iteration", "metrics")}))
     else:
         _ending(cfg, summary)
     if summary["interrupted"]:
-        sys.exit(130)  # the shell's code for a run stopped by Ctrl-C (SIGINT)
+        sys.exit(INTERRUPTED)
 
 
 _SHOWN = ("kl_forward", "kl_reverse", "nll_oracle", "nll_test", "bleu4", "self_bleu4")
@@ -284,7 +298,9 @@ _TEMPERATURE_OPTION = click.option(
               help="Override a key of the base training config, e.g. --set data.cache_dir=/data (repeatable).")
 @click.option("--show-tune", is_flag=True, help="Show Ray Tune's own status tables here instead of in the "
               "experiment's tune.log.")
-def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_concurrent, overrides, show_tune):
+@_SMOKE_OPTION
+def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_concurrent, overrides, show_tune,
+             smoke):
     """Sweep training hyperparameters with Ray Tune (ASHA, PBT); see the sweep file format in the README."""
     from .sweep_spec import is_uri, load_sweep
 
@@ -294,7 +310,7 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
         if changed:
             raise click.UsageError(f"{', '.join(changed)} cannot change a resumed sweep: give CONFIG.yaml "
                                    "(and --set) as when it started, and --address if needed")
-    sweep = load_sweep(sweep_path, overrides, num_samples, max_concurrent, storage, name)  # before Ray starts
+    sweep = load_sweep(sweep_path, overrides, num_samples, max_concurrent, storage, name, smoke)  # before Ray
     from .tune import run_sweep  # imports Ray Tune: only this command needs it
 
     summary = run_sweep(sweep, address=address, resume_dir=resume_dir, show_tune=show_tune)
@@ -400,7 +416,7 @@ def sample(run_dir, num, ids, seed, which, temperature):
 def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, no_plot):
     """Compare runs over a temperature grid: best and last checkpoints, seeds grouped (mean ± std),
     a table and a quality-diversity plot."""
-    from .compare import compare_runs, parse_temperatures, write_outputs
+    from .compare import PLOT_SKIPPED, can_plot, compare_runs, markdown_table, parse_temperatures, write_outputs
     from .loop import configure_process, resolve_threads
 
     temps = parse_temperatures(temperatures)
@@ -410,9 +426,6 @@ def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, no_
     for r in run_dirs:
         if not os.path.exists(os.path.join(r, CHECKPOINT)):
             raise click.UsageError(f"{r} is not a run with a checkpoint: give directories that `cot-ray train` made")
-    if not no_plot and importlib.util.find_spec("matplotlib") is None:
-        raise click.UsageError("the quality-diversity plot needs matplotlib: pip install -e \".[bench]\", or "
-                               "give --no-plot")
     cfg = load_config(None, [])
     note = resolve_threads(cfg)
     configure_process(cfg.run.threads)
@@ -420,10 +433,11 @@ def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, no_
                f"({', '.join(f'{t:g}' for t in temps)}); {note}", err=True)
     result = compare_runs(list(run_dirs), temps, which, samples, seed,
                           echo=lambda s: click.echo(s, err=True))
-    paths = write_outputs(result, out_dir, plot=not no_plot)
-    from .compare import markdown_table
-
+    plot = not no_plot and can_plot()
+    paths = write_outputs(result, out_dir, plot=plot)
     click.echo(markdown_table(result))
+    if not no_plot and not plot:
+        click.echo(f"[compare] {PLOT_SKIPPED}", err=True)
     click.echo(f"[compare] {result['seconds']:.0f} s; written: " + ", ".join(paths.values()), err=True)
 
 

@@ -97,10 +97,12 @@ def group_labels(configs: list[dict]) -> list[str]:
     return labels
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
+    """The mean and the sample standard deviation; None for the latter with one value (a spread
+    needs two seeds)."""
     n = len(values)
     mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
     return mean, std
 
 
@@ -170,7 +172,8 @@ def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("b
 
 
 def markdown_table(result: dict) -> str:
-    """The groups' mean ± std over seeds, one row per (group, checkpoint, temperature)."""
+    """The groups' mean ± std over seeds, one row per (group, checkpoint, temperature); a group
+    of one seed shows its values alone."""
     shown = TEXT_SHOWN if result["text"] else ORACLE_SHOWN
     head = ["configuration", "checkpoint", "seeds", "T"] + list(shown)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -179,19 +182,30 @@ def markdown_table(result: dict) -> str:
             cells = [g["group"], g["checkpoint"], str(len(g["seeds"])), f"{row['temperature']:g}"]
             for k in shown:
                 s = row.get(k)
-                cells.append("-" if s is None else f"{s['mean']:.3f} ± {s['std']:.3f}")
+                cells.append("-" if s is None else f"{s['mean']:.3f}" if s["std"] is None else
+                             f"{s['mean']:.3f} ± {s['std']:.3f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+PLOT_SKIPPED = ("plot skipped: quality_diversity.png needs matplotlib (pip install -e \".[bench]\"); "
+                "compare.md and compare.json are written")
+
+
+def can_plot() -> bool:
+    """Whether matplotlib, which only the plot needs, can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def plot_quality_diversity(result: dict, path: str) -> None:
     """Oracle: NLL_oracle against NLL_test; text: BLEU-4 against self-BLEU-4; one curve per
     (group, checkpoint) over the temperatures, with the seeds' standard deviation as error bars."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("the quality-diversity plot needs matplotlib: pip install -e \".[bench]\" (the table and "
-                          "JSON are written)") from None
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -203,9 +217,10 @@ def plot_quality_diversity(result: dict, path: str) -> None:
             continue
         xs = [r[x_key]["mean"] for r in rows]
         ys = [r[y_key]["mean"] for r in rows]
-        ax.errorbar(xs, ys, xerr=[r[x_key]["std"] for r in rows], yerr=[r[y_key]["std"] for r in rows],
+        n = len(g["seeds"])
+        ax.errorbar(xs, ys, xerr=[r[x_key]["std"] or 0.0 for r in rows], yerr=[r[y_key]["std"] or 0.0 for r in rows],
                     marker="o" if g["checkpoint"] == "best" else "s", ms=4, capsize=2,
-                    label=f"{g['group']}, {g['checkpoint']} ({len(g['seeds'])} seeds)")
+                    label=f"{g['group']}, {g['checkpoint']} ({n} seed{'s' if n > 1 else ''})")
         for r, x, y in zip(rows, xs, ys):
             ax.annotate(f"{r['temperature']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if result["text"]:
@@ -221,8 +236,8 @@ def plot_quality_diversity(result: dict, path: str) -> None:
 
 
 def write_outputs(result: dict, out_dir: str, plot: bool = True) -> dict:
-    """compare.json, compare.md and (with matplotlib) quality_diversity.png in ``out_dir``;
-    -> their paths."""
+    """compare.json, compare.md and, with ``plot`` (it needs matplotlib: :func:`can_plot`),
+    quality_diversity.png in ``out_dir``; -> their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, "compare.json"), "markdown": os.path.join(out_dir, "compare.md")}
     with open(paths["json"], "w", encoding="utf-8") as f:

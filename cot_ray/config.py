@@ -128,7 +128,8 @@ class RunConfig:
     checkpoint_every: int = 500  # write a checkpoint every this many iterations (and at the end)
     log_every: int = 50  # write train/ scalars and a progress line every this many iterations
     device: str = "cpu"  # torch device of the in-process loop: "cpu", "cuda", "cuda:1", ...
-    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    threads: int = 0  # torch intra-op threads of the run's own process; 0: the CPUs other work leaves free
+    threads_host: str = ""  # set by a run that chose run.threads itself: the machine it chose on (resumed elsewhere: again)
     chunk_rows: int = 256  # rows per slab of the fused losses; fixes the order of their sums (part of the bits)
 
 
@@ -142,7 +143,9 @@ class RuntimeConfig:
     staleness: int = 1  # async: M trains on samples, and G uses M weights, this many iterations old
     spread: bool = False  # place G and M on different nodes (STRICT_SPREAD) instead of packing them
     gpus_per_worker: float = -1.0  # GPUs for each of G and M; -1: one each if the cluster has two, else 0
-    cpus_per_worker: int = 1  # CPUs (and torch threads) for each of G and M
+    # CPUs for each worker (G, M, the inner actor), and its torch threads (at least one); 0: one each,
+    # or an equal share when a cluster without an autoscaler has fewer CPUs than workers (a laptop)
+    cpus_per_worker: float = 0.0
     max_restarts: int = 3  # times Ray restarts a dead worker; the run then resumes from its last checkpoint
     inner_actor: bool = False  # nested: run the inner mediators in their own actor (own GPU when there are enough)
     placement_timeout_s: float = 60.0  # give up (with an error) if the workers cannot be placed in this time
@@ -281,7 +284,8 @@ class Config:
         check(r.staleness >= 0, "runtime.staleness", f"must be >= 0, got {r.staleness}")
         check(r.gpus_per_worker == -1 or r.gpus_per_worker >= 0, "runtime.gpus_per_worker",
                f"must be >= 0 (or -1 for automatic), got {r.gpus_per_worker}")
-        check(r.cpus_per_worker >= 1, "runtime.cpus_per_worker", f"must be >= 1, got {r.cpus_per_worker}")
+        check(r.cpus_per_worker >= 0, "runtime.cpus_per_worker",
+              f"must be > 0 (or 0 for automatic), got {r.cpus_per_worker:g}")
         check(r.max_restarts >= 0, "runtime.max_restarts", f"must be >= 0, got {r.max_restarts}")
         check(r.placement_timeout_s > 0, "runtime.placement_timeout_s", f"must be > 0, got {r.placement_timeout_s}")
         check(r.scale_timeout_s > 0, "runtime.scale_timeout_s", f"must be > 0, got {r.scale_timeout_s}")
@@ -291,6 +295,30 @@ class Config:
                "runtime.address", f"must be '', 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got {r.address!r}")
         check(r.mode == "actors" or r.address == "", "runtime.address",
                "joins a Ray cluster, which runtime.mode 'local' does not use: drop --address or --local")
+
+
+# ``--smoke``: the budget of a run that checks a command end to end in seconds.
+SMOKE_ITERS = 4  # training iterations
+SMOKE_EVAL_EVERY = 2  # so that a smoke run evaluates (and keeps best.pt) mid-run as well as at the end
+SMOKE_SAMPLES = 256  # at most this many samples and sequences per evaluation (text: BLEU samples 64)
+
+
+def smoke_budget(cfg: Config) -> Config:
+    """Shrink ``cfg``'s budget, and only its budget, for ``--smoke``: at most :data:`SMOKE_ITERS`
+    iterations (no time limit), an evaluation, a checkpoint and a progress line every
+    :data:`SMOKE_EVAL_EVERY` iterations, and small evaluations. Models, data, algorithm and
+    where the learners run stay as given, so the smoke run takes the same code paths."""
+    r, e = cfg.run, cfg.eval
+    r.iters = min(r.iters, SMOKE_ITERS) if r.iters > 0 else SMOKE_ITERS
+    r.minutes = 0.0
+    r.checkpoint_every = min(r.checkpoint_every, SMOKE_EVAL_EVERY)
+    r.log_every = 1
+    e.every = SMOKE_EVAL_EVERY
+    e.num_samples = min(e.num_samples, SMOKE_SAMPLES)
+    e.num_test = min(e.num_test, SMOKE_SAMPLES)
+    e.num_train = min(e.num_train, SMOKE_SAMPLES)
+    e.bleu_samples = min(e.bleu_samples, SMOKE_SAMPLES // 4)
+    return cfg
 
 
 def check(ok: bool, key: str, msg: str) -> None:

@@ -24,6 +24,7 @@ from typing import Optional
 
 import torch
 
+from .checkpoint import CheckpointError
 from .config import Config, ModelConfig, OptimConfig
 from .data import BatchSampler
 from .fused import fused_cot_generator_loss, fused_mixture_loss, fused_mle_loss
@@ -54,10 +55,38 @@ class LearnerNotBuiltError(RuntimeError):
     """A learner was called before :meth:`build` (for example an actor that Ray restarted)."""
 
 
+# The state sizes of torch's device generators: the CPU's Mersenne Twister, CUDA's Philox (seed, offset).
+_RNG_STATE_BYTES = {5056: "cpu", 16: "cuda"}
+
+
+def rng_device(state: dict) -> Optional[str]:
+    """The device type whose generators a learner's checkpointed state comes from: recorded as
+    ``rng_device``, or (older checkpoints) told by the size of its generator state."""
+    if "rng_device" in state:
+        return state["rng_device"]
+    gen = state.get("gen", state.get("dropout_gen"))
+    return _RNG_STATE_BYTES.get(int(gen.numel())) if isinstance(gen, torch.Tensor) else None
+
+
+def check_rng_device(state: dict, device: torch.device, who: str) -> None:
+    """A one-line :class:`CheckpointError` when a learner's state was drawn by another device's
+    generators than ``device``'s: a CPU generator (mt19937) and a CUDA one (Philox) are
+    different random streams, so no state of one continues the other; the run resumes exactly
+    only on the device type it ran on."""
+    saved = rng_device(state)
+    if saved is None or saved == device.type:
+        return
+    how = ("on a machine with GPUs (--gpus-per-worker 1, or --local with --set run.device=cuda)" if saved == "cuda"
+           else "on CPUs (--gpus-per-worker 0, or --local)")
+    raise CheckpointError(f"the checkpoint's {who} drew its random numbers on {saved} but would continue on "
+                          f"{device.type}, whose random generator is another stream: the run cannot continue exactly "
+                          f"there; resume it {how}")
+
+
 def _build(vocab_size: int, mcfg: ModelConfig, ocfg: OptimConfig, seed: int, device: torch.device):
     model = LSTMLM(vocab_size, mcfg)
     model.init_weights(torch.Generator().manual_seed(seed))
-    model.to(device)
+    model.to(device).eval()  # training steps switch to training mode (dropout) and back themselves
     # AdamW is Adam with decoupled weight decay; at weight_decay 0 it computes exactly Adam's steps.
     optim = torch.optim.AdamW(model.parameters(), lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2),
                               weight_decay=ocfg.weight_decay)
@@ -195,11 +224,12 @@ class GeneratorLearner(_Learner):
         self._need_built()
         return {"model": cpu_weights(self.model), "optim": _cpu_state(self.optim),
                 "mediator": cpu_weights(self.mediator) if self.mediator is not None else None,
-                "gen": self.sample_gen.get_state().cpu(),
+                "gen": self.sample_gen.get_state().cpu(), "rng_device": self.device.type,
                 "batches": self.batches.state() if self.batches else None, "steps": self.steps}
 
     def load_state(self, state: dict) -> None:
         self._need_built()
+        check_rng_device(state, self.device, "generator")
         copy_weights(self.model, state["model"])
         self.optim.load_state_dict(state["optim"])
         if self.mediator is not None:
@@ -305,7 +335,7 @@ class MixtureLearner(_Learner):
     def state(self) -> dict:
         self._need_built()
         out = {"model": cpu_weights(self.model), "optim": _cpu_state(self.optim),
-               "dropout_gen": self.dropout_gen.get_state().cpu(), "steps": self.steps}
+               "dropout_gen": self.dropout_gen.get_state().cpu(), "rng_device": self.device.type, "steps": self.steps}
         if self.nested:
             out["gen"] = self.sample_gen.get_state().cpu()
             out["inner"] = self.inner.state()
@@ -313,6 +343,7 @@ class MixtureLearner(_Learner):
 
     def load_state(self, state: dict) -> None:
         self._need_built()
+        check_rng_device(state, self.device, "mediator" if self.level == 0 else f"inner mediator (level {self.level})")
         copy_weights(self.model, state["model"])
         self.optim.load_state_dict(state["optim"])
         self.dropout_gen.set_state(state["dropout_gen"])

@@ -26,7 +26,7 @@ from .checkpoint import BEST, CHECKPOINT, CONFIG, CheckpointError, load_checkpoi
 from .config import Config, ConfigError, from_dict, save_config, selection_metric
 from .data import VOCAB_FILE, Dataset, checkpoint_vocab_size, load_dataset, run_vocab_path, save_run_data
 from .learners import GeneratorLearner, MediatorLearner, build_inner
-from .machine import busy_cpus, cpu_count, pick_threads
+from .machine import busy_cpus, cpu_count, host_name, pick_threads
 from .memory import retain_freed_memory
 from .metrics import METRIC_KEYS, Evaluator, eval_seed, make_evaluator
 from .models import LSTMLM, copy_weights
@@ -222,7 +222,9 @@ def clock_text(seconds: float) -> str:
 
 class _StopFlag:
     """The first Ctrl-C asks the loop to stop at the end of the iteration (and checkpoint),
-    and says so at once; a second one interrupts at once."""
+    and says so at once; a second one interrupts at once (KeyboardInterrupt). It is installed
+    for the whole run, recoveries from worker failures included, so that a Ctrl-C during a
+    recovery stops the run once the learners are back."""
 
     def __init__(self, echo: Callable[[str], None] = lambda s: None):
         self.stop = False
@@ -238,6 +240,7 @@ class _StopFlag:
 
     def _handle(self, signum, frame):
         if self.stop:
+            self._echo("[cot-ray] Ctrl-C again: stopping at once, without a checkpoint of this iteration")
             raise KeyboardInterrupt
         self.stop = True
         self._echo("[cot-ray] Ctrl-C: stopping after this iteration and writing a checkpoint "
@@ -347,6 +350,7 @@ class Trainer:
         self._evaluator: Optional[Evaluator] = None
         self._last: tuple = ({}, True)  # (last checkpoint state, whether it is a fresh start)
         self._window: Optional[StatsWindow] = None  # the stats of the iterations in flight
+        self._flag = _StopFlag()  # Ctrl-C; installed by run()
 
     # -- state
     def checkpoint_state(self) -> dict:
@@ -399,16 +403,25 @@ class Trainer:
         loaded back, so the run goes on from there and loses at most one checkpoint interval.
         """
         self._last = (self.checkpoint_state(), fresh)
-        while True:
+        with _StopFlag(self.echo) as self._flag:
             try:
-                return self._run(fresh)
-            except Exception as exc:  # noqa: BLE001 - re-raised unless the learners call it a failure
-                if not self.w.is_failure(exc):
-                    raise
-                state, fresh = self._last
-                self.echo(f"[cot-ray] worker failure ({type(exc).__name__}): restoring both learners "
-                          f"from iteration {state['iteration']}")
-                self._recover(state)
+                while True:
+                    try:
+                        return self._run(fresh)
+                    except Exception as exc:  # noqa: BLE001 - re-raised unless the learners call it a failure
+                        if not self.w.is_failure(exc):
+                            raise
+                        state, fresh = self._last
+                        self.echo(f"[cot-ray] worker failure ({type(exc).__name__}): restoring both learners "
+                                  f"from iteration {state['iteration']}")
+                        self._recover(state)
+            except KeyboardInterrupt:  # the second Ctrl-C: say what is left on disk, then stop
+                state, unsaved = self._last
+                self.echo("[cot-ray] stopped at once: " + (
+                    "no checkpoint was written yet" if unsaved else
+                    f"the last checkpoint is at iteration {state['iteration']}; continue with: "
+                    f"cot-ray train --resume {self.run_dir}"))
+                raise
 
     def _recover(self, state: dict) -> None:
         """Make the learners callable again and load ``state``; a failure during the recovery
@@ -486,40 +499,44 @@ class Trainer:
         self._start(log, fresh)
         clock = Stopwatch(before=self.elapsed)
         window = self._window = StatsWindow(self.iteration, clock)
-        interrupted = False
-        last = self._done(clock)  # decided once per iteration: the final one always evaluates and saves
+        flag = self._flag
+        saved = -1  # the iteration of this session's last checkpoint
+        # decided once per iteration: the final one always evaluates and saves; a Ctrl-C that came
+        # while the run started or recovered from a worker failure stops it before any iteration
+        last = self._done(clock) or flag.stop
         try:
-            with _StopFlag(self.echo) as flag:
-                while not last:
-                    stats, self.m_updates = w.iteration(cfg, self.iteration, self.m_updates)
-                    window.add(w, stats)
-                    self.iteration += 1
-                    it = self.iteration
-                    last = self._done(clock) or flag.stop
-                    if it % cfg.run.log_every == 0 or last:
-                        train, rate = window.flush(w, it, clock)
-                        self.elapsed = clock.seconds()
-                        self._progress(log, train, rate)
-                    # the final iteration evaluates, unless it ends because of a Ctrl-C
-                    evaluated = not flag.stop and (bool(cfg.eval.every and it % cfg.eval.every == 0) or last)
-                    if evaluated:
-                        window.collect(w)  # the iteration is complete before its weights are read
-                        self._evaluate(log, clock)
-                    if it % cfg.run.checkpoint_every == 0 or last or flag.stop or (evaluated and self.on_eval):
-                        window.collect(w)
-                        self.elapsed = clock.seconds()
-                        self.save()
-                    if evaluated and self.on_eval is not None:
-                        self.on_eval(it, dict(self.last_eval), self.run_dir, self.elapsed)
-                    if flag.stop:
-                        interrupted = True
-                        self.echo(f"[cot-ray] interrupted: checkpoint at iteration {it} written; "
-                                  f"continue with: cot-ray train --resume {self.run_dir}")
-                        break
+            while not last:
+                stats, self.m_updates = w.iteration(cfg, self.iteration, self.m_updates)
+                window.add(w, stats)
+                self.iteration += 1
+                it = self.iteration
+                last = self._done(clock) or flag.stop
+                if it % cfg.run.log_every == 0 or last:
+                    train, rate = window.flush(w, it, clock)
+                    self.elapsed = clock.seconds()
+                    self._progress(log, train, rate)
+                # the final iteration evaluates, unless it ends because of a Ctrl-C
+                evaluated = not flag.stop and (bool(cfg.eval.every and it % cfg.eval.every == 0) or last)
+                if evaluated:
+                    window.collect(w)  # the iteration is complete before its weights are read
+                    self._evaluate(log, clock)
+                if it % cfg.run.checkpoint_every == 0 or last or flag.stop or (evaluated and self.on_eval):
+                    window.collect(w)
+                    self.elapsed = clock.seconds()
+                    self.save()
+                    saved = it
+                if evaluated and self.on_eval is not None:
+                    self.on_eval(it, dict(self.last_eval), self.run_dir, self.elapsed)
+                last = last or flag.stop
+            if flag.stop:
+                if saved != self.iteration:
+                    self.save()
+                self.echo(f"[cot-ray] interrupted: checkpoint at iteration {self.iteration} written; "
+                          f"continue with: cot-ray train --resume {self.run_dir}")
         finally:
             log.close()
         return {"run_dir": self.run_dir, "iteration": self.iteration, "elapsed_s": self.elapsed,
-                "metrics": self.last_eval, "interrupted": interrupted}
+                "metrics": self.last_eval, "interrupted": flag.stop}
 
 
 def configure_process(threads: int) -> int:
@@ -532,15 +549,20 @@ def configure_process(threads: int) -> int:
 
 def resolve_threads(cfg: Config) -> str:
     """Set ``run.threads`` when it is 0: the CPUs that other work leaves free now (at least one),
-    so that evaluation and the in-process loop do not oversubscribe the cores. The choice is
-    recorded in the run's config (a resumed run keeps it); -> a line saying what was chosen."""
+    so that evaluation and the in-process loop do not oversubscribe the cores. The choice and
+    the machine it was made on (``run.threads_host``) are recorded in the run's config: a run
+    resumed on the same machine keeps it (the float sums, and so the bits, depend on it), one
+    resumed on another machine chooses again for that hardware; -> a line saying which."""
     cpus = cpu_count()
-    if cfg.run.threads:
-        return f"{cfg.run.threads} torch thread(s) (run.threads), {cpus} CPU(s)"
+    run, host = cfg.run, host_name()
+    if run.threads and run.threads_host in ("", host):
+        return f"{run.threads} torch thread(s) (run.threads), {cpus} CPU(s)"
+    before = (run.threads, run.threads_host)
     busy = busy_cpus()
-    cfg.run.threads = pick_threads(cpus, busy)
-    return (f"{cfg.run.threads} torch thread(s): {cpus} CPU(s), {busy:.1f} busy with other work "
-            "(set run.threads to choose)")
+    run.threads, run.threads_host = pick_threads(cpus, busy), host
+    return (f"{run.threads} torch thread(s): {cpus} CPU(s), {busy:.1f} busy with other work (set run.threads to "
+            "choose)" + (f"; chosen again: the run chose {before[0]} on another machine ({before[1]})"
+                         if before[0] else ""))
 
 
 def run_trainer(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,

@@ -52,7 +52,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import ray
@@ -62,14 +61,20 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from . import loop
+from .checkpoint import CheckpointError
 from .config import Config, ConfigError, RuntimeConfig
 from .data import Dataset, load_dataset
 from .learners import GeneratorLearner, LearnerNotBuiltError, MediatorLearner, MixtureLearner, build_inner
+from .machine import cpu_count
 from .schedule import make_schedule
 
 
 class PlacementError(ConfigError):
     """The cluster cannot host the workers as configured: the message is one line with the fix."""
+
+
+class DeviceError(ConfigError):
+    """A worker was given a GPU that torch cannot use: the message is one line with the fix."""
 
 
 class WorkerLostError(RuntimeError):
@@ -79,23 +84,52 @@ class WorkerLostError(RuntimeError):
 # ----------------------------------------------------------------------------- the actors
 
 
-def prepare_process(learner, num_threads: int) -> str:
+def nvidia_driver() -> str:
+    """The NVIDIA kernel driver's version on this node, or "none found"."""
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as f:
+            words = f.readline().split()
+    except OSError:
+        return "none found"
+    return next((w for w in words if w[:1].isdigit() and "." in w), "unknown")
+
+
+def prepare_process(learner, num_threads: int) -> dict:
     """Run in an actor's process (``actor.__ray_call__``) before its learner is built: set the
-    process-wide settings and pick the torch device from the resources Ray gave the actor.
+    process-wide settings and pick the torch device from the resources Ray gave the actor;
+    -> {"device": ..., "problem": None or why the GPU it holds cannot be used}.
 
     Ray points CUDA_VISIBLE_DEVICES at the actor's own GPUs, so its first GPU is ``cuda:0``.
-    A GPU that Ray assigned but CUDA cannot see (a fake GPU, a CPU-only torch) means the CPU.
+    A GPU that Ray assigned but torch cannot use (a driver older than the torch wheel's CUDA
+    needs, a CPU-only torch) is a problem the run stops on: training on the CPU of a paid GPU
+    node would be tens of times slower, without a word.
     """
     loop.configure_process(max(1, int(num_threads)))
-    if ray.get_gpu_ids() and torch.cuda.is_available():
-        return "cuda:0"
-    return "cpu"
+    # What Ray gave the actor (the GPU ids it would see can be fewer, e.g. CUDA_VISIBLE_DEVICES="")
+    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+    if not gpus:
+        return {"device": "cpu", "problem": None}
+    if torch.cuda.is_available():
+        return {"device": "cuda:0", "problem": None}
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU-only build)"
+    return {"device": "cpu", "problem": (
+        f"holds {gpus:g} GPU on node {ray.util.get_node_ip_address()} but torch cannot use it "
+        f"(torch {torch.__version__} with {build}, NVIDIA driver {nvidia_driver()}, "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}): install the torch build for that "
+        "driver on the node, or train on CPUs with --gpus-per-worker 0")}
 
 
 def _build_inner_here(learner, device: str) -> None:
     """Run in the inner actor's process: build its level-1 learner with the levels below it."""
     c = learner
     learner.build(device, build_inner(c.cfg, c.vocab_size, c.seq_len, c.eos_id, device, level=2))
+
+
+def _build_mediator_here(learner, device: str, train: torch.Tensor) -> None:
+    """Run in the mediator's process: build M with its inner mediators (nested CoT) beside it,
+    in the same process and on the same device, every level of them."""
+    c = learner
+    learner.build(device, train, build_inner(c.cfg, c.vocab_size, c.seq_len, c.eos_id, device, level=1))
 
 
 def _evaluate_here(learner, evaluator, m_weights: Optional[dict], seed: int) -> dict:
@@ -149,20 +183,46 @@ def remote_call(actor, method: str, *args):
     return getattr(actor, method).remote(*args)
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """What was raised first, under the task errors that carried it from actor to actor to here
+    (a task fails when its argument, another task's result, failed)."""
+    seen = 0
+    while isinstance(exc, ray.exceptions.RayTaskError) and seen < 8:
+        cause = getattr(exc, "cause", None)
+        if cause is None or cause is exc:
+            break
+        exc, seen = cause, seen + 1
+    return exc
+
+
+def input_error(exc: BaseException) -> Optional[BaseException]:
+    """The project's own one-line input error (a :class:`ConfigError` or :class:`CheckpointError`)
+    that a learner raised in its actor, or None."""
+    cause = root_cause(exc)
+    return cause if isinstance(cause, (ConfigError, CheckpointError)) else None
+
+
 def ray_get(x: Any) -> Any:
-    """``Learners.get_fn`` for actors: ``ray.get`` that lets plain values through.
+    """``Learners.get_fn`` for actors: ``ray.get`` that lets plain values through, and raises a
+    learner's own input error (a checkpoint that cannot be resumed here) as the one line it is.
 
     A list may mix object refs and values (schedules add plain stats, restored pipelines hold
     values); the refs are fetched in one ``ray.get`` and the values kept in place.
     """
-    if isinstance(x, ray.ObjectRef):
-        return ray.get(x)
-    if isinstance(x, list):
-        idx = [i for i, v in enumerate(x) if isinstance(v, ray.ObjectRef)]
-        out = list(x)
-        for i, v in zip(idx, ray.get([x[i] for i in idx]) if idx else []):
-            out[i] = v
-        return out
+    try:
+        if isinstance(x, ray.ObjectRef):
+            return ray.get(x)
+        if isinstance(x, list):
+            idx = [i for i, v in enumerate(x) if isinstance(v, ray.ObjectRef)]
+            out = list(x)
+            for i, v in zip(idx, ray.get([x[i] for i in idx]) if idx else []):
+                out[i] = v
+            return out
+    except ray.exceptions.RayTaskError as exc:
+        own = input_error(exc)
+        if own is None:
+            raise
+        raise own from None
     return x
 
 
@@ -180,6 +240,27 @@ def discard(futures: list, timeout_s: float = 30.0) -> None:
             pass
 
 
+def actor_gone(actor) -> bool:
+    """Whether Ray has given up on an actor (no restarts left), by its state in Ray's control
+    store (GCS): the kind of error does not say so, since a process lost during a task can raise
+    ``ActorDiedError`` while the actor still restarts. ``ray.util.state`` would need the
+    dashboard, which a local Ray runs without; where the state cannot be read (Ray Client), an
+    ``ActorDiedError`` is taken at its word."""
+    try:
+        from ray._private.state import actors
+
+        state = actors(actor._actor_id.hex()).get("State")
+    except Exception:  # noqa: BLE001 - no control store to ask
+        try:
+            ray.get(actor.is_built.remote(), timeout=5)
+            return False
+        except ray.exceptions.ActorDiedError:
+            return True
+        except Exception:  # noqa: BLE001 - restarting, or slow
+            return False
+    return state == "DEAD"
+
+
 _FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError,
              ray.exceptions.NodeDiedError, LearnerNotBuiltError)
 
@@ -190,13 +271,7 @@ def is_worker_failure(exc: BaseException) -> bool:
     An ordinary exception raised inside a learner (a bug, bad input) is not a failure: it
     propagates instead of being retried from a checkpoint.
     """
-    seen = 0
-    while isinstance(exc, ray.exceptions.RayTaskError) and seen < 8:  # a task whose argument was lost
-        cause = getattr(exc, "cause", None)
-        if cause is None or cause is exc:
-            break
-        exc, seen = cause, seen + 1
-    return isinstance(exc, _FAILURES)
+    return isinstance(root_cause(exc), _FAILURES)
 
 
 # ----------------------------------------------------------------------------- placement
@@ -228,8 +303,11 @@ def placement_problem(bundles: list[dict], spread: bool, nodes: list[dict], tota
         need = sum(b.get(res, 0.0) for b in bundles)
         have = total.get(res, 0.0)
         if need > have:
+            share = cpu_share(n, spread, nodes, total) if res == "CPU" else 0.0
+            fix = (" (0 trains on CPUs)" if res == "GPU" else
+                   f" (--cpus-per-worker {share:g} fits: the workers then share the CPUs)" if share > 0 else "")
             return (f"config key 'runtime.{key}' asks for {need:g} {res}s for the {n} worker(s) but the Ray "
-                    f"cluster has {have:g}: lower {flag}" + (" (0 trains on CPUs)" if res == "GPU" else ""))
+                    f"cluster has {have:g}: lower {flag}{fix}")
     bundle = bundles[0]
     if spread:
         fitting = sum(_fits(node, bundle) for node in nodes)
@@ -249,42 +327,115 @@ def placement_problem(bundles: list[dict], spread: bool, nodes: list[dict], tota
     return None
 
 
-def worker_bundle(rcfg: RuntimeConfig, num_workers: int) -> dict:
-    """The resources of one worker's bundle; ``gpus_per_worker`` -1 means one GPU each if the
-    cluster can give every worker one, else none."""
+def cpu_share(num_workers: int, spread: bool, nodes: list[dict], total: dict) -> float:
+    """The largest CPU count (in hundredths) that ``num_workers`` equal CPU-only bundles can
+    each have on these nodes; 0 if none."""
+    share = math.floor(total.get("CPU", 0.0) / num_workers * 100) / 100
+    while share > 0 and placement_problem([{"CPU": share}] * num_workers, spread, nodes, total):
+        share = round(share - 0.01, 2)  # the share of the total may not fit the nodes one by one
+    return share
+
+
+def requested_cpus(rcfg: RuntimeConfig) -> float:
+    """CPUs per worker before the cluster is seen: ``runtime.cpus_per_worker``, or 1 when automatic."""
+    return float(rcfg.cpus_per_worker) if rcfg.cpus_per_worker > 0 else 1.0
+
+
+def worker_threads(bundle: dict) -> int:
+    """Torch threads of a worker with ``bundle``: its whole CPUs, at least one."""
+    return max(1, int(bundle.get("CPU", 1.0)))
+
+
+def worker_bundle(rcfg: RuntimeConfig, num_workers: int) -> tuple[dict, Optional[str]]:
+    """The resources of one worker's bundle, and a line to say when the workers share CPUs.
+
+    ``cpus_per_worker`` 0 (automatic) means one CPU each, or, when the cluster cannot give every
+    worker a CPU and no autoscaler can add one (a 2-CPU laptop running a nested run with
+    ``--inner-actor``), an equal share of its CPUs (``ray.cluster_resources``), rounded down to
+    a hundredth. ``gpus_per_worker`` -1 means one GPU each if the cluster can give every worker
+    one, else none."""
+    nodes, total = alive_nodes(), ray.cluster_resources()
+    cpus, note = requested_cpus(rcfg), None
+    one_each = [{"CPU": cpus}] * num_workers
+    if rcfg.cpus_per_worker <= 0 and placement_problem(one_each, rcfg.spread, nodes, total) and not autoscaling(rcfg):
+        share = cpu_share(num_workers, rcfg.spread, nodes, total)
+        if share > 0:
+            cpus = share
+            note = (f"{num_workers} workers share the cluster's {total.get('CPU', 0.0):g} CPU(s): {share:g} CPU each, "
+                    "one torch thread each (--cpus-per-worker N to choose)")
     gpus = rcfg.gpus_per_worker
     if gpus < 0:
-        with_gpu = {"CPU": float(rcfg.cpus_per_worker), "GPU": 1.0}
-        ok = placement_problem([with_gpu] * num_workers, rcfg.spread, alive_nodes(), ray.cluster_resources()) is None
-        gpus = 1.0 if ok else 0.0
-    bundle = {"CPU": float(rcfg.cpus_per_worker)}
+        with_gpu = {"CPU": cpus, "GPU": 1.0}
+        gpus = 1.0 if placement_problem([with_gpu] * num_workers, rcfg.spread, nodes, total) is None else 0.0
+    bundle = {"CPU": cpus}
     if gpus > 0:
         bundle["GPU"] = float(gpus)
-    return bundle
+    return bundle, note
 
 
-def autoscaler_running(proc: Path = Path("/proc")) -> bool:
-    """Whether an autoscaler with a cluster config runs on this machine: on a ``ray up`` cluster
-    the head node's monitor is started with ``--autoscaling-config``. A plain ``ray start`` (or
-    ``ray.cluster_utils.Cluster``) runs its monitor without one, and the ~/ray_bootstrap_config.yaml
-    that ``ray up`` leaves behind outlives the cluster, so neither counts. Linux only (``/proc``)."""
-    for cmdline in proc.glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:  # the process ended, or is not ours to read
-            continue
-        if any(a.startswith(b"--autoscaling-config") for a in args) and any(b"monitor" in a for a in args):
-            return True
-    return False
+READONLY_NODE_TYPE = "node_"  # Ray's read-only "autoscaler" names each node type node_<node id>
+
+
+def cluster_node_types() -> set[str]:
+    """Run on the cluster (a task): the node type of every node, as its autoscaler knows them.
+
+    Every Ray cluster runs an autoscaler monitor; without a cluster config (``ray start``,
+    ``ray.init``, ``ray.cluster_utils.Cluster``) it is read-only and names each node's type
+    ``node_<node id>``, while the autoscaler of a ``ray up`` or KubeRay cluster uses its
+    configuration's node types (``ray.head.default``, a worker group). Ray 2.60 keeps no
+    maximum cluster size that a driver could read (``get_max_resources_from_cluster_config``,
+    which Ray Train asks, is None on all three), so the node types are what tells them apart.
+    Autoscaler v1 reports them in the GCS key ``__autoscaling_status``, v2 through its SDK.
+    """
+    import json
+
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    types: set = set()
+    raw = _internal_kv_get("__autoscaling_status")
+    if raw:
+        report = json.loads(raw).get("autoscaler_report") or {}
+        types |= set((report.get("node_type_mapping") or {}).values())
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+        types |= {n.ray_node_type_name for n in status.active_nodes + status.idle_nodes}
+    except Exception:  # noqa: BLE001 - a v1 cluster may not answer the v2 SDK
+        pass
+    return {t for t in types if t}
+
+
+def configured_node_types(types: set) -> bool:
+    """Whether node types come from a cluster configuration (an autoscaler that can add nodes)."""
+    return any(not t.startswith(READONLY_NODE_TYPE) for t in types)
+
+
+def autoscaler_running() -> bool:
+    """Whether the connected cluster has an autoscaler with a node configuration (``ray up``,
+    KubeRay), asked of the cluster itself through Ray (:func:`cluster_node_types`, in a task
+    of no CPUs): right from a driver on any node, through Ray Client, and for a foreign Ray on
+    the same machine alike."""
+    try:
+        task = ray.remote(num_cpus=0, max_retries=0)(cluster_node_types)
+        return configured_node_types(ray.get(task.remote(), timeout=60))
+    except Exception:  # noqa: BLE001 - no answer: treat the cluster as fixed (fail fast, not wait 15 min)
+        return False
 
 
 def autoscaling(rcfg: RuntimeConfig) -> bool:
     """Whether the connected cluster's autoscaler can add the nodes a request needs:
-    ``runtime.autoscaling`` always/never, or on "auto" an autoscaler running on this machine
-    (the head of a ``ray up`` cluster, where drivers of ``ray job submit`` run)."""
+    ``runtime.autoscaling`` always/never, or on "auto" what the cluster says of itself
+    (:func:`autoscaler_running`; asked once per connection)."""
     if rcfg.autoscaling != "auto":
         return rcfg.autoscaling == "always"
-    return autoscaler_running()
+    key = ray.get_runtime_context().gcs_address
+    if key not in _AUTOSCALER_SEEN:
+        _AUTOSCALER_SEEN[key] = autoscaler_running()
+    return _AUTOSCALER_SEEN[key]
+
+
+_AUTOSCALER_SEEN: dict = {}  # GCS address -> autoscaler_running(), for the life of this process
 
 
 def wait_timeout(rcfg: RuntimeConfig) -> float:
@@ -302,34 +453,43 @@ def create_placement_group(bundles: list[dict], rcfg: RuntimeConfig,
     """
     say = echo or (lambda msg: None)
     problem = placement_problem(bundles, rcfg.spread, alive_nodes(), ray.cluster_resources())
-    scaling = autoscaling(rcfg)
+    # Whether an autoscaler can add nodes is asked only when it matters (it costs a task): when
+    # the cluster cannot hold the bundles, or when they are not placed at once.
+    scaling = autoscaling(rcfg) if problem else None
     if problem and not scaling:
         raise PlacementError(problem)
     what = f"{len(bundles)} x {format_resources(bundles[0])}"
-    timeout_s = wait_timeout(rcfg)
-    if problem:
-        from ray.autoscaler.sdk import request_resources
+    timeout_s = rcfg.scale_timeout_s if scaling else rcfg.placement_timeout_s
+    from ray.autoscaler.sdk import request_resources
 
+    if problem:
         say(f"[cot-ray] {problem.split(':')[0]}: asking the autoscaler for {what} and waiting up to "
             f"{timeout_s:g}s")
         request_resources(bundles=bundles)
-    pg = placement_group(bundles, strategy="STRICT_SPREAD" if rcfg.spread else "PACK")
-    start = time.monotonic()
-    ready = False
-    while not ready:
-        left = timeout_s - (time.monotonic() - start)
-        if left <= 0:
-            break
-        ready = pg.wait(timeout_seconds=min(every_s, left))
-        if not ready and time.monotonic() - start < timeout_s:
-            say(f"[cot-ray] still waiting for {what} ({time.monotonic() - start:.0f}s of {timeout_s:g}s"
-                + ("; `ray status` shows what the autoscaler is doing)" if scaling else ")"))
-    if problem:
-        from ray.autoscaler.sdk import request_resources
-
-        request_resources(bundles=[])  # the group holds what it got; no standing request
+    pg, ready = None, False
+    try:
+        pg = placement_group(bundles, strategy="STRICT_SPREAD" if rcfg.spread else "PACK")
+        start = time.monotonic()
+        while not ready:
+            left = timeout_s - (time.monotonic() - start)
+            if left <= 0:
+                break
+            ready = pg.wait(timeout_seconds=min(every_s, left))
+            if not ready and scaling is None:  # busy: an autoscaler may add nodes meanwhile
+                scaling = autoscaling(rcfg)
+                timeout_s = rcfg.scale_timeout_s if scaling else rcfg.placement_timeout_s
+            if not ready and time.monotonic() - start < timeout_s:
+                say(f"[cot-ray] still waiting for {what} ({time.monotonic() - start:.0f}s of {timeout_s:g}s"
+                    + ("; `ray status` shows what the autoscaler is doing)" if scaling else ")"))
+    finally:
+        # Whatever ends the wait (ready, the timeout, an error, Ctrl-C, `ray job stop`): no request
+        # stays standing, and a group that was not placed is removed, since either would keep the
+        # autoscaler adding (billed) nodes for a run that is not there.
+        if problem:
+            request_resources(bundles=[])
+        if pg is not None and not ready:
+            remove_placement_group(pg)
     if not ready:
-        remove_placement_group(pg)
         why = ("the autoscaler did not add the nodes: check `ray status` and the cluster's node types, or raise "
                "runtime.scale_timeout_s") if scaling else (
             "the resources are busy with other work; free them or raise runtime.placement_timeout_s")
@@ -371,16 +531,20 @@ class ActorRuntime:
         self.actors: dict = {}
         self.train_ref: Optional[ray.ObjectRef] = None
         self._evaluator_ref: Optional[tuple] = None  # (evaluator, its object ref)
+        self.bundle: dict = {}  # one worker's resources, set by make_learners
 
     def make_learners(self, cfg: Config, data: Dataset) -> loop.Learners:
         r = self.rcfg
         names = learner_names(cfg)
         if self.given_pg is None:
-            bundle = worker_bundle(r, len(names))
+            bundle, shared = worker_bundle(r, len(names))
+            if shared and self.echo is not None:
+                self.echo(f"[cot-ray] {shared}")
             self.pg = create_placement_group([bundle] * len(names), r, self.echo)
         else:
             self.pg = self.given_pg
             bundle = given_bundle(self.pg, self.bundle_offset, len(names))
+        self.bundle = bundle
         self.train_ref = ray.put(data.train)  # held here, so a restarted actor can get it again
         args = (cfg, data.vocab_size, data.seq_len, data.eos_id)
         for i, name in enumerate(names):
@@ -391,9 +555,13 @@ class ActorRuntime:
                     self.pg, placement_group_bundle_index=self.bundle_offset + i),
             ).remote(*args, **({"level": 1} if name == "inner" else {}))
         where = self._start_all(names)
+        levels = cfg.nested.depth if cfg.nested.enabled else 0
+        inner = {"mediator": levels if "inner" not in names else 0, "inner": levels - 1}  # inner levels beside it
         text = "workers: " + ", ".join(
             f"{n} on {p['device']} ({p['threads']} thread(s), node {p['node_id'][:8]}"
-            + (f", GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else "") + ")" for n, p in where.items()) \
+            + (f", GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else "") + ")"
+            + (f" with {inner[n]} inner mediator(s) in its process" if inner.get(n, 0) > 0 else "")
+            for n, p in where.items()) \
             + f" ({'spread' if self.rcfg.spread else 'packed'}, {cfg.runtime.schedule} schedule" \
             + (f", staleness {cfg.runtime.staleness}" if cfg.runtime.schedule == "async" else "") + ")"
         in_generator = cfg.eval.where == "generator" or (
@@ -437,12 +605,16 @@ class ActorRuntime:
     def _build(self, name: str) -> ray.ObjectRef:
         """Set up the actor's process, then build its learner there (fresh, from the run's seed)."""
         actor = self.actors[name]
-        device = ray.get(actor.__ray_call__.remote(prepare_process, self.rcfg.cpus_per_worker))
+        prepared = ray.get(actor.__ray_call__.remote(prepare_process, worker_threads(self.bundle)))
+        if prepared["problem"]:
+            raise DeviceError(f"the {name} worker {prepared['problem']}")
+        device = prepared["device"]
         if name == "inner":
             return actor.__ray_call__.remote(_build_inner_here, device)
-        if name == "mediator":
-            inner = InnerHandle(self.actors["inner"]) if "inner" in self.actors else None
-            return actor.build.remote(device, self.train_ref, inner)
+        if name == "mediator" and "inner" in self.actors:
+            return actor.build.remote(device, self.train_ref, InnerHandle(self.actors["inner"]))
+        if name == "mediator":  # the inner mediators, if any, in the mediator's own process
+            return actor.__ray_call__.remote(_build_mediator_here, device, self.train_ref)
         return actor.build.remote(device, self.train_ref)
 
     def recover(self, w: Optional[loop.Learners]) -> None:
@@ -462,13 +634,13 @@ class ActorRuntime:
             except ray.exceptions.GetTimeoutError:
                 raise WorkerLostError(f"the {name} worker did not come back within "
                                       f"{timeout_s:g}s after a failure") from None
-            except ray.exceptions.ActorDiedError:
-                raise WorkerLostError(
-                    f"the {name} worker died and has no restarts left (runtime.max_restarts="
-                    f"{self.rcfg.max_restarts}): raise it, or look for the cause in the Ray logs") from None
             except Exception as exc:  # noqa: BLE001 - unavailable (restarting), or lost again: ask again
                 if not is_worker_failure(exc):
                     raise
+                if actor_gone(self.actors[name]):  # its state decides, not the kind of error
+                    raise WorkerLostError(
+                        f"the {name} worker died and has no restarts left (runtime.max_restarts="
+                        f"{self.rcfg.max_restarts}): raise it, or look for the cause in the Ray logs") from None
                 if time.monotonic() > deadline:
                     raise WorkerLostError(f"the {name} worker did not come back within "
                                           f"{timeout_s:g}s after a failure") from None
@@ -511,7 +683,7 @@ def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
         return False
     address = cluster_address(rcfg)
     if not address:
-        cpus = os.cpu_count() or 1
+        cpus = cpu_count()  # this process's CPUs: its affinity mask and its container's CPU quota
         # Ray runs its workers at niceness 15 by default; here the workers are the training
         # itself, so they get the priority that the in-process loop would have.
         ray.init(address="local", include_dashboard=False, _system_config={"worker_niceness": 0},

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .config import (TEXT_SOURCES, Config, ConfigError, check, default_config, from_dict, nest_keys, overlay,
-                     parse_overrides, read_yaml, source_of)
+                     parse_overrides, read_yaml, smoke_budget, source_of)
 from .metrics import metric_keys
 
 SWEEP_SECTIONS = ("base", "search", "tune")
@@ -373,10 +373,25 @@ def _check_tune(t: TuneSpec, sweep_base: Config, params: list[ParamSpec], checke
                "are sized by it): search cot.m_steps with asha, or use the sync schedule")
 
 
+SMOKE_TRIALS = 2  # --smoke: at most this many samples of the search space
+
+
+def smoke_sweep(base: Config, t: TuneSpec) -> None:
+    """Shrink a sweep's budget, and only its budget, for ``--smoke``: at most :data:`SMOKE_TRIALS`
+    samples, each trial with the smoke budget of a training run (:func:`cot_ray.config.smoke_budget`),
+    and the scheduler's periods (ASHA's grace period and max_t, PBT's perturbation interval)
+    derived again from that budget, so the sweep runs every stage of itself in seconds."""
+    t.num_samples = min(t.num_samples, SMOKE_TRIALS)
+    smoke_budget(base)
+    t.per_trial = BudgetSpec(iters=base.run.iters, minutes=0.0)
+    t.scheduler.grace_period = t.scheduler.max_t = t.scheduler.perturbation_interval = 0  # 0: from eval.every
+
+
 def load_sweep(path: str, overrides: typing.Sequence[str] = (), num_samples: Optional[int] = None,
                max_concurrent: Optional[int] = None, storage: Optional[str] = None,
-               name: Optional[str] = None) -> Sweep:
-    """Read and validate a sweep file; ``overrides`` (``key=value``) change the base training config.
+               name: Optional[str] = None, smoke: bool = False) -> Sweep:
+    """Read and validate a sweep file; ``overrides`` (``key=value``) change the base training config;
+    ``smoke`` shrinks its budget (:func:`smoke_sweep`).
 
     Every error is a one-line :class:`ConfigError` that starts with the file's path.
     """
@@ -398,6 +413,8 @@ def load_sweep(path: str, overrides: typing.Sequence[str] = (), num_samples: Opt
                 setattr(t, attr, value)
         if t.per_trial is not None:
             base.run.iters, base.run.minutes = t.per_trial.iters, t.per_trial.minutes
+        if smoke:
+            smoke_sweep(base, t)
         check(base.runtime.mode == "actors", "runtime.mode",
                "must be 'actors' in a sweep (each trial's workers are actors in its placement group): "
                "drop runtime.mode 'local' from base")

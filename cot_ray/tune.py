@@ -260,9 +260,12 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
         exp = _join(*storage_name)
     started = False
     try:
-        started = connect(address, DRIVER_BUNDLE["CPU"] + _max_workers(sweep) * sweep.base.runtime.cpus_per_worker)
+        started = connect(address, DRIVER_BUNDLE["CPU"] + _max_workers(sweep) * runtime.requested_cpus(
+            sweep.base.runtime))
         n_workers = len(runtime.learner_names(sweep.base))
-        bundle = runtime.worker_bundle(sweep.base.runtime, n_workers)
+        bundle, shared = runtime.worker_bundle(sweep.base.runtime, n_workers)
+        if shared:
+            echo(f"[cot-ray] {shared}")
         _check_cluster(sweep, bundle, echo)
         trainable = tune.with_resources(make_trainable(sweep, exp),
                                         lambda config: trial_resources(sweep.trial_config(config), bundle))

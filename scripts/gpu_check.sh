@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The GPU path, on a machine with one or more NVIDIA GPUs (nothing here runs on a CPU-only one):
 #
-#   1. the test suite's GPU-marked tests (learners built on a GPU hand out CPU tensors);
+#   1. the whole test suite: the GPU-marked tests (learners built on a GPU hand out CPU
+#      tensors) and every CPU test, which must pass on a GPU machine too (they pin themselves
+#      to the CPU: tests/conftest.py, TINY and CPU_ONLY_WORKERS);
 #   2. a local Ray holding every GPU, and a training run whose G and M take one GPU each (both
 #      share the one GPU when there is only one), driven by a process that sees NO GPU
 #      (CUDA_VISIBLE_DEVICES= for the driver only, as on a cluster whose head has none): its
 #      checkpoints cross from the GPU workers to it, then it resumes the run and finishes it;
 #   3. benchmarks/iteration_cost.py --device cuda and benchmarks/runtime_overhead.py on the GPUs.
 #
-# Prints one JSON line; exit 0: every check passed. About 5 minutes on one GPU.
+# Prints one JSON line; exit 0: every check passed. About 15 minutes on one GPU (the suite is most of it).
 #   scripts/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,9 +27,11 @@ GPW=$([ "$NGPU" -ge 2 ] && echo 1 || echo 0.5)  # G and M on a GPU each when the
 GPU_NAME=$(python -c "import torch; print(torch.cuda.get_device_name(0))")
 say "$NGPU GPU(s) ($GPU_NAME); each worker takes $GPW GPU"
 
-say "1. GPU-marked tests"
-python -m pytest -q -m gpu tests >"$W/pytest.log" 2>&1 || { tail -30 "$W/pytest.log" >&2; exit 1; }
-gpu_tests=$(grep -oE "[0-9]+ passed" "$W/pytest.log" | head -1)
+say "1. the test suite, GPU-marked tests included"
+python -m pytest -q tests >"$W/pytest.log" 2>&1 || { tail -30 "$W/pytest.log" >&2; exit 1; }
+python -m pytest -q -m gpu tests >"$W/pytest_gpu.log" 2>&1 || { tail -30 "$W/pytest_gpu.log" >&2; exit 1; }
+grep -q "skipped" "$W/pytest_gpu.log" && { say "GPU-marked tests were skipped on a GPU machine"; exit 1; }
+gpu_tests="$(grep -oE "[0-9]+ passed" "$W/pytest.log" | head -1) (GPU-marked: $(grep -oE "[0-9]+ passed" "$W/pytest_gpu.log" | head -1))"
 
 say "2. training on the GPUs, driven by a process without one"
 ray start --head --port=$GCS_PORT --num-gpus="$NGPU" --include-dashboard=false >"$W/ray.log" 2>&1
@@ -49,6 +53,22 @@ w = sys.argv[1]
 first, resumed = (json.load(open(f"{w}/{n}.json")) for n in ("train", "resume"))
 assert first["iteration"] == 200 and resumed["iteration"] == 300, (first, resumed)
 EOF
+
+say "2b. README's GPU commands (its AWS section), with --smoke, on this machine's Ray"
+if [ "$NGPU" -ge 2 ]; then  # as written: one GPU per worker
+    RAY_ADDRESS=127.0.0.1:$GCS_PORT python -m cot_ray.cli train --gpus-per-worker 1 --minutes 60 --smoke \
+        --logdir "$W/readme" >"$W/readme_train.log" 2>&1 || { tail -30 "$W/readme_train.log" >&2; exit 1; }
+    RAY_ADDRESS=127.0.0.1:$GCS_PORT python -m cot_ray.cli tune tune_configs/ratios_dropout.yaml --set runtime.gpus_per_worker=1 --smoke \
+        --storage "$W/readme_tune" >"$W/readme_tune.log" 2>&1 || { tail -30 "$W/readme_tune.log" >&2; exit 1; }
+    readme_gpu="as written"
+else  # one GPU: two workers of one GPU each cannot be placed, so they share it
+    RAY_ADDRESS=127.0.0.1:$GCS_PORT python -m cot_ray.cli train --gpus-per-worker 0.5 --minutes 60 --smoke \
+        --logdir "$W/readme" >"$W/readme_train.log" 2>&1 || { tail -30 "$W/readme_train.log" >&2; exit 1; }
+    RAY_ADDRESS=127.0.0.1:$GCS_PORT python -m cot_ray.cli tune tune_configs/ratios_dropout.yaml \
+        --set runtime.gpus_per_worker=0.5 --smoke --storage "$W/readme_tune" >"$W/readme_tune.log" 2>&1 \
+        || { tail -30 "$W/readme_tune.log" >&2; exit 1; }
+    readme_gpu="with 0.5 GPU per worker (one GPU)"
+fi
 ray stop >/dev/null 2>&1
 
 say "3. benchmarks on the GPU"
@@ -56,11 +76,11 @@ python benchmarks/iteration_cost.py --device cuda >"$W/iteration_cost.json" 2>"$
 python benchmarks/runtime_overhead.py --device cuda --gpus-per-worker "$GPW" --iters 200 \
     >"$W/runtime_overhead.json" 2>"$W/runtime_overhead.log"
 
-python - "$W" "$NGPU" "$GPU_NAME" "$gpu_tests" "$(( $(date +%s) - start ))" <<'EOF'
+python - "$W" "$NGPU" "$GPU_NAME" "$gpu_tests" "$(( $(date +%s) - start ))" "$readme_gpu" <<'EOF'
 import json, sys
-w, ngpu, name, tests, seconds = sys.argv[1:]
+w, ngpu, name, tests, seconds, readme = sys.argv[1:]
 last = lambda n: json.loads(open(f"{w}/{n}.json").read().strip().splitlines()[-1])  # noqa: E731
-print(json.dumps({"gpu_check": "passed", "gpus": int(ngpu), "gpu": name, "gpu_tests": tests,
+print(json.dumps({"gpu_check": "passed", "gpus": int(ngpu), "gpu": name, "gpu_tests": tests, "readme_gpu": readme,
                   "train": {k: last("resume")[k] for k in ("iteration", "metrics")},
                   "iteration_cost": last("iteration_cost"), "runtime_overhead": last("runtime_overhead"),
                   "seconds": int(seconds)}))

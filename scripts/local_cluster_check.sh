@@ -5,6 +5,7 @@
 #   -> ray job submit --working-dir . -- python -m cot_ray.cli train ...   (no --address: the
 #      job's driver must join the cluster through $RAY_ADDRESS, which `ray job submit` sets)
 #   -> ray job logs shows its progress, and its workers ran on the cluster's node
+#   -> the cluster says, through Ray, that an autoscaler manages it (runtime.autoscaler_running)
 #   -> ray job submit ... cot-ray tune tune_configs/smoke.yaml on the same cluster
 #   -> ray down, and no Ray process of the cluster is left.
 #
@@ -106,11 +107,14 @@ min_workers: 0
 max_workers: 0
 head_start_ray_commands:
   - ray stop
-  - ray start --head --port=$GCS_PORT --dashboard-host=127.0.0.1 --dashboard-port=$DASH_PORT --num-cpus=4 --autoscaling-config=~/ray_bootstrap_config.yaml
+  - RAY_AUTH_MODE=$RAY_AUTH_MODE ray start --head --port=$GCS_PORT --dashboard-host=127.0.0.1 --dashboard-port=$DASH_PORT --num-cpus=4 --autoscaling-config=~/ray_bootstrap_config.yaml
 worker_start_ray_commands: []
 EOF
 
 # ---------------------------------------------------------------- the cluster
+# Token mode needs a token on the head before it starts (Ray generates none for `ray start`):
+# ~/.ray/auth_token, made here unless one exists, as README tells users to before `ray up`.
+[ "$RAY_AUTH_MODE" != token ] || ray get-auth-token --generate >/dev/null
 say "ray up"
 ray up -y "$WORK/cluster.yaml" >"$WORK/up.log" 2>&1 || { tail -30 "$WORK/up.log" >&2; exit 1; }
 head_node=$("$PY" - <<EOF
@@ -143,6 +147,15 @@ workers=$(grep -o "node [0-9a-f]\{8\}" "$WORK/train.log" | awk '{print $2}' | so
 [ -n "$workers" ] && [ "$workers" = "$head_node" ] \
     || { say "the workers ran on $workers, not on the cluster's node(s) $head_node"; exit 1; }
 say "train: joined through \$RAY_ADDRESS, workers on $workers, 50 iterations"
+
+# runtime.autoscaling "auto" asks the cluster itself (its node types) whether an autoscaler
+# with a node configuration manages it: on this `ray up` cluster it must say so.
+job autoscaler python -c "import ray; ray.init(); from cot_ray import runtime; \
+print('node types', sorted(ray.get(ray.remote(num_cpus=0)(runtime.cluster_node_types).remote())), \
+'autoscaler', runtime.autoscaler_running())"
+grep -q "autoscaler True" "$WORK/autoscaler.log" \
+    || { say "the ray up cluster's autoscaler was not detected"; tail -20 "$WORK/autoscaler.log" >&2; exit 1; }
+say "autoscaler: $(grep -o "node types.*" "$WORK/autoscaler.log")"
 
 job tune python -m cot_ray.cli tune tune_configs/smoke.yaml --storage "$WORK/tune" --name smoke \
     --set data.cache_dir="$WORK/cache"

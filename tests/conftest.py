@@ -20,7 +20,20 @@ TINY = [
     "data.num_train=256", "data.num_test=64", "data.num_valid=64",
     "eval.num_samples=64", "eval.num_test=64",
     "run.log_every=1", "run.threads=1",
+    "runtime.gpus_per_worker=0",  # CPU tests stay on the CPU on a machine with GPUs (gpu_check.sh runs them all)
 ]
+
+# For the Ray workers of the CPU tests: Ray leaves CUDA_VISIBLE_DEVICES alone, and it hides every
+# GPU, so a (fake or real) GPU that a test's Ray hands out is never one that torch can use.
+CPU_ONLY_WORKERS = {"env_vars": {"CUDA_VISIBLE_DEVICES": "", "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
+
+
+def cpu_only_env() -> dict:
+    """The environment for a cot-ray process of a CPU test: it sees no GPU (nor does its local
+    Ray), and joins no cluster by accident."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    return env
 
 
 @pytest.fixture(scope="session")

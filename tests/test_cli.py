@@ -296,6 +296,28 @@ def test_compare_groups_seeds_over_temperatures_and_writes_table_json_and_plot(c
     assert "[compare] run 1/4" in res.output
 
 
+def test_compare_without_matplotlib_writes_table_and_json_and_one_seed_shows_no_spread(cli, tmp_path,
+                                                                                     monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails, as where it is missing
+    run = _summary(cli("train", "--iters", "2", "--set", "run.name=one_seed"))["run_dir"]
+    out = tmp_path / "cmp"
+    res = cli("compare", run, "--temperatures", "1", "--checkpoints", "last", "--out", str(out), "--samples", "16")
+    assert res.exit_code == 0, res.output
+    assert sorted(os.listdir(out)) == ["compare.json", "compare.md"]
+    skipped = [line for line in res.output.splitlines() if "plot skipped" in line]
+    assert len(skipped) == 1 and 'pip install -e ".[bench]"' in skipped[0]
+    table = (out / "compare.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| cot | last |"))
+    assert "±" not in row and row.startswith("| cot | last | 1 | 1 |")
+    result = json.loads((out / "compare.json").read_text())
+    assert result["groups"][0]["rows"][0]["nll_test"]["std"] is None  # one seed: no spread, not 0
+    res = cli("compare", run, "--temperatures", "1", "--checkpoints", "last", "--out", str(tmp_path / "np"),
+              "--samples", "16", "--no-plot")
+    assert res.exit_code == 0 and "plot skipped" not in res.output
+
+
 def test_compare_says_what_is_wrong_with_its_input(cli, tmp_path):
     res = cli("compare", str(tmp_path), "--out", str(tmp_path / "o"))
     assert res.exit_code == 2 and "is not a run with a checkpoint" in res.output

@@ -240,7 +240,7 @@ def test_cluster_yaml_pins_the_tested_ray_python_and_torch():
     assert c["docker"]["worker_image"] == f"rayproject/ray:{ray.__version__}-{py}-gpu"
     torch_pin = f'"torch=={torch.__version__.split("+")[0]}"'
     assert any(torch_pin in cmd for cmd in c["setup_commands"]), c["setup_commands"]
-    assert not c["file_mounts"]  # no copy of the repository to keep in sync: jobs ship it
+    assert set(c["file_mounts"]) == {"~/.ray/auth_token"}  # the cluster's token only; jobs ship the code
 
 
 # ----------------------------------------------------------------------------- sweeps on a cluster

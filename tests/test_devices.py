@@ -79,3 +79,68 @@ def test_learners_on_a_gpu_hand_out_cpu_tensors(tiny):
     for name, tree in _outgoing(g, m, fake).items():
         for t in _tensors(tree):
             assert t.device.type == "cpu", name
+
+
+# ----------------------------------------------------------------------------- resuming on another device
+
+
+def _as_if_on_cuda(state: dict) -> dict:
+    """A learner state as a CUDA learner writes it: its generators' states are Philox's 16 bytes
+    (seed, offset), not the CPU Mersenne Twister's 5,056."""
+    out = dict(state)
+    for key in ("gen", "dropout_gen"):
+        if key in out:
+            out[key] = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0], dtype=torch.uint8)
+    out["rng_device"] = "cuda"
+    if isinstance(out.get("inner"), dict):
+        out["inner"] = _as_if_on_cuda(out["inner"])
+    return out
+
+
+def test_a_state_of_another_devices_generators_is_refused_in_one_line(tiny):
+    from cot_ray.checkpoint import CheckpointError
+    from cot_ray.learners import rng_device
+
+    g, m, _ = _learners(tiny("nested.enabled=true", "inner_mediator.emb_dim=8", "inner_mediator.hidden_dim=8"), "cpu")
+    gs, ms = g.state(), m.state()
+    assert rng_device(gs) == rng_device(ms) == rng_device(ms["inner"]) == "cpu"
+    legacy = {k: v for k, v in gs.items() if k != "rng_device"}  # older checkpoints: told by the state's size
+    assert rng_device(legacy) == "cpu" and rng_device(_as_if_on_cuda(legacy) | {"rng_device": None}) is None
+    g.load_state(legacy)  # the same device: fine
+    for learner, state, who in ((g, gs, "generator"), (m, ms, "mediator")):
+        with pytest.raises(CheckpointError) as err:
+            learner.load_state(_as_if_on_cuda(state))
+        msg = str(err.value)
+        assert "\n" not in msg and f"checkpoint's {who} drew its random numbers on cuda but would continue on cpu" \
+            in msg and "resume it on a machine with GPUs (--gpus-per-worker 1" in msg, msg
+    inner_only = dict(ms, inner=_as_if_on_cuda(ms["inner"]))  # --inner-actor on a GPU, M on the CPU
+    with pytest.raises(CheckpointError, match=r"inner mediator \(level 1\) drew its random numbers on cuda"):
+        m.load_state(inner_only)
+
+
+def test_cli_resume_of_a_gpu_checkpoint_on_cpus_is_one_line(tmp_path, data_cache):
+    """`cot-ray train --resume` of a run whose generator ran on a GPU, here on CPUs: one line
+    that says what differs and how to resume, and the checkpoint is left as it was."""
+    import json
+
+    from click.testing import CliRunner
+
+    from cot_ray.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+    from cot_ray.cli import main
+    from tests.conftest import TINY
+
+    sets = [a for kv in TINY + [f"data.cache_dir={data_cache}"] for a in ("--set", kv)]
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "--local", "--json", "--iters", "2", "--logdir", str(tmp_path), *sets])
+    assert res.exit_code == 0, res.output
+    run_dir = json.loads(res.output.strip().splitlines()[-1])["run_dir"]
+    path = f"{run_dir}/{CHECKPOINT}"
+    state = load_checkpoint(path)
+    state["g"] = _as_if_on_cuda(state["g"])
+    save_checkpoint(path, state)
+    before = open(path, "rb").read()
+    res = runner.invoke(main, ["train", "--resume", run_dir, "--iters", "4", "--local"])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1].startswith("Error: the checkpoint's generator drew its random numbers "
+                                                          "on cuda but would continue on cpu"), res.output
+    assert open(path, "rb").read() == before

@@ -17,6 +17,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from cot_ray import runtime  # noqa: E402
 from cot_ray.data import load_dataset  # noqa: E402
+from tests.conftest import CPU_ONLY_WORKERS  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,7 +26,7 @@ def two_nodes():
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "num_gpus": 0})
     cluster.add_node(num_cpus=1, num_gpus=0)
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR", runtime_env=CPU_ONLY_WORKERS)
     cluster.wait_for_nodes()
     yield cluster
     ray.shutdown()
@@ -68,6 +69,22 @@ def test_requests_the_nodes_cannot_meet_fail_fast(tiny, overrides, match):
     assert not any(pg["state"] == "CREATED" for pg in ray.util.placement_group_table().values())
 
 
+def test_automatic_cpus_share_the_nodes_when_there_are_fewer_cpus_than_workers(tiny):
+    """cpus_per_worker 0 (the default): one CPU each where the nodes have them; five workers on
+    these 3 + 1 CPUs get 0.75 each (0.8, the share of the total, would not fit node by node)."""
+    rcfg = tiny().runtime
+    assert runtime.worker_bundle(rcfg, 2) == ({"CPU": 1.0}, None)
+    bundle, note = runtime.worker_bundle(rcfg, 5)
+    assert bundle == {"CPU": 0.75}
+    assert note == "5 workers share the cluster's 4 CPU(s): 0.75 CPU each, one torch thread each " \
+                   "(--cpus-per-worker N to choose)"
+    assert runtime.worker_threads(bundle) == 1 and runtime.worker_threads({"CPU": 2.5}) == 2
+    given = tiny("runtime.cpus_per_worker=1").runtime  # a count the user gave is kept, and fails with the fix
+    assert runtime.worker_bundle(given, 5) == ({"CPU": 1.0}, None)
+    problem = runtime.placement_problem([{"CPU": 1.0}] * 5, False, runtime.alive_nodes(), ray.cluster_resources())
+    assert problem.endswith("lower --cpus-per-worker (--cpus-per-worker 0.75 fits: the workers then share the CPUs)")
+
+
 # ----------------------------------------------------------------------------- autoscaling clusters
 
 def test_on_an_autoscaling_cluster_a_run_asks_for_the_nodes_and_waits_for_them(tiny, two_nodes, monkeypatch):
@@ -86,17 +103,18 @@ def test_on_an_autoscaling_cluster_a_run_asks_for_the_nodes_and_waits_for_them(t
     monkeypatch.setattr(sdk, "request_resources", lambda bundles: autoscaler(bundles))
     lines: list = []
     cfg = tiny("runtime.gpus_per_worker=1", "runtime.autoscaling=always", "runtime.scale_timeout_s=120")
-    rt = runtime.ActorRuntime(cfg.runtime, echo=lines.append)
+    pg = None
     try:
-        rt.make_learners(cfg, load_dataset(cfg.data))
-        where = rt.placements()
+        pg = runtime.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime, lines.append)
+        homes = set(ray.util.placement_group_table(pg)["bundles_to_node_id"].values())
     finally:
-        rt.shutdown()
+        if pg is not None:
+            ray.util.remove_placement_group(pg)
         for node in added:
             two_nodes.remove_node(node)
     assert requests == [[{"CPU": 1.0, "GPU": 1.0}] * 2, []]  # asked for the bundles, then the request cleared
     assert any("asking the autoscaler for 2 x 1 CPU, 1 GPU and waiting up to 120s" in line for line in lines), lines
-    assert all(len(p["gpu_ids"]) == 1 for p in where.values())
+    assert homes == {added[0].node_id}  # both bundles on the node the autoscaler added
 
 
 def test_an_autoscaler_that_adds_nothing_ends_the_wait_in_one_line(tiny, monkeypatch):
@@ -113,27 +131,36 @@ def test_an_autoscaler_that_adds_nothing_ends_the_wait_in_one_line(tiny, monkeyp
     assert not any(pg["state"] == "CREATED" for pg in ray.util.placement_group_table().values())
 
 
-def _fake_proc(root, *cmdlines):
-    for pid, args in enumerate(cmdlines, start=100):
-        (root / str(pid)).mkdir(parents=True)
-        (root / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in args) + b"\0")
-    return root
+def test_an_interrupted_wait_leaves_no_request_and_no_pending_group(tiny, monkeypatch):
+    """Ctrl-C (or `ray job stop`, or any error) while waiting for the autoscaler: the request is
+    cleared and the pending group removed, or the autoscaler would keep (billed) nodes up."""
+    import ray.autoscaler.sdk as sdk
+    from ray.util.placement_group import PlacementGroup
+
+    requests: list = []
+    monkeypatch.setattr(sdk, "request_resources", lambda bundles: requests.append(bundles))
+
+    def interrupted(self, timeout_seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PlacementGroup, "wait", interrupted)
+    cfg = tiny("runtime.gpus_per_worker=1", "runtime.autoscaling=always", "runtime.scale_timeout_s=600")
+    with pytest.raises(KeyboardInterrupt):
+        runtime.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime)
+    assert requests == [[{"CPU": 1.0, "GPU": 1.0}] * 2, []]
+    assert not any(pg["state"] in ("PENDING", "CREATED") for pg in ray.util.placement_group_table().values())
 
 
-def test_auto_detects_a_ray_up_head_by_its_autoscaler_not_by_a_leftover_bootstrap_file(tmp_path):
-    """`ray up` leaves ~/ray_bootstrap_config.yaml behind after `ray down`; a later plain local
-    cluster must not make every impossible request wait 15 minutes for an autoscaler."""
-    py = "/usr/bin/python3"
-    plain = _fake_proc(tmp_path / "plain", [py, "-u", "/ray/autoscaler/_private/monitor.py", "--logs-dir=/tmp/x"],
-                       [py, "-u", "/ray/_private/log_monitor.py", "--gcs-address=1.2.3.4:6379"])
-    (tmp_path / "plain" / "ray_bootstrap_config.yaml").write_text("cluster_name: old\n")
-    assert not runtime.autoscaler_running(plain)
-    head = _fake_proc(tmp_path / "head", [py, "-u", "/ray/autoscaler/_private/monitor.py",
-                                          "--autoscaling-config=/root/ray_bootstrap_config.yaml"])
-    assert runtime.autoscaler_running(head)
-    v2 = _fake_proc(tmp_path / "v2", [py, "/ray/autoscaler/v2/monitor.py", "--autoscaling-config", "/root/b.yaml"])
-    assert runtime.autoscaler_running(v2)
-    assert not runtime.autoscaler_running(tmp_path / "nothing")
+def test_auto_asks_the_cluster_whether_an_autoscaler_can_add_nodes():
+    """Ray's view, not this machine's processes: this Cluster's monitor is read-only (each node
+    type is node_<node id>), so no autoscaler; a `ray up` or KubeRay cluster names its node types
+    from its configuration (scripts/local_cluster_check.sh checks a real `ray up` one)."""
+    types = ray.get(ray.remote(num_cpus=0)(runtime.cluster_node_types).remote())
+    assert len(types) == 2 and all(t.startswith("node_") for t in types), types
+    assert not runtime.autoscaler_running()
+    assert runtime.configured_node_types({"ray.head.default", "node_0af1"})  # ray up: the head's configured type
+    assert runtime.configured_node_types({"headgroup", "gpu-workers"})  # KubeRay: its groups
+    assert not runtime.configured_node_types({"node_0af1", "node_77c2"}) and not runtime.configured_node_types(set())
 
 
 def test_a_cluster_without_an_autoscaler_still_fails_at_once(tiny):

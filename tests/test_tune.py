@@ -28,7 +28,7 @@ from cot_ray.cli import main  # noqa: E402
 from cot_ray.config import load_config, read_yaml  # noqa: E402
 from cot_ray.loop import read_metrics  # noqa: E402
 from cot_ray.runtime import PlacementError  # noqa: E402
-from tests.conftest import TINY  # noqa: E402
+from tests.conftest import CPU_ONLY_WORKERS, TINY  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,9 +38,9 @@ def two_nodes():
     """A head and a worker node of 2 CPUs each, this process connected as the driver."""
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
+    cluster.add_node(num_cpus=2, num_gpus=0)  # no GPUs: a machine's real ones would change the numbers
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR", runtime_env=CPU_ONLY_WORKERS)
     cluster.wait_for_nodes()
     yield cluster
     ray.shutdown()
