@@ -201,7 +201,9 @@ def _ending(cfg, summary: dict) -> None:
     """What the run did and what to do next, for a person (``--json`` is for scripts)."""
     run_dir, it = summary["run_dir"], summary["iteration"]
     m = summary["metrics"] or {}
-    head = "stopped by Ctrl-C" if summary["interrupted"] else "done"
+    stopped_by = summary.get("stopped_by") or ""
+    head = ("stopped by Ctrl-C" if summary["interrupted"] else
+            f"done, stopped early ({stopped_by})" if stopped_by.startswith("run.patience") else "done")
     click.echo(f"[cot-ray] {head}: {it} iterations, {summary['elapsed_s'] / 60:.1f} min of training"
                + ("; " + "  ".join(f"{k} {m[k]:.3f}" for k in _SHOWN if m.get(k) is not None) if m else
                   " (not evaluated yet)"))
@@ -217,15 +219,17 @@ def _ending(cfg, summary: dict) -> None:
 
 def _finished(cfg, run_dir: str, as_json: bool) -> bool:
     """A resumed run that has nothing left to do: say so (without starting Ray); -> True."""
+    from .config import stop_reason
+
     state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
-    it, elapsed, run = int(state["iteration"]), float(state["elapsed"]), cfg.run
-    if not ((run.iters > 0 and it >= run.iters) or (run.minutes > 0 and elapsed >= run.minutes * 60)):
+    it = int(state["iteration"])
+    reason = stop_reason(cfg.run, it, float(state["elapsed"]), int(state.get("stale_evals", 0)))
+    if reason is None:
         return False
     if as_json:
         click.echo(json.dumps({"run_dir": run_dir, "iteration": it, "metrics": state.get("last_eval") or {}}))
     else:
-        limit = f"run.iters {run.iters}" if run.iters > 0 and it >= run.iters else f"run.minutes {run.minutes:g}"
-        click.echo(f"[cot-ray] {run_dir} is already finished: {it} iterations ({limit}); "
+        click.echo(f"[cot-ray] {run_dir} is already finished: {it} iterations ({reason}); "
                    f"train it longer with --iters {max(it * 2, it + 1000)} or --minutes M", err=True)
     return True
 

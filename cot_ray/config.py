@@ -123,6 +123,9 @@ class RunConfig:
     seed: int = 0  # seed of model initialisation, sampling and dropout
     iters: int = 2000  # total training iterations
     minutes: float = 0.0  # if > 0, stop after this many minutes of training (whichever comes first)
+    # early stopping: stop once this many evaluations in a row have not improved the selection
+    # metric (eval.select: MLE its validation NLL); the best checkpoint is best.pt; 0: never
+    patience: int = 0
     logdir: str = "runs"  # runs are created as LOGDIR/NAME
     name: str = ""  # run directory name; "" means ALGO-YYYYmmdd-HHMMSS
     checkpoint_every: int = 500  # write a checkpoint every this many iterations (and at the end)
@@ -217,6 +220,10 @@ class Config:
         check(c.run.minutes >= 0, "run.minutes", f"must be >= 0, got {c.run.minutes}")
         check(c.run.iters > 0 or c.run.minutes > 0, "run.iters",
               "and run.minutes are both 0, so the run could never stop: give --iters N or --minutes M")
+        check(c.run.patience >= 0, "run.patience", f"must be >= 0 (0: no early stopping), got {c.run.patience}")
+        check(c.run.patience == 0 or (c.eval.every > 0 and selection_metric(c) is not None), "run.patience",
+              "stops on the selection metric of the evaluations: needs eval.every > 0, a validation set "
+              "(data.num_valid) and eval.select other than none")
         if c.data.source == "oracle":
             check(c.eval.num_test <= c.data.num_test, "eval.num_test",
                    f"must be <= data.num_test ({c.data.num_test}), got {c.eval.num_test}")
@@ -295,6 +302,19 @@ class Config:
                "runtime.address", f"must be '', 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got {r.address!r}")
         check(r.mode == "actors" or r.address == "", "runtime.address",
                "joins a Ray cluster, which runtime.mode 'local' does not use: drop --address or --local")
+
+
+def stop_reason(run: RunConfig, iteration: int, elapsed_s: float, stale_evals: int = 0) -> Optional[str]:
+    """Why a run with the stopping rule ``run`` stops at ``iteration`` after ``elapsed_s`` seconds
+    of training, ``stale_evals`` evaluations after its selection metric last improved; None
+    while it goes on. The one stopping rule of training runs, resumes and sweep trials."""
+    if run.iters > 0 and iteration >= run.iters:
+        return f"run.iters {run.iters}"
+    if run.minutes > 0 and elapsed_s >= run.minutes * 60:
+        return f"run.minutes {run.minutes:g}"
+    if run.patience > 0 and stale_evals >= run.patience:
+        return f"run.patience {run.patience}: {stale_evals} evaluations without a better validation metric"
+    return None
 
 
 # ``--smoke``: the budget of a run that checks a command end to end in seconds.

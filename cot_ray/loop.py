@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .checkpoint import BEST, CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, save_checkpoint
-from .config import Config, ConfigError, from_dict, save_config, selection_metric
+from .config import Config, ConfigError, from_dict, save_config, selection_metric, stop_reason
 from .data import VOCAB_FILE, Dataset, checkpoint_vocab_size, load_dataset, run_vocab_path, save_run_data
 from .learners import GeneratorLearner, MediatorLearner, build_inner
 from .machine import busy_cpus, cpu_count, host_name, pick_threads
@@ -347,6 +347,7 @@ class Trainer:
         self.last_eval: dict = {}
         self.select = selection_metric(cfg)  # the metric that picks best.pt, or None
         self.best: dict = {}  # {"iteration", "metric", "value"} of best.pt
+        self.stale_evals = 0  # evaluations since the selection metric last improved (run.patience)
         self._evaluator: Optional[Evaluator] = None
         self._last: tuple = ({}, True)  # (last checkpoint state, whether it is a fresh start)
         self._window: Optional[StatsWindow] = None  # the stats of the iterations in flight
@@ -355,7 +356,8 @@ class Trainer:
     # -- state
     def checkpoint_state(self) -> dict:
         return {"iteration": self.iteration, "m_updates": self.m_updates, "elapsed": self.elapsed,
-                "last_eval": self.last_eval, "best": self.best, "config": self.cfg.to_dict(), **self.w.state()}
+                "last_eval": self.last_eval, "best": self.best, "stale_evals": self.stale_evals,
+                "config": self.cfg.to_dict(), **self.w.state()}
 
     def save(self) -> None:
         state = self.checkpoint_state()
@@ -369,6 +371,7 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         self.last_eval = dict(state.get("last_eval") or {})
         self.best = dict(state.get("best") or {})
+        self.stale_evals = int(state.get("stale_evals", 0))
 
     # -- evaluation
     def evaluator(self) -> Evaluator:
@@ -388,12 +391,9 @@ class Trainer:
         return self.evaluator().evaluate(g, m, seed)
 
     # -- the loop
-    def _done(self, clock: Stopwatch) -> bool:
-        """Whether the stopping rule is met (iterations, or minutes of training time)."""
-        run = self.cfg.run
-        if run.iters > 0 and self.iteration >= run.iters:
-            return True
-        return run.minutes > 0 and clock.seconds() >= run.minutes * 60
+    def _stop_reason(self, clock: Stopwatch) -> Optional[str]:
+        """Why the run stops now (iterations, minutes of training, early stopping), or None."""
+        return stop_reason(self.cfg.run, self.iteration, clock.seconds(), self.stale_evals)
 
     def run(self, fresh: bool = True) -> dict:
         """Train until the stopping rule; return the summary.
@@ -486,8 +486,12 @@ class Trainer:
     def _keep_if_best(self) -> None:
         """Write best.pt when the selection metric (validation only, never the test set) improves."""
         value = self.last_eval.get(self.select) if self.select else None
-        if value is None or (self.best and value >= self.best["value"]):
+        if value is None:
             return
+        if self.best and value >= self.best["value"]:
+            self.stale_evals += 1
+            return
+        self.stale_evals = 0
         self.best = {"iteration": self.iteration, "metric": self.select, "value": float(value)}
         save_checkpoint(os.path.join(self.run_dir, BEST), self.checkpoint_state())
         self.echo(f"[{self.cfg.cot.algo}] best so far by {self.select}: {value:.4f} at iteration {self.iteration} "
@@ -503,14 +507,14 @@ class Trainer:
         saved = -1  # the iteration of this session's last checkpoint
         # decided once per iteration: the final one always evaluates and saves; a Ctrl-C that came
         # while the run started or recovered from a worker failure stops it before any iteration
-        last = self._done(clock) or flag.stop
+        last = self._stop_reason(clock) is not None or flag.stop
         try:
             while not last:
                 stats, self.m_updates = w.iteration(cfg, self.iteration, self.m_updates)
                 window.add(w, stats)
                 self.iteration += 1
                 it = self.iteration
-                last = self._done(clock) or flag.stop
+                last = self._stop_reason(clock) is not None or flag.stop
                 if it % cfg.run.log_every == 0 or last:
                     train, rate = window.flush(w, it, clock)
                     self.elapsed = clock.seconds()
@@ -520,6 +524,7 @@ class Trainer:
                 if evaluated:
                     window.collect(w)  # the iteration is complete before its weights are read
                     self._evaluate(log, clock)
+                    last = last or self._stop_reason(clock) is not None  # early stopping
                 if it % cfg.run.checkpoint_every == 0 or last or flag.stop or (evaluated and self.on_eval):
                     window.collect(w)
                     self.elapsed = clock.seconds()
@@ -536,7 +541,8 @@ class Trainer:
         finally:
             log.close()
         return {"run_dir": self.run_dir, "iteration": self.iteration, "elapsed_s": self.elapsed,
-                "metrics": self.last_eval, "interrupted": flag.stop}
+                "metrics": self.last_eval, "interrupted": flag.stop,
+                "stopped_by": None if flag.stop else self._stop_reason(clock)}
 
 
 def configure_process(threads: int) -> int:

@@ -22,7 +22,7 @@ from ray import tune
 
 from . import loop, runtime
 from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
-from .config import Config, save_config
+from .config import Config, save_config, stop_reason
 from .data import VOCAB_FILE
 from .sweep_spec import Sweep, is_uri
 
@@ -101,8 +101,7 @@ class _Reporter:
         self.exploits = sum(s["restored_from"] not in (None, trial_id) for s in sessions)
 
     def result(self, iteration: int, metrics: dict, elapsed: float) -> dict:
-        run = self.cfg.run
-        done = (run.iters > 0 and iteration >= run.iters) or (run.minutes > 0 and elapsed >= run.minutes * 60)
+        done = stop_reason(self.cfg.run, iteration, elapsed) is not None  # the budget (early stops end on their own)
         out = {"iteration": iteration, "elapsed_s": elapsed, "restores": self.restores,
                "exploits": self.exploits, "budget_done": bool(done), "nodes": self.nodes}
         out.update({f"eval/{k}": v for k, v in metrics.items() if v is not None})

@@ -118,3 +118,30 @@ def loop_cpu_count() -> int:
     from cot_ray.machine import cpu_count
 
     return cpu_count()
+
+
+def test_early_stopping_ends_the_run_patience_evaluations_after_its_best(tiny):
+    """MLE on 256 training sequences at a high learning rate overfits within a few dozen
+    iterations: with run.patience 2 the run stops two evaluations after its validation best,
+    keeps that one as best.pt, and a resume says it is finished."""
+    cfg = tiny("cot.algo=mle", "g_optim.lr=0.05", "generator.hidden_dim=32", "generator.emb_dim=32",
+               "eval.every=5", "run.iters=400", "run.patience=2", "run.name=early")
+    out = run_trainer(cfg, echo=_quiet)
+    rows = read_metrics(out["run_dir"])
+    best = min(rows, key=lambda r: r["nll_valid"])
+    assert out["iteration"] < 400 and out["iteration"] == best["iteration"] + 2 * 5
+    assert [r["iteration"] for r in rows][-3:] == [best["iteration"], best["iteration"] + 5, out["iteration"]]
+    assert all(r["nll_valid"] >= best["nll_valid"] for r in rows[-2:])
+    assert out["stopped_by"] == "run.patience 2: 2 evaluations without a better validation metric"
+    assert load_checkpoint(os.path.join(out["run_dir"], "best.pt"))["iteration"] == best["iteration"]
+    state = load_checkpoint(os.path.join(out["run_dir"], CHECKPOINT))
+    assert state["iteration"] == out["iteration"] and state["stale_evals"] == 2
+    # a resumed run with the same rule has nothing to do: it stops at once, training nothing more
+    again = run_trainer(resume_config(out["run_dir"]), resume_dir=out["run_dir"], echo=_quiet)
+    assert again["iteration"] == out["iteration"] and again["stopped_by"] == out["stopped_by"]
+
+
+def test_patience_needs_evaluations_with_a_validation_metric(tiny):
+    for bad in (("eval.every=0",), ("eval.select=none",), ("data.num_valid=0",)):
+        with pytest.raises(ConfigError, match="config key 'run.patience' stops on the selection metric"):
+            tiny("run.patience=3", *bad)
