@@ -45,7 +45,7 @@ def digest(tree, prefix: str = "", out: dict = None) -> dict:
     """path -> SHA-256 of each tensor of a nested state (numbers and strings kept as they are)."""
     out = {} if out is None else out
     if isinstance(tree, torch.Tensor):
-        t = tree.detach().cpu().contiguous()
+        t = tree.detach().cpu().contiguous().reshape(-1)
         out[prefix] = hashlib.sha256(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"").hexdigest()[:16]
     elif isinstance(tree, dict):
         for k in sorted(tree, key=str):
