@@ -9,7 +9,7 @@ def plot_curves(curves: dict, keys: tuple, path: str, ln2_on: tuple = (), x: str
     """One panel per metric in ``keys``, one line per run against training minutes (or, with
     ``x="iteration"``, against iterations).
 
-    curves: label -> the run's evaluation rows (``loop.read_metrics``: ``iteration``,
+    curves: label -> the run's evaluation rows (``rundir.read_metrics``: ``iteration``,
     ``elapsed_s`` and the metrics); ``ln2_on``: the panels that get a dashed line at ln 2, the
     JSD's ceiling.
     """

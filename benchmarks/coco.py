@@ -29,8 +29,10 @@ from cot_ray.bleu import BleuScorer, select_sentences, self_bleu
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
 from cot_ray.config import load_config
 from cot_ray.data import load_dataset
-from cot_ray.loop import model_from_weights, resume_config, run_trainer
-from cot_ray.metrics import BLEU_ORDERS
+from cot_ray.loop import run_trainer
+from cot_ray.metric_names import BLEU_ORDERS
+from cot_ray.models import model_from_weights
+from cot_ray.rundir import resume_config
 
 
 def _round(metrics: dict) -> dict:

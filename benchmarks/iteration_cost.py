@@ -30,9 +30,9 @@ import torch
 
 from cot_ray.config import load_config
 from cot_ray.data import load_dataset
-from cot_ray.loop import in_process_learners, initial_sync
-from cot_ray.schedule import schedule_iteration
+from cot_ray.group import local_group
 from cot_ray.memory import retain_freed_memory
+from cot_ray.schedule import Schedule
 
 
 def _sync(device: str) -> None:
@@ -42,18 +42,20 @@ def _sync(device: str) -> None:
 
 def time_iterations(algo: str, data, iters: int, device: str, source: str, warmup: int = 3):
     cfg = load_config(None, [f"cot.algo={algo}", f"run.device={device}", f"data.source={source}"])
-    w = in_process_learners(cfg, data)
-    initial_sync(w)
-    m_updates = 0
+    w = local_group(cfg, data)
+    w.sync_mediator()
+    schedule, t, m_updates = Schedule(0), 0, 0  # the sync iteration
     for _ in range(warmup):
-        _, m_updates = schedule_iteration(w, cfg, m_updates)
+        _, m_updates = schedule.iteration(w, cfg, t, m_updates)
+        t += 1
     _sync(device)
 
     def run(n):
-        nonlocal m_updates
+        nonlocal t, m_updates
         t0 = time.perf_counter()
         for _ in range(n):
-            _, m_updates = schedule_iteration(w, cfg, m_updates)
+            _, m_updates = schedule.iteration(w, cfg, t, m_updates)
+            t += 1
         _sync(device)
         return (time.perf_counter() - t0) / n * 1e3
 

@@ -39,9 +39,11 @@ import os
 import sys
 
 from _curves import plot_curves
+
 from cot_ray.checkpoint import CHECKPOINT
 from cot_ray.config import load_config, parse_overrides
-from cot_ray.loop import read_metrics, resume_config, run_trainer
+from cot_ray.loop import run_trainer
+from cot_ray.rundir import read_metrics, resume_config
 
 KEYS = ("nll_oracle", "nll_test", "kl_forward", "kl_reverse", "entropy_g", "nll_train", "m_nll_train",
         "m_nll_test", "m_nll_fake", "jsd_mediator")

@@ -22,8 +22,10 @@ import sys
 import tempfile
 
 from _curves import plot_curves
+
 from cot_ray.config import load_config
-from cot_ray.loop import read_metrics, resume_config, run_trainer
+from cot_ray.loop import run_trainer
+from cot_ray.rundir import read_metrics, resume_config
 
 KEYS = ("nll_oracle", "nll_test", "jsd", "jsd_mediator")
 

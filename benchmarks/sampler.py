@@ -16,8 +16,7 @@ import time
 
 import torch
 
-from cot_ray.models import block_size, draw_blocked
-
+from cot_ray.models.sampler import block_size, draw_blocked
 
 # Each method gets the logits, the generator, (n, 1) uniforms and an (n, nb * blk) zeroed buffer
 # allocated once, as LSTMLM.sample allocates its buffers once per call, not once per step (a fresh

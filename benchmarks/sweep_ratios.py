@@ -24,8 +24,8 @@ import tempfile
 import ray
 from ray import tune as ray_tune
 
-from cot_ray import tune as sweeps
-from cot_ray.sweep_spec import load_sweep
+from cot_ray.sweep import tune as sweeps
+from cot_ray.sweep.spec import load_sweep
 
 SEARCH = """
   cot.g_steps: {randint: [1, 3]}

@@ -12,6 +12,8 @@ import zipfile
 
 import torch
 
+from .files import atomic_file
+
 FORMAT = "cot-ray/1"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"  # the checkpoint with the best selection metric so far (eval.select)
@@ -23,9 +25,8 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
 
 
 def load_checkpoint(path: str) -> dict:

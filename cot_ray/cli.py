@@ -13,7 +13,6 @@ import click
 from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from .config import ConfigError, load_config
 
-
 INTERRUPTED = 130  # the shell's exit code for a command stopped by Ctrl-C (SIGINT)
 
 
@@ -70,8 +69,9 @@ def _runtime_options(f):
                      help="Put G and M on different nodes (STRICT_SPREAD) or pack them (config runtime.spread)."),
         click.option("--gpus-per-worker", type=float, metavar="N",
                      help="GPUs for each of G and M; -1: one each if there are two (config runtime.gpus_per_worker)."),
-        click.option("--cpus-per-worker", type=int, metavar="N",
-                     help="CPUs and torch threads for each of G and M (config runtime.cpus_per_worker)."),
+        click.option("--cpus-per-worker", type=float, metavar="N",
+                     help="CPUs for each worker (its torch threads: the whole ones, at least one); 0: one each, or "
+                          "a share when the machine has fewer CPUs than workers (config runtime.cpus_per_worker)."),
         click.option("--inner-actor/--inner-local", "inner_actor", default=None,
                      help="--nested: run the inner mediators in their own actor (own device) instead of "
                           "inside the mediator's worker (config runtime.inner_actor)."),
@@ -87,26 +87,16 @@ def _runtime_options(f):
     return wrapper
 
 
-def _runtime_overrides(runtime: dict, resumed: bool) -> list:
-    """The given runtime flags as config overrides; a resumed run may move, not change its math."""
+def _runtime_values(runtime: dict, resumed: bool) -> dict:
+    """The given runtime flags as config values (dotted key -> value); a resumed run may move,
+    not change its math."""
     if resumed:
         fixed = [_RUNTIME_FLAGS[k][0] for k in _MATH_FLAGS if k in runtime]
         if fixed:
             raise click.UsageError(f"{', '.join(fixed)} cannot change a resumed run (its checkpoint holds "
                                    "that schedule's state): only where it runs may change")
-    items = []
-    for name, value in runtime.items():
-        key = _RUNTIME_FLAGS[name][1]
-        if name == "local":
-            value = "local" if value else "actors"
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, str):
-            text = json.dumps(value)  # quoted: YAML reads it back as this very string
-        else:
-            text = repr(value)
-        items.append(f"{key}={text}")
-    return items
+    return {_RUNTIME_FLAGS[name][1]: ("local" if value else "actors") if name == "local" else value
+            for name, value in runtime.items()}
 
 
 def _run_training(cfg, resume_dir: Optional[str]) -> dict:
@@ -145,8 +135,8 @@ def _run_training(cfg, resume_dir: Optional[str]) -> dict:
 def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed, data_arg, test_data,
           nested, nest_depth, as_json, smoke, runtime):
     """Train a generator with CoT (default) or MLE on the oracle, COCO captions or your sentences."""
-    from .config import from_dict, parse_overrides, smoke_budget
-    from .loop import resume_config
+    from .config import from_dict, nest_keys, smoke_budget
+    from .rundir import resume_config
 
     if resume_dir:
         changed = [n for n, v in (("--algo", algo), ("--config", config_path), ("--set", overrides),
@@ -157,32 +147,18 @@ def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed
             raise click.UsageError(f"{', '.join(changed)} cannot change a resumed run: only --iters and "
                                    "--minutes may be given with --resume")
         cfg = resume_config(resume_dir, iters, minutes)
-        cfg = from_dict(parse_overrides(_runtime_overrides(runtime, resumed=True)), cfg).validate()
+        cfg = from_dict(nest_keys(_runtime_values(runtime, resumed=True), "flag"), cfg).validate()
         if _finished(cfg, resume_dir, as_json):
             return
     else:
-        items = list(overrides)
-        if algo:
-            items.append(f"cot.algo={algo}")
-        if iters is not None:
-            items.append(f"run.iters={iters}")
-        if minutes is not None:
-            items.append(f"run.minutes={minutes}")
-            if iters is None:
-                items.append("run.iters=0")  # --minutes alone: the clock decides
-        if logdir:
-            items.append(f"run.logdir={logdir}")
-        if seed is not None:
-            items.append(f"run.seed={seed}")
-        items.extend(_data_overrides(data_arg, test_data))
         if nest_depth is not None and not nested:
             raise ConfigError("--nest-depth sets the depth of nested CoT: add --nested")
-        if nested:
-            items.append("nested.enabled=true")
-        if nest_depth is not None:
-            items.append(f"nested.depth={nest_depth}")
-        items.extend(_runtime_overrides(runtime, resumed=False))
-        cfg = load_config(config_path, items)
+        flags = {"cot.algo": algo, "run.iters": iters, "run.minutes": minutes, "run.logdir": logdir or None,
+                 "run.seed": seed, "nested.enabled": True if nested else None, "nested.depth": nest_depth,
+                 **_data_values(data_arg, test_data), **_runtime_values(runtime, resumed=False)}
+        if minutes is not None and iters is None:
+            flags["run.iters"] = 0  # --minutes alone: the clock decides
+        cfg = load_config(config_path, list(overrides), values={k: v for k, v in flags.items() if v is not None})
         if smoke:
             cfg = smoke_budget(cfg).validate()
     summary = _run_training(cfg, resume_dir)
@@ -234,17 +210,17 @@ def _finished(cfg, run_dir: str, as_json: bool) -> bool:
     return True
 
 
-def _data_overrides(data_arg: Optional[str], test_data: Optional[str]) -> list:
-    """``--data``/``--test-data`` as config overrides (paths made absolute and quoted for YAML)."""
+def _data_values(data_arg: Optional[str], test_data: Optional[str]) -> dict:
+    """``--data``/``--test-data`` as config values (paths made absolute)."""
     if data_arg is None:
         if test_data is not None:
             raise click.UsageError("--test-data needs --data PATH/train.txt (the matching training file)")
-        return []
+        return {}
     if data_arg in ("coco", "oracle"):
         if test_data is not None:
             raise click.UsageError(f"--test-data goes with --data PATH, not with --data {data_arg} "
                                    "(which brings its own test set)")
-        return [f"data.source={data_arg}"]
+        return {"data.source": data_arg}
     if os.path.isdir(data_arg):
         hint = (f" (as `cot-ray data` writes them): --data {os.path.join(data_arg, 'train.txt')} --test-data "
                 f"{os.path.join(data_arg, 'test.txt')}" if os.path.exists(os.path.join(data_arg, "train.txt")) else
@@ -253,8 +229,8 @@ def _data_overrides(data_arg: Optional[str], test_data: Optional[str]) -> list:
     if test_data is None:
         raise click.UsageError(f"--data {data_arg} needs --test-data PATH/test.txt (held-out sentences "
                                "for NLL_test and BLEU)")
-    return ["data.source=text", "data.train_path=" + json.dumps(os.path.abspath(data_arg)),
-            "data.test_path=" + json.dumps(os.path.abspath(test_data))]
+    return {"data.source": "text", "data.train_path": os.path.abspath(data_arg),
+            "data.test_path": os.path.abspath(test_data)}
 
 
 def _load_data(cfg):
@@ -265,19 +241,6 @@ def _load_data(cfg):
     for note in data.notes:
         click.echo(f"[cot-ray] {note}", err=True)
     return data
-
-
-def _load_run(run_dir: str, which: str = "last"):
-    """A run's config and its last checkpoint, or with ``which`` "best" the best one (best.pt)."""
-    from .checkpoint import BEST
-    from .loop import resume_config
-
-    cfg = resume_config(run_dir)
-    path = os.path.join(run_dir, BEST if which == "best" else CHECKPOINT)
-    if which == "best" and not os.path.exists(path):
-        raise CheckpointError(f"'{run_dir}' has no best checkpoint ({BEST}): it was trained without a validation "
-                              "set (data.num_valid 0) or with eval.select none; use --checkpoint last")
-    return cfg, load_checkpoint(path)
 
 
 _CHECKPOINT_OPTION = click.option(
@@ -306,7 +269,7 @@ _TEMPERATURE_OPTION = click.option(
 def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_concurrent, overrides, show_tune,
              smoke):
     """Sweep training hyperparameters with Ray Tune (ASHA, PBT); see the sweep file format in the README."""
-    from .sweep_spec import is_uri, load_sweep
+    from .sweep.spec import is_uri, load_sweep
 
     if resume_dir:
         changed = [n for n, v in (("--num-samples", num_samples), ("--storage", storage), ("--name", name),
@@ -315,7 +278,7 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
             raise click.UsageError(f"{', '.join(changed)} cannot change a resumed sweep: give CONFIG.yaml "
                                    "(and --set) as when it started, and --address if needed")
     sweep = load_sweep(sweep_path, overrides, num_samples, max_concurrent, storage, name, smoke)  # before Ray
-    from .tune import run_sweep  # imports Ray Tune: only this command needs it
+    from .sweep.tune import run_sweep  # imports Ray Tune: only this command needs it
 
     summary = run_sweep(sweep, address=address, resume_dir=resume_dir, show_tune=show_tune)
     click.echo(summary["table"])
@@ -351,18 +314,19 @@ def eval_cmd(run_dir, as_json, samples, seed, which, temperature):
     """Evaluate a checkpoint of RUN_DIR (oracle metrics, or on text NLL_test, BLEU and self-BLEU)."""
     import time
 
-    from .loop import configure_process, model_from_weights, resolve_threads
-    from .metrics import METRIC_KEYS, make_evaluator, metric_keys
+    from .machine import configure_process, resolve_threads
+    from .metric_names import METRIC_KEYS, metric_keys
+    from .metrics import make_evaluator
+    from .rundir import checkpoint_models, load_run
 
-    cfg, state = _load_run(run_dir, which)
+    cfg, state = load_run(run_dir, which)
     data = _load_data(cfg)
     if samples is not None and samples < (2 if data.is_text else 1):
         raise click.UsageError(f"--samples must be >= {2 if data.is_text else 1}")
     cfg.run.threads = 0  # this machine's free CPUs now, not the ones the run had
     note = resolve_threads(cfg)
     configure_process(cfg.run.threads)
-    g = model_from_weights(data.vocab_size, cfg.generator, state["g"]["model"])
-    m = model_from_weights(data.vocab_size, cfg.mediator, state["m"]["model"]) if state.get("m") else None
+    g, m = checkpoint_models(cfg, state, data.vocab_size)
     ev = make_evaluator(data, cfg.eval, samples)
     n = ev.num_samples
     click.echo(f"[cot-ray] evaluating {run_dir} ({which} checkpoint, iteration {state['iteration']}"
@@ -395,11 +359,11 @@ def sample(run_dir, num, ids, seed, which, temperature):
     """Print samples of RUN_DIR's generator, one per line (text: words up to <eos>, no padding)."""
     import torch
 
-    from .loop import model_from_weights
+    from .rundir import checkpoint_models, load_run
 
-    cfg, state = _load_run(run_dir, which)
+    cfg, state = load_run(run_dir, which)
     data = _load_data(cfg)
-    g = model_from_weights(data.vocab_size, cfg.generator, state["g"]["model"])
+    g, _ = checkpoint_models(cfg, {"g": state["g"]}, data.vocab_size)
     seqs = g.sample(num, data.seq_len, torch.Generator().manual_seed(seed), temperature=temperature,
                     stop_id=data.eos_id)
     for row in seqs.tolist():
@@ -421,7 +385,7 @@ def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, no_
     """Compare runs over a temperature grid: best and last checkpoints, seeds grouped (mean ± std),
     a table and a quality-diversity plot."""
     from .compare import PLOT_SKIPPED, can_plot, compare_runs, markdown_table, parse_temperatures, write_outputs
-    from .loop import configure_process, resolve_threads
+    from .machine import configure_process, resolve_threads
 
     temps = parse_temperatures(temperatures)
     which = tuple(c.strip() for c in checkpoints.split(",") if c.strip())

@@ -23,8 +23,8 @@ from typing import Callable, Optional
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint
 from .config import Config, ConfigError
 from .data import load_dataset
-from .loop import model_from_weights, resume_config
 from .metrics import make_evaluator
+from .rundir import checkpoint_models, resume_config
 
 # Keys that say how or where a run was made, not what was trained: runs that differ only in
 # these (and the seed) are repetitions of one configuration.
@@ -137,9 +137,7 @@ def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("b
                 echo(f"[compare] {run_dir}: no {which} checkpoint, skipped")
                 continue
             state = load_checkpoint(path)
-            V = data.vocab_size
-            g = model_from_weights(V, cfg.generator, state["g"]["model"])
-            m = model_from_weights(V, cfg.mediator, state["m"]["model"]) if state.get("m") else None
+            g, m = checkpoint_models(cfg, state, data.vocab_size)
             t0 = time.perf_counter()
             echo(f"[compare] run {i + 1}/{len(run_dirs)} {run_dir} {which} (iteration {state['iteration']}): "
                  f"{len(temperatures)} temperatures...")

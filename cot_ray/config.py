@@ -17,12 +17,23 @@ from typing import Any, Optional
 
 import yaml
 
+from .files import atomic_file
+
 
 class ConfigError(ValueError):
     """A bad configuration: the message is one line naming the key and the fix."""
 
 
 MODEL_INITS = ("normal", "orthogonal")
+
+# Rows per chunk of the fused losses (models/fused.py), the default of ``run.chunk_rows``. The
+# chunk size fixes the order of the sums over rows (the weight and bias gradients), so it is part
+# of the arithmetic: it is a number, never derived from the thread count, and the same value gives
+# the same bits. Measured with benchmarks/fused_losses.py on the 2-core dev CPU (V 5,000, float32:
+# a 256-row slab is 5 MB): on one thread 65, 128 and 256 rows were within noise; on two, 262 rows
+# beat 131 by 5-15% and tied with 524 (fewer, larger chunks mean fewer parallel regions, each of
+# which can stall on a descheduled thread when the cores are shared).
+DEFAULT_CHUNK_ROWS = 256
 
 
 @dataclass
@@ -133,7 +144,7 @@ class RunConfig:
     device: str = "cpu"  # torch device of the in-process loop: "cpu", "cuda", "cuda:1", ...
     threads: int = 0  # torch intra-op threads of the run's own process; 0: the CPUs other work leaves free
     threads_host: str = ""  # set by a run that chose run.threads itself: the machine it chose on (resumed elsewhere: again)
-    chunk_rows: int = 256  # rows per slab of the fused losses; fixes the order of their sums (part of the bits)
+    chunk_rows: int = DEFAULT_CHUNK_ROWS  # rows per slab of the fused losses; fixes the order of their sums (the bits)
 
 
 @dataclass
@@ -494,13 +505,15 @@ def source_of(*layers: dict) -> str:
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,
-                base: Optional[Config] = None) -> Config:
-    """Defaults <- YAML file <- ``key=value`` overrides, then validate.
+                base: Optional[Config] = None, values: Optional[dict] = None) -> Config:
+    """Defaults <- YAML file <- ``key=value`` overrides <- ``values`` (dotted key -> typed value,
+    what command-line flags set), then validate.
 
-    Without ``base`` the defaults are :func:`default_config` of the data source that the file
-    or the overrides name, so text runs start from the text model sizes.
+    Without ``base`` the defaults are :func:`default_config` of the data source that the file,
+    the overrides or the values name, so text runs start from the text model sizes.
     """
-    layers = [read_yaml(path) if path else {}, parse_overrides(overrides) if overrides else {}]
+    layers = [read_yaml(path) if path else {}, parse_overrides(overrides) if overrides else {},
+              nest_keys(values, "flag") if values else {}]
     if path and {"base", "search", "tune"} & set(layers[0]):
         raise ConfigError(f"'{path}' is a sweep file (sections base, search, tune), not a training config: "
                           f"run it with `cot-ray tune {path}`")
@@ -511,11 +524,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
 
 
 def write_yaml(data: dict, path: str) -> None:
-    """Write ``data`` as YAML, atomically (a temporary file, then a rename)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Write ``data`` as YAML, atomically."""
+    with atomic_file(path) as f:
         yaml.safe_dump(data, f, sort_keys=False)
-    os.replace(tmp, path)
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -16,15 +16,15 @@ import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from .config import DataConfig
-from .metrics import sequence_log_probs
-from .models import LSTMLM
-from .oracle import SEQ_LEN, build_oracle, sample_oracle
+from .files import atomic_file
+from .models import LanguageModel, sequence_log_probs
+from .models.oracle import SEQ_LEN, build_oracle, sample_oracle
 from .text import EOS_ID, MAX_TEST_UNK_RATE, DataError, Vocab, encode_corpus, read_corpus
 
 VOCAB_FILE = "vocab.json"  # a text run's vocabulary, in its run directory
@@ -44,7 +44,7 @@ class Dataset:
     vocab_size: int
     seq_len: int
     eos_id: Optional[int] = None  # None: fixed-length sequences, every position counts
-    oracle: Optional[LSTMLM] = None  # the true distribution, when it is known
+    oracle: Optional[LanguageModel] = None  # the true distribution, when it is known
     test_logp: Optional[torch.Tensor] = None  # (M,) float64 log P of each test sequence, with the oracle
     valid: Optional[torch.Tensor] = None  # (K, T) validation sequences for model selection (never the test set)
     decode_fn: Optional[Callable[[list], str]] = None
@@ -107,9 +107,8 @@ def synthetic_sets(num_train: int, num_test: int, seed: int,
         train, test = both[:num_train], both[num_train:]
     test_logp = sequence_log_probs(oracle, torch.from_numpy(test)).numpy()
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.npz"
-    np.savez(tmp, train=train, test=test, test_logp=test_logp)
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as f:
+        np.savez(f, train=train, test=test, test_logp=test_logp)
     return train, test, test_logp
 
 
@@ -129,9 +128,8 @@ def synthetic_valid(num_valid: int, seed: int, cache_dir: str = "") -> np.ndarra
     valid_seed = int(np.random.SeedSequence([seed, 0x7A11D]).generate_state(1)[0])
     valid = sample_oracle(build_oracle(), num_valid, valid_seed).numpy()
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.npz"
-    np.savez(tmp, valid=valid)
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as f:
+        np.savez(f, valid=valid)
     return valid
 
 
@@ -233,19 +231,11 @@ def run_vocab_path(run_dir: str) -> Optional[str]:
     return path if os.path.exists(path) else None
 
 
-def checkpoint_vocab_size(weights: dict) -> Optional[int]:
-    """The vocabulary size a model's weights were trained with (rows of its embedding)."""
-    emb: Any = weights.get("embed.weight") if isinstance(weights, dict) else None
-    return None if emb is None else int(emb.shape[0])
-
-
 def write_token_file(path: str, seqs: np.ndarray) -> None:
     """One sequence per line, space-separated token ids; written atomically."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for row in seqs:
             f.write(" ".join(map(str, row.tolist())) + "\n")
-    os.replace(tmp, path)
 
 
 class BatchSampler:

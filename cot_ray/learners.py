@@ -27,8 +27,8 @@ import torch
 from .checkpoint import CheckpointError
 from .config import Config, ModelConfig, OptimConfig
 from .data import BatchSampler
-from .fused import fused_cot_generator_loss, fused_mixture_loss, fused_mle_loss
-from .models import LSTMLM, copy_weights, cpu_weights
+from .models import LanguageModel, build_model, copy_weights, cpu_weights, model_from_weights
+from .models.fused import fused_cot_generator_loss, fused_mixture_loss, fused_mle_loss
 from .text import loss_mask, trim_padding
 
 # Offsets that give each RNG stream of a run its own seed. Mediators of nested CoT have
@@ -84,16 +84,14 @@ def check_rng_device(state: dict, device: torch.device, who: str) -> None:
 
 
 def _build(vocab_size: int, mcfg: ModelConfig, ocfg: OptimConfig, seed: int, device: torch.device):
-    model = LSTMLM(vocab_size, mcfg)
-    model.init_weights(torch.Generator().manual_seed(seed))
-    model.to(device).eval()  # training steps switch to training mode (dropout) and back themselves
+    model = build_model(vocab_size, mcfg, seed, device).eval()  # training steps switch to training mode and back
     # AdamW is Adam with decoupled weight decay; at weight_decay 0 it computes exactly Adam's steps.
     optim = torch.optim.AdamW(model.parameters(), lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2),
                               weight_decay=ocfg.weight_decay)
     return model, optim
 
 
-def _update(model: LSTMLM, optim: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> float:
+def _update(model: LanguageModel, optim: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> float:
     optim.zero_grad(set_to_none=True)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
@@ -129,7 +127,7 @@ def _cpu_state(optim: torch.optim.Optimizer) -> dict:
     return cpu(optim.state_dict())
 
 
-def _cot_update(model: LSTMLM, optim: torch.optim.Optimizer, target: LSTMLM, own: torch.Tensor,
+def _cot_update(model: LanguageModel, optim: torch.optim.Optimizer, target: LanguageModel, own: torch.Tensor,
                 mask: Optional[torch.Tensor], grad_clip: float, chunk: int,
                 dropout_gen: Optional[torch.Generator] = None) -> dict:
     """One CoT generator update of ``model`` on its own samples ``own`` (B, T): minimise the
@@ -137,8 +135,8 @@ def _cot_update(model: LSTMLM, optim: torch.optim.Optimizer, target: LSTMLM, own
     model.train()
     with torch.no_grad():
         t_hidden = target.hidden(own)  # (B, T, H_target); the fused loss runs both output layers
-    loss, stats = fused_cot_generator_loss(model.hidden(own, dropout_gen), model.out.weight, model.out.bias,
-                                           t_hidden, target.out.weight, target.out.bias, mask, chunk)
+    loss, stats = fused_cot_generator_loss(model.hidden(own, dropout_gen), *model.output_layer(),
+                                           t_hidden, *target.output_layer(), mask, chunk)
     stats["grad_norm"] = _update(model, optim, loss, grad_clip)
     model.eval()
     return stats
@@ -153,7 +151,7 @@ class _Learner:
         self.seq_len = seq_len
         self.eos_id = eos_id
         self.chunk = cfg.run.chunk_rows
-        self.model: Optional[LSTMLM] = None  # set by build()
+        self.model: Optional[LanguageModel] = None  # set by build()
 
     def is_built(self) -> bool:
         return self.model is not None
@@ -166,6 +164,10 @@ class _Learner:
         """Detached CPU copies of the model's parameters."""
         self._need_built()
         return cpu_weights(self.model)
+
+    def device_name(self) -> str:
+        """The torch device the learner computes on ("" before it is built)."""
+        return str(self.device) if self.is_built() else ""
 
 
 class GeneratorLearner(_Learner):
@@ -187,7 +189,7 @@ class GeneratorLearner(_Learner):
         # G's copy of the mediator (CoT only): only ever evaluated, never trained here.
         self.mediator = None
         if cfg.cot.algo == "cot":
-            self.mediator = LSTMLM(self.vocab_size, cfg.mediator).to(self.device).eval().requires_grad_(False)
+            self.mediator = build_model(self.vocab_size, cfg.mediator, device=self.device).eval().requires_grad_(False)
         self.steps = 0
 
     def sample(self, n: int) -> torch.Tensor:
@@ -199,6 +201,15 @@ class GeneratorLearner(_Learner):
     def set_mediator_weights(self, weights: dict) -> None:
         self._need_built()
         copy_weights(self.mediator, weights)
+
+    def evaluate(self, evaluator, m_weights: Optional[dict], seed: int) -> dict:
+        """Evaluate G here, on its device (and M, given its weights): what a GPU run does, so
+        that the test set is scored where the model already is. ``evaluator`` is a
+        :class:`cot_ray.metrics.Evaluator`."""
+        self._need_built()
+        m = model_from_weights(self.vocab_size, self.cfg.mediator, m_weights, str(self.device)) \
+            if m_weights is not None else None
+        return evaluator.to(self.device).evaluate(self.model, m, seed)
 
     def step_cot(self, fake: torch.Tensor, start: int = 0, size: Optional[int] = None) -> dict:
         """One CoT update on ``fake[start:start+size]``, G's own samples: minimise KL(pi_G || pi_M)."""
@@ -214,7 +225,7 @@ class GeneratorLearner(_Learner):
         self._need_built()
         real, = trim_padding([self.batches.next().to(self.device)], self.eos_id)
         self.model.train()
-        loss, stats = fused_mle_loss(self.model.hidden(real), self.model.out.weight, self.model.out.bias, real,
+        loss, stats = fused_mle_loss(self.model.hidden(real), *self.model.output_layer(), real,
                                      loss_mask(real, self.eos_id), self.chunk)
         stats["grad_norm"] = _update(self.model, self.optim, loss, self.cfg.g_optim.grad_clip)
         self.steps += 1
@@ -284,10 +295,14 @@ class MixtureLearner(_Learner):
                                  "build(device, inner=...) (see build_inner)")
             self.sample_gen = torch.Generator(device=self.device).manual_seed(
                 stream_seed(seed, level_stream(level, _SAMPLE_M)))
-            self.inner_model = LSTMLM(self.vocab_size, self.cfg.inner_mediator).to(self.device).eval()
+            self.inner_model = build_model(self.vocab_size, self.cfg.inner_mediator, device=self.device).eval()
             self.inner_model.requires_grad_(False)
         self.inner = inner if self.nested else None
         self.steps = 0
+
+    def build_here(self, device: str = "cpu") -> None:
+        """:meth:`build` with every inner level below this one built here too (the inner actor)."""
+        self.build(device, build_inner(self.cfg, self.vocab_size, self.seq_len, self.eos_id, device, self.level + 1))
 
     def sample(self, n: int) -> torch.Tensor:
         """-> (n, T) int64 on the CPU: this model's own samples (nested levels only)."""
@@ -310,8 +325,8 @@ class MixtureLearner(_Learner):
         names = names if names is not None else (None,) * (len(groups) - 1) + ("own",)
         self.model.train()
         hidden = self.model.hidden(torch.cat(tokens), self.dropout_gen)  # one forward pass over every group
-        loss, stats = fused_mixture_loss(hidden, tokens, [w for _, w in groups], self.model.out.weight,
-                                         self.model.out.bias, [loss_mask(x, self.eos_id) for x in tokens],
+        loss, stats = fused_mixture_loss(hidden, tokens, [w for _, w in groups], *self.model.output_layer(),
+                                         [loss_mask(x, self.eos_id) for x in tokens],
                                          names, self.chunk)
         stats["grad_norm"] = _update(self.model, self.optim, loss, self.ocfg.grad_clip)
         self.model.eval()
@@ -373,6 +388,11 @@ class MediatorLearner(MixtureLearner):
         super().build(device, inner)
         self.batches = BatchSampler(train, self.cfg.cot.batch_size, stream_seed(self.cfg.run.seed, _BATCH_M),
                                     self.cfg.data.shuffle)
+
+    def build_here(self, device: str = "cpu", train: Optional[torch.Tensor] = None) -> None:
+        """:meth:`build` with the inner mediators of nested CoT, every level, built here too:
+        in the mediator's own process and on its device (what the actor runtime does by default)."""
+        self.build(device, train, build_inner(self.cfg, self.vocab_size, self.seq_len, self.eos_id, device))
 
     def step(self, fake: torch.Tensor, start: int = 0, size: Optional[int] = None) -> dict:
         """One update towards ``(P + G) / 2`` on a fresh real batch and ``fake[start:start+size]``."""

@@ -1,216 +1,35 @@
-"""The run around the schedule: logging, evaluation, checkpoints, resume.
+"""The Trainer: the run around the schedule (logging, evaluation, checkpoints, resume,
+recovery from lost workers, Ctrl-C), and :func:`run_trainer`, which starts or continues one.
 
-The schedules (:mod:`cot_ray.schedule`) talk to the learners only through ``Learners.call`` /
-``Learners.get``. In process, ``call`` is a method call and ``get`` the identity; the Ray
-runtime supplies actor handles, ``.remote`` calls and ``ray.get``. Both therefore run the very
-same schedule, which is what makes "actors with the sync schedule == in-process loop" hold
-exactly (README, "Determinism").
+The Trainer talks to the learners through a :class:`cot_ray.group.LearnerGroup` and runs the
+:class:`cot_ray.schedule.Schedule`; it does not know whether the learners live in this process
+or on Ray actors (README, "Determinism"). Run directories and their files are
+:mod:`cot_ray.rundir`'s; the process set-up (threads, malloc) is :mod:`cot_ray.machine`'s.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-import torch
-
-from .checkpoint import BEST, CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, save_checkpoint
-from .config import Config, ConfigError, from_dict, save_config, selection_metric, stop_reason
-from .data import VOCAB_FILE, Dataset, checkpoint_vocab_size, load_dataset, run_vocab_path, save_run_data
-from .learners import GeneratorLearner, MediatorLearner, build_inner
-from .machine import busy_cpus, cpu_count, host_name, pick_threads
-from .memory import retain_freed_memory
-from .metrics import METRIC_KEYS, Evaluator, eval_seed, make_evaluator
-from .models import LSTMLM, copy_weights
-from .schedule import make_schedule, schedule_iteration
-
-METRICS_FILE = "metrics.jsonl"
+from .checkpoint import BEST, CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
+from .config import Config, save_config, selection_metric, stop_reason
+from .data import Dataset, load_dataset, save_run_data
+from .group import LearnerGroup, local_group
+from .machine import configure_process, resolve_threads
+from .metric_names import METRIC_KEYS
+from .metrics import Evaluator, eval_seed, make_evaluator
+from .rundir import RunLog, check_vocab_size, format_values, new_run_dir
+from .schedule import Schedule, make_schedule
 
 # Called after each evaluation and the checkpoint that follows it:
 # (iteration, metrics, run directory, training seconds so far).
 EvalHook = Callable[[int, dict, str, float], None]
-
-
-@dataclass
-class Learners:
-    """Handles to the generator and mediator learners of a run, and how to call them.
-
-    Optional hooks let a runtime add what the in-process loop does without: ``schedule``
-    replaces the sync :func:`~cot_ray.schedule.schedule_iteration` (an object with
-    ``iteration(w, cfg, iteration, m_updates)``, ``state(w)`` and ``load_state(w, state)``; its
-    state travels in checkpoints); ``is_failure(exc)`` says that an exception means a worker
-    process died, and ``recover(w)`` makes the learners callable again, after which the
-    Trainer reloads its last checkpoint into them; ``evaluate(evaluator, seed)`` evaluates the
-    current G (and M) where G lives (its GPU) instead of in the Trainer's process.
-    """
-
-    g: Any
-    m: Any = None  # None for MLE
-    call_fn: Callable[..., Any] = field(default=lambda w, name, *a: getattr(w, name)(*a))
-    get_fn: Callable[[Any], Any] = field(default=lambda x: x)
-    schedule: Any = None  # None: the sync schedule_iteration
-    is_failure: Callable[[BaseException], bool] = field(default=lambda exc: False)
-    recover: Callable[["Learners"], None] = field(default=lambda w: None)
-    # (evaluator, seed) -> metrics, computed where the generator lives; None: in this process
-    evaluate: Optional[Callable[[Any, int], dict]] = None
-    # futures a failure made void: wait for them, ignoring their errors (they are accounted for)
-    discard: Callable[[list], None] = field(default=lambda futures: None)
-    where: str = "in process"  # where the learners are, for the run's first lines
-
-    def call(self, learner, method: str, *args):
-        return self.call_fn(learner, method, *args)
-
-    def get(self, x):
-        return self.get_fn(x)
-
-    def iteration(self, cfg: Config, iteration: int, m_updates: int) -> tuple[list, int]:
-        """Submit training iteration ``iteration`` (0-based) with the learners' schedule."""
-        if self.schedule is None:
-            return schedule_iteration(self, cfg, m_updates)
-        return self.schedule.iteration(self, cfg, iteration, m_updates)
-
-    def state(self) -> dict:
-        g, m = self.get([self.call(self.g, "state"), self.call(self.m, "state") if self.m else None])
-        out = {"g": g, "m": m}
-        if self.schedule is not None:
-            out["schedule"] = self.schedule.state(self)
-        return out
-
-    def load_state(self, state: dict) -> None:
-        refs = [self.call(self.g, "load_state", state["g"])]
-        if self.m is not None:
-            refs.append(self.call(self.m, "load_state", state["m"]))
-        self.get(refs)
-        if self.schedule is not None:
-            self.schedule.load_state(self, state.get("schedule"))
-
-
-def in_process_learners(cfg: Config, data: Dataset, device: Optional[str] = None) -> Learners:
-    """Both learners (and a nested mediator's inner levels) built in this process on ``device``
-    (default ``run.device``), with the schedule ``cfg`` asks for."""
-    device = device or cfg.run.device
-    args = (cfg, data.vocab_size, data.seq_len, data.eos_id)
-    g = GeneratorLearner(*args)
-    g.build(device, data.train)
-    m = None
-    if cfg.cot.algo == "cot":
-        m = MediatorLearner(*args)
-        m.build(device, data.train, build_inner(*args, device))
-    return Learners(g, m, schedule=make_schedule(cfg), where=f"learners in this process on {device}")
-
-
-def initial_sync(w: Learners) -> None:
-    """G starts with a copy of the freshly initialised M."""
-    if w.m is not None:
-        w.get(w.call(w.g, "set_mediator_weights", w.call(w.m, "get_weights")))
-
-
-# ----------------------------------------------------------------------------- run directories
-
-
-def new_run_dir(cfg: Config) -> str:
-    name = cfg.run.name or f"{cfg.cot.algo}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_dir = os.path.join(cfg.run.logdir, name)
-    if os.path.exists(os.path.join(run_dir, CHECKPOINT)) or os.path.exists(os.path.join(run_dir, CONFIG)):
-        raise ConfigError(f"run directory '{run_dir}' already holds a run: continue it with "
-                          f"--resume {run_dir} or pick another name (--set run.name=...)")
-    os.makedirs(run_dir, exist_ok=True)
-    return run_dir
-
-
-def resume_config(run_dir: str, iters: Optional[int] = None, minutes: Optional[float] = None) -> Config:
-    """The saved config of ``run_dir``; only the stopping rule may change on resume."""
-    path = os.path.join(run_dir, CONFIG)
-    if not os.path.exists(path):
-        raise CheckpointError(f"'{run_dir}' is not a cot-ray run directory (no {CONFIG}): give the "
-                              "directory that `cot-ray train` printed")
-    from .config import read_yaml  # local import: only resume needs it
-    cfg = from_dict(read_yaml(path))
-    saved_vocab = run_vocab_path(run_dir)
-    if saved_vocab is not None:  # the run's own vocabulary, wherever its directory is now
-        cfg.data.vocab_path = os.path.abspath(saved_vocab)
-    elif cfg.data.vocab_path and not os.path.exists(cfg.data.vocab_path):
-        raise CheckpointError(f"run '{run_dir}' has lost its vocabulary (recorded as '{cfg.data.vocab_path}'): "
-                              f"copy that {VOCAB_FILE} back into the run directory")
-    if iters is not None:
-        cfg.run.iters = iters
-    if minutes is not None:
-        cfg.run.minutes = minutes
-    return cfg.validate()
-
-
-def check_vocab_size(weights: dict, vocab_size: int) -> None:
-    """A clear error when a checkpoint's models were trained on another vocabulary than the data's."""
-    trained = checkpoint_vocab_size(weights)
-    if trained is not None and trained != vocab_size:
-        raise CheckpointError(f"the checkpoint's models have a vocabulary of {trained} tokens but the data "
-                              f"now has {vocab_size}: the corpus or data settings changed since training; "
-                              "restore the run's vocab.json (data.vocab_path) or its data files")
-
-
-def model_from_weights(vocab_size: int, mcfg, weights: dict, device: str = "cpu") -> LSTMLM:
-    check_vocab_size(weights, vocab_size)
-    model = LSTMLM(vocab_size, mcfg).to(device)
-    copy_weights(model, weights)
-    return model.eval()
-
-
-# ----------------------------------------------------------------------------- logging
-
-
-class RunLog:
-    """tensorboardX scalars (train/, eval/, time/), metrics.jsonl and a progress line."""
-
-    def __init__(self, run_dir: str, echo: Callable[[str], None]):
-        from tensorboardX import SummaryWriter  # imported here: only runs that log need it
-
-        self.writer = SummaryWriter(run_dir)
-        self.metrics_path = os.path.join(run_dir, METRICS_FILE)
-        self.echo = echo
-
-    def scalars(self, prefix: str, values: dict, step: int) -> None:
-        for k, v in values.items():
-            if v is not None:
-                self.writer.add_scalar(f"{prefix}/{k}", v, step)
-
-    def eval_row(self, iteration: int, elapsed: float, metrics: dict) -> None:
-        self.scalars("eval", metrics, iteration)
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"iteration": iteration, "elapsed_s": round(elapsed, 3), **metrics}) + "\n")
-
-    def truncate_after(self, iteration: int) -> None:
-        """On resume, forget eval rows of work that the checkpoint does not hold."""
-        if not os.path.exists(self.metrics_path):
-            return
-        with open(self.metrics_path, encoding="utf-8") as f:
-            rows = [r for r in f if r.strip() and json.loads(r)["iteration"] <= iteration]
-        tmp = self.metrics_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(rows)
-        os.replace(tmp, self.metrics_path)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def read_metrics(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(r) for r in f if r.strip()]
-
-
-def _fmt(d: dict, keys) -> str:
-    return "  ".join(f"{k} {d[k]:.3f}" for k in keys if d.get(k) is not None)
 
 
 def clock_text(seconds: float) -> str:
@@ -278,7 +97,7 @@ class Stopwatch:
 class StatsWindow:
     """The training stats of the iterations since the last progress line, and their rate.
 
-    Stats arrive as values or futures (``Learners.get`` resolves them), one list per
+    Stats arrive as values or futures (``LearnerGroup.get`` resolves them), one list per
     iteration. :meth:`add` keeps at most ``in_flight`` iterations unresolved (the runtime's
     schedule is asynchronous: without a bound the driver would run ahead, and a Ctrl-C would
     have to wait for everything it had queued); :meth:`collect` waits for every submitted
@@ -293,7 +112,7 @@ class StatsWindow:
         self._counts: dict = defaultdict(int)
         self._start = (iteration, clock.seconds())
 
-    def add(self, w: Learners, stats: list) -> None:
+    def add(self, w: LearnerGroup, stats: list) -> None:
         self._pending.append(stats)
         while len(self._pending) > self._in_flight:
             self._take(w.get(self._pending.popleft()))
@@ -312,11 +131,11 @@ class StatsWindow:
                 self._sums[k] += v
                 self._counts[k] += 1
 
-    def collect(self, w: Learners) -> None:
+    def collect(self, w: LearnerGroup) -> None:
         while self._pending:
             self._take(w.get(self._pending.popleft()))
 
-    def flush(self, w: Learners, iteration: int, clock: Stopwatch) -> tuple[dict, float]:
+    def flush(self, w: LearnerGroup, iteration: int, clock: Stopwatch) -> tuple[dict, float]:
         self.collect(w)
         now = clock.seconds()
         rate = (iteration - self._start[0]) / max(now - self._start[1], 1e-9)
@@ -328,17 +147,17 @@ class StatsWindow:
 
 
 class Trainer:
-    """Runs the schedule over ``Learners`` with evaluation, logging and checkpoints.
+    """Runs the schedule over a learner group with evaluation, logging and checkpoints.
 
     ``on_eval`` (a Tune trial's reporter) is called after every evaluation, once the checkpoint
     of that iteration is written: with a hook, every evaluation is followed by a checkpoint.
     """
 
-    def __init__(self, cfg: Config, run_dir: str, data: Dataset, learners: Learners,
+    def __init__(self, cfg: Config, run_dir: str, data: Dataset, learners: LearnerGroup,
                  echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-                 eval_device: str = "cpu", on_eval: Optional[EvalHook] = None):
+                 on_eval: Optional[EvalHook] = None, schedule: Optional[Schedule] = None):
         self.cfg, self.run_dir, self.data, self.w, self.echo = cfg, run_dir, data, learners, echo
-        self.eval_device = eval_device
+        self.schedule = schedule if schedule is not None else make_schedule(cfg)
         self.on_eval = on_eval
         self.ckpt_path = os.path.join(run_dir, CHECKPOINT)
         self.iteration = 0
@@ -355,9 +174,13 @@ class Trainer:
 
     # -- state
     def checkpoint_state(self) -> dict:
-        return {"iteration": self.iteration, "m_updates": self.m_updates, "elapsed": self.elapsed,
-                "last_eval": self.last_eval, "best": self.best, "stale_evals": self.stale_evals,
-                "config": self.cfg.to_dict(), **self.w.state()}
+        state = {"iteration": self.iteration, "m_updates": self.m_updates, "elapsed": self.elapsed,
+                 "last_eval": self.last_eval, "best": self.best, "stale_evals": self.stale_evals,
+                 "config": self.cfg.to_dict(), **self.w.state()}
+        pipeline = self.schedule.state(self.w)
+        if pipeline is not None:
+            state["schedule"] = pipeline
+        return state
 
     def save(self) -> None:
         state = self.checkpoint_state()
@@ -366,6 +189,7 @@ class Trainer:
 
     def restore(self, state: dict) -> None:
         self.w.load_state(state)
+        self.schedule.load_state(self.w, state.get("schedule"))
         self.iteration = int(state["iteration"])
         self.m_updates = int(state["m_updates"])
         self.elapsed = float(state["elapsed"])
@@ -379,17 +203,6 @@ class Trainer:
             self._evaluator = make_evaluator(self.data, self.cfg.eval)
         return self._evaluator
 
-    def evaluate(self) -> dict:
-        seed = eval_seed(self.cfg.run.seed, self.iteration)
-        if self.w.evaluate is not None:
-            return self.w.evaluate(self.evaluator(), seed)
-        g_w, m_w = self.w.get([self.w.call(self.w.g, "get_weights"),
-                               self.w.call(self.w.m, "get_weights") if self.w.m else None])
-        V = self.data.vocab_size
-        g = model_from_weights(V, self.cfg.generator, g_w, self.eval_device)
-        m = model_from_weights(V, self.cfg.mediator, m_w, self.eval_device) if m_w is not None else None
-        return self.evaluator().evaluate(g, m, seed)
-
     # -- the loop
     def _stop_reason(self, clock: Stopwatch) -> Optional[str]:
         """Why the run stops now (iterations, minutes of training, early stopping), or None."""
@@ -398,7 +211,7 @@ class Trainer:
     def run(self, fresh: bool = True) -> dict:
         """Train until the stopping rule; return the summary.
 
-        If the learners report a failure (``Learners.is_failure``), they are recovered and
+        If the learners report a failure (``LearnerGroup.is_failure``), they are recovered and
         the last checkpoint (kept in memory; the start of the run before the first one) is
         loaded back, so the run goes on from there and loses at most one checkpoint interval.
         """
@@ -430,7 +243,7 @@ class Trainer:
             self.w.discard(self._window.drop())
         while True:
             try:
-                self.w.recover(self.w)
+                self.w.recover()
                 self.restore(state)
                 return
             except Exception as exc:  # noqa: BLE001 - as in run()
@@ -444,7 +257,7 @@ class Trainer:
         if fresh:
             save_run_data(self.run_dir, cfg.data, self.data)  # text: vocab.json, recorded in the config
             save_config(cfg, os.path.join(self.run_dir, CONFIG))
-            initial_sync(self.w)
+            self.w.sync_mediator()
         else:
             log.truncate_after(self.iteration)
         self.echo(f"[cot-ray] {cfg.cot.algo} run in {self.run_dir} from iteration {self.iteration}"
@@ -463,24 +276,25 @@ class Trainer:
         self.echo(f"[{self.cfg.cot.algo}] {where}  {clock_text(self.elapsed)}"
                   + (f" of {clock_text(run.minutes * 60)}" if run.minutes and not run.iters else "")
                   + f"  {rate:.1f} it/s" + (f"  ETA {clock_text(min(eta))}" if eta else "")
-                  + "  " + _fmt(train, ("m_mix_nll", "m_kl", "g_kl", "g_nll"))
-                  + ("  | " + _fmt(self.last_eval, ("kl_forward", "kl_reverse", "nll_oracle", "nll_test", "bleu4"))
+                  + "  " + format_values(train, ("m_mix_nll", "m_kl", "g_kl", "g_nll"))
+                  + ("  | " + format_values(self.last_eval, ("kl_forward", "kl_reverse", "nll_oracle", "nll_test", "bleu4"))
                      if self.last_eval else ""))
 
     def _evaluate(self, log: RunLog, clock: Stopwatch) -> None:
+        """Evaluate the current iteration (seeded by it), log the metrics and keep best.pt."""
         c = self.cfg.eval
         what = (f"{min(c.num_test, len(self.data.test)):,} test sequences"
                 + (f", {c.num_samples:,} samples" if self.data.oracle is not None else f", {c.bleu_samples:,} samples"))
         self.echo(f"[{self.cfg.cot.algo}] evaluating iteration {self.iteration} ({what})...")
         t0 = time.perf_counter()
         with clock.paused():  # evaluation time is not training time
-            self.last_eval = self.evaluate()
+            self.last_eval = self.w.evaluate(self.evaluator(), eval_seed(self.cfg.run.seed, self.iteration))
         eval_s = time.perf_counter() - t0
         self.elapsed = clock.seconds()
         log.eval_row(self.iteration, self.elapsed, self.last_eval)
         log.scalars("time", {"eval_s": eval_s}, self.iteration)
         self.echo(f"[{self.cfg.cot.algo}] eval @ {self.iteration} ({eval_s:.0f} s): "
-                  + _fmt(self.last_eval, METRIC_KEYS))
+                  + format_values(self.last_eval, METRIC_KEYS))
         self._keep_if_best()
 
     def _keep_if_best(self) -> None:
@@ -510,7 +324,7 @@ class Trainer:
         last = self._stop_reason(clock) is not None or flag.stop
         try:
             while not last:
-                stats, self.m_updates = w.iteration(cfg, self.iteration, self.m_updates)
+                stats, self.m_updates = self.schedule.iteration(w, cfg, self.iteration, self.m_updates)
                 window.add(w, stats)
                 self.iteration += 1
                 it = self.iteration
@@ -545,34 +359,8 @@ class Trainer:
                 "stopped_by": None if flag.stop else self._stop_reason(clock)}
 
 
-def configure_process(threads: int) -> int:
-    """Process-wide settings for training in this process: torch's intra-op threads and glibc's
-    malloc keeping freed memory (memory.py); -> the thread count."""
-    torch.set_num_threads(threads)
-    retain_freed_memory()
-    return threads
-
-
-def resolve_threads(cfg: Config) -> str:
-    """Set ``run.threads`` when it is 0: the CPUs that other work leaves free now (at least one),
-    so that evaluation and the in-process loop do not oversubscribe the cores. The choice and
-    the machine it was made on (``run.threads_host``) are recorded in the run's config: a run
-    resumed on the same machine keeps it (the float sums, and so the bits, depend on it), one
-    resumed on another machine chooses again for that hardware; -> a line saying which."""
-    cpus = cpu_count()
-    run, host = cfg.run, host_name()
-    if run.threads and run.threads_host in ("", host):
-        return f"{run.threads} torch thread(s) (run.threads), {cpus} CPU(s)"
-    before = (run.threads, run.threads_host)
-    busy = busy_cpus()
-    run.threads, run.threads_host = pick_threads(cpus, busy), host
-    return (f"{run.threads} torch thread(s): {cpus} CPU(s), {busy:.1f} busy with other work (set run.threads to "
-            "choose)" + (f"; chosen again: the run chose {before[0]} on another machine ({before[1]})"
-                         if before[0] else ""))
-
-
 def run_trainer(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,
-                make_learners: Callable[[Config, Dataset], Learners] = in_process_learners,
+                make_learners: Callable[[Config, Dataset], LearnerGroup] = local_group,
                 on_eval: Optional[EvalHook] = None, data: Optional[Dataset] = None,
                 threads_note: Optional[str] = None) -> dict:
     """Start (or, with ``resume_dir``, continue) a run with the learners that ``make_learners``
@@ -590,10 +378,10 @@ def run_trainer(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Ca
         state = None
         run_dir = new_run_dir(cfg)
     if state is not None:
-        check_vocab_size(state["g"]["model"], data.vocab_size)
+        check_vocab_size(state["g"]["model"], cfg.generator, data.vocab_size)
     learners = make_learners(cfg, data)
     say(f"[cot-ray] {learners.where}; this process: {note}")
-    trainer = Trainer(cfg, run_dir, data, learners, echo=say, eval_device=cfg.run.device, on_eval=on_eval)
+    trainer = Trainer(cfg, run_dir, data, learners, echo=say, on_eval=on_eval)
     if state is not None:
         trainer.restore(state)
     return trainer.run(fresh=state is None)

@@ -1,5 +1,5 @@
-"""What this machine can give a run: CPUs, how many of them other work keeps busy, and the
-thread count that fits.
+"""What this machine can give a run: CPUs, how many of them other work keeps busy, the thread
+count that fits, and the process-wide settings of a process that trains.
 
 Oversubscribed cores are the slowest way to run torch on a CPU: OpenMP threads that share a
 core with another busy process wait for each other at every parallel region (a 30-iteration
@@ -15,6 +15,11 @@ import socket
 import time
 from pathlib import Path
 from typing import Optional
+
+import torch
+
+from .config import Config
+from .memory import retain_freed_memory
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC = Path("/proc")
@@ -164,3 +169,29 @@ def host_name() -> str:
     """This machine's name, recorded with an automatic thread count (a resumed run on another
     machine chooses again)."""
     return socket.gethostname()
+
+
+def configure_process(threads: int) -> int:
+    """Process-wide settings for training in this process: torch's intra-op threads and glibc's
+    malloc keeping freed memory (memory.py); -> the thread count."""
+    torch.set_num_threads(threads)
+    retain_freed_memory()
+    return threads
+
+
+def resolve_threads(cfg: Config) -> str:
+    """Set ``run.threads`` when it is 0: the CPUs that other work leaves free now (at least one),
+    so that evaluation and the in-process loop do not oversubscribe the cores. The choice and
+    the machine it was made on (``run.threads_host``) are recorded in the run's config: a run
+    resumed on the same machine keeps it (the float sums, and so the bits, depend on it), one
+    resumed on another machine chooses again for that hardware; -> a line saying which."""
+    cpus = cpu_count()
+    run, host = cfg.run, host_name()
+    if run.threads and run.threads_host in ("", host):
+        return f"{run.threads} torch thread(s) (run.threads), {cpus} CPU(s)"
+    before = (run.threads, run.threads_host)
+    busy = busy_cpus()
+    run.threads, run.threads_host = pick_threads(cpus, busy), host
+    return (f"{run.threads} torch thread(s): {cpus} CPU(s), {busy:.1f} busy with other work (set run.threads to "
+            "choose)" + (f"; chosen again: the run chose {before[0]} on another machine ({before[1]})"
+                         if before[0] else ""))

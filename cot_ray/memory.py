@@ -10,11 +10,11 @@ benchmark spent 1 s in the kernel and CoT iterations took 250-268 ms instead of 
 (``benchmarks/iteration_cost.py``). The cost is that a process keeps its peak heap.
 
 Those figures are for the logits-based losses. Training now uses the fused losses of
-``fused.py``, whose largest temporaries are (n, V) slabs of a few MB, so the setting matters
+``models/fused.py``, whose largest temporaries are (n, V) slabs of a few MB, so the setting matters
 much less there (30 CoT iterations: 0.04 s of system time without it, 0.02 s with it); it still
 helps whatever does build (B, T, V) tensors (evaluation, the reference losses, larger
 vocabularies). It is a setting of the process, so the entry points apply it: the in-process
-loop (``loop.configure_process``) and each Ray actor's process before its learner is built
+loop (``machine.configure_process``) and each Ray actor's process before its learner is built
 (``runtime.prepare_process``).
 """
 

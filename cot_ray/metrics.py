@@ -49,55 +49,12 @@ import numpy as np
 import torch
 
 from .bleu import BleuScorer, self_bleu
-from .models import LSTMLM
+from .metric_names import BLEU_ORDERS
+from .models import LanguageModel, sequence_log_probs
+from .models.interface import MaskFn
 from .text import loss_mask
 
 LN2 = math.log(2.0)
-MaskFn = Callable[[torch.Tensor], Optional[torch.Tensor]]
-BLEU_ORDERS = (2, 3, 4, 5)
-ORACLE_KEYS = ("kl_forward", "kl_reverse", "nll_oracle", "nll_test", "entropy_g", "balanced_nll", "jsd",
-               "nll_train", "nll_valid", "balanced_valid")  # oracle runs; the quantities that move first
-TEXT_KEYS = ("nll_test",) + tuple(f"bleu{n}" for n in BLEU_ORDERS) + tuple(f"self_bleu{n}" for n in BLEU_ORDERS) \
-    + ("nll_train", "nll_valid")  # text runs
-MEDIATOR_KEYS = ("jsd_mediator", "m_nll_train", "m_nll_test", "m_nll_fake")  # runs with a mediator (oracle)
-TEXT_MEDIATOR_KEYS = ("m_nll_train", "m_nll_test")  # runs with a mediator (text)
-METRIC_KEYS = tuple(dict.fromkeys(ORACLE_KEYS + TEXT_KEYS + MEDIATOR_KEYS))  # every key, in display order
-
-
-def metric_keys(text: bool, mediator: bool, train: bool = True, valid: bool = True) -> tuple:
-    """The keys an evaluation reports: on text or on the oracle, with or without a mediator,
-    with or without scoring training sequences (``eval.num_train`` > 0) and a validation set."""
-    keys = (TEXT_KEYS + (TEXT_MEDIATOR_KEYS if mediator else ())) if text else \
-        (ORACLE_KEYS + (MEDIATOR_KEYS if mediator else ()))
-    drop = (() if train else ("nll_train", "m_nll_train")) + (() if valid else ("nll_valid", "balanced_valid"))
-    return tuple(k for k in keys if k not in drop)
-
-
-@torch.no_grad()
-def sequence_log_probs(model: LSTMLM, seqs: torch.Tensor, mask_fn: Optional[MaskFn] = None,
-                       batch_size: int = 512, temperatures: Optional[tuple] = None) -> torch.Tensor:
-    """(N, T) -> (N,) float64 log p(x) under ``model`` (in eval mode: no dropout); with
-    ``temperatures`` (K of them) -> (K, N), the tempered model's, from one forward pass.
-
-    ``mask_fn`` must give prefix masks (ones up to some position, zeros after), as
-    ``text.loss_mask`` does; each batch is then cut after its longest masked prefix, which the
-    causal model scores exactly as the full rows (text batches are mostly padding).
-    """
-    was_training = model.training
-    model.eval()
-    dev = model.out.weight.device
-    temps = tuple(temperatures) if temperatures is not None else (1.0,)
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        x = seqs[i:i + batch_size]
-        mask = mask_fn(x) if mask_fn else None
-        if mask is not None:
-            keep = max(int(mask.sum(dim=1).max()), 1)
-            x, mask = x[:, :keep], mask[:, :keep].to(dev)
-        out.append(model.sequence_log_probs_at(x.to(dev), temps, mask).double().cpu())
-    model.train(was_training)
-    lp = torch.cat(out, dim=1) if out else torch.empty(len(temps), 0, dtype=torch.float64)
-    return lp if temperatures is not None else lp[0]
 
 
 def count_tokens(seqs: torch.Tensor, mask_fn: Optional[MaskFn] = None) -> int:
@@ -108,12 +65,12 @@ def count_tokens(seqs: torch.Tensor, mask_fn: Optional[MaskFn] = None) -> int:
 
 
 @torch.no_grad()
-def sample_with_log_probs(model: LSTMLM, n: int, seq_len: int, seed: int, batch_size: int = 512,
+def sample_with_log_probs(model: LanguageModel, n: int, seq_len: int, seed: int, batch_size: int = 512,
                           temperature: float = 1.0, stop_id: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` samples from ``model`` at ``temperature`` and their exact log-probabilities under
-    the tempered model: (n, T) int64, (n,) float64. ``stop_id``: as in :meth:`LSTMLM.sample`."""
+    the tempered model: (n, T) int64, (n,) float64. ``stop_id``: as in :meth:`LanguageModel.sample`."""
     model.eval()
-    gen = torch.Generator(device=model.out.weight.device).manual_seed(seed)
+    gen = torch.Generator(device=model.device).manual_seed(seed)
     seqs, lps = [], []
     for i in range(0, n, batch_size):
         s, lp = model.sample(min(batch_size, n - i), seq_len, gen, with_log_prob=True, temperature=temperature,
@@ -159,7 +116,7 @@ class Evaluator:
     log-probabilities of ``test`` when the data set has them cached.
     """
 
-    def __init__(self, test: torch.Tensor, seq_len: int, oracle: Optional[LSTMLM] = None,
+    def __init__(self, test: torch.Tensor, seq_len: int, oracle: Optional[LanguageModel] = None,
                  mask_fn: Optional[MaskFn] = None, num_samples: int = 9984, num_test: int = 9984,
                  train: Optional[torch.Tensor] = None, num_train: int = 0, test_logp: Optional[torch.Tensor] = None,
                  valid: Optional[torch.Tensor] = None):
@@ -181,7 +138,7 @@ class Evaluator:
             self._p_on_p = sequence_log_probs(oracle, self.test)
 
     @staticmethod
-    def _by_length(seqs: torch.Tensor, mask_fn: Optional[MaskFn], oracle: Optional[LSTMLM]) -> torch.Tensor:
+    def _by_length(seqs: torch.Tensor, mask_fn: Optional[MaskFn], oracle: Optional[LanguageModel]) -> torch.Tensor:
         mask = mask_fn(seqs) if mask_fn is not None and oracle is None else None
         if mask is None:
             return seqs
@@ -193,15 +150,15 @@ class Evaluator:
             self.oracle = self.oracle.to(device)
         return self
 
-    def _nll(self, model: LSTMLM, seqs: torch.Tensor, tokens: int) -> float:
+    def _nll(self, model: LanguageModel, seqs: torch.Tensor, tokens: int) -> float:
         return float(-sequence_log_probs(model, seqs, self.mask_fn).sum() / tokens)
 
-    def evaluate(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int, temperature: float = 1.0) -> dict:
+    def evaluate(self, generator: LanguageModel, mediator: Optional[LanguageModel], seed: int, temperature: float = 1.0) -> dict:
         """Every metric of G at ``temperature`` (softmax(logits / T): its samples and its
         probabilities; the mediator and the oracle are never tempered)."""
         return self.evaluate_temperatures(generator, mediator, seed, (temperature,))[0]
 
-    def evaluate_temperatures(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int,
+    def evaluate_temperatures(self, generator: LanguageModel, mediator: Optional[LanguageModel], seed: int,
                               temperatures) -> list[dict]:
         """:meth:`evaluate` at each temperature; -> one dict each, in order. What does not depend
         on T is computed once (one pass over the test and training sequences scores G at every
@@ -234,7 +191,7 @@ class Evaluator:
             out.append(res)
         return out
 
-    def _sample_metrics(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int, temp: float,
+    def _sample_metrics(self, generator: LanguageModel, mediator: Optional[LanguageModel], seed: int, temp: float,
                         g_on_p: torch.Tensor, m_on_p: Optional[torch.Tensor]) -> dict:
         """The oracle metrics that need G's samples (drawn at ``temp``)."""
         samples, g_on_g = sample_with_log_probs(generator, self.num_samples, self.seq_len, seed, temperature=temp)
@@ -270,7 +227,7 @@ class TextEvaluator(Evaluator):
         self.eos_id = eos_id  # sampling stops once every sentence has ended (the words are the same)
         self.scorer = BleuScorer(references, max_n=max(BLEU_ORDERS))
 
-    def evaluate_temperatures(self, generator: LSTMLM, mediator: Optional[LSTMLM], seed: int,
+    def evaluate_temperatures(self, generator: LanguageModel, mediator: Optional[LanguageModel], seed: int,
                               temperatures) -> list[dict]:
         temps = tuple(temperatures)
         out = super().evaluate_temperatures(generator, mediator, seed, temps)

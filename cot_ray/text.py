@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from .files import atomic_file
 
 PAD_ID = 0
 EOS_ID = 1
@@ -177,22 +178,9 @@ class Vocab:
         return cls(tokens)
 
     def save(self, path: str) -> None:
-        """Write :meth:`to_json` to ``path`` atomically (temp file in the same dir, then os.replace)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".vocab-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            # Leave no half-written temp file behind, then re-raise the original error.
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        """Write :meth:`to_json` to ``path`` atomically."""
+        with atomic_file(path) as f:
+            f.write(self.to_json())
 
     @classmethod
     def load(cls, path: str) -> "Vocab":

@@ -5,7 +5,7 @@
 #   -> ray job submit --working-dir . -- python -m cot_ray.cli train ...   (no --address: the
 #      job's driver must join the cluster through $RAY_ADDRESS, which `ray job submit` sets)
 #   -> ray job logs shows its progress, and its workers ran on the cluster's node
-#   -> the cluster says, through Ray, that an autoscaler manages it (runtime.autoscaler_running)
+#   -> the cluster says, through Ray, that an autoscaler manages it (placement.autoscaler_running)
 #   -> ray job submit ... cot-ray tune tune_configs/smoke.yaml on the same cluster
 #   -> ray down, and no Ray process of the cluster is left.
 #
@@ -85,7 +85,9 @@ StrictModes no
 UsePAM no
 PidFile none
 EOF
-# A login shell over SSH resets PATH: the cluster's commands must find this Python's ray.
+# A login shell over SSH resets PATH: the cluster's commands must find this Python's ray. (The
+# head's start command sets it again, after ~/.bashrc, which may put pyenv's shims first: the
+# jobs' `python` is the one of the raylet's PATH.)
 echo "export PATH=\"$BIN:\$PATH\" RAY_AUTH_MODE=$RAY_AUTH_MODE RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0" \
     >/etc/profile.d/cot-ray-local-cluster.sh
 unshare --pid --fork --kill-child --mount-proc "$(command -v sshd || echo /usr/sbin/sshd)" -D -f "$WORK/sshd_config" &
@@ -107,7 +109,7 @@ min_workers: 0
 max_workers: 0
 head_start_ray_commands:
   - ray stop
-  - RAY_AUTH_MODE=$RAY_AUTH_MODE ray start --head --port=$GCS_PORT --dashboard-host=127.0.0.1 --dashboard-port=$DASH_PORT --num-cpus=4 --autoscaling-config=~/ray_bootstrap_config.yaml
+  - export PATH="$BIN:\$PATH" && RAY_AUTH_MODE=$RAY_AUTH_MODE ray start --head --port=$GCS_PORT --dashboard-host=127.0.0.1 --dashboard-port=$DASH_PORT --num-cpus=4 --autoscaling-config=~/ray_bootstrap_config.yaml
 worker_start_ray_commands: []
 EOF
 
@@ -150,9 +152,9 @@ say "train: joined through \$RAY_ADDRESS, workers on $workers, 50 iterations"
 
 # runtime.autoscaling "auto" asks the cluster itself (its node types) whether an autoscaler
 # with a node configuration manages it: on this `ray up` cluster it must say so.
-job autoscaler python -c "import ray; ray.init(); from cot_ray import runtime; \
-print('node types', sorted(ray.get(ray.remote(num_cpus=0)(runtime.cluster_node_types).remote())), \
-'autoscaler', runtime.autoscaler_running())"
+job autoscaler python -c "import ray; ray.init(); from cot_ray import placement; \
+print('node types', sorted(ray.get(ray.remote(num_cpus=0)(placement.cluster_node_types).remote())), \
+'autoscaler', placement.autoscaler_running())"
 grep -q "autoscaler True" "$WORK/autoscaler.log" \
     || { say "the ray up cluster's autoscaler was not detected"; tail -20 "$WORK/autoscaler.log" >&2; exit 1; }
 say "autoscaler: $(grep -o "node types.*" "$WORK/autoscaler.log")"

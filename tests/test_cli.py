@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
 from cot_ray.cli import main
 from cot_ray.data import load_dataset
-from cot_ray.loop import model_from_weights, resume_config
 from cot_ray.metrics import make_evaluator
+from cot_ray.models import model_from_weights
+from cot_ray.rundir import resume_config
 from tests.conftest import TINY
 
 # Flags every CLI training run here gets: the in-process loop keeps this module Ray-free.
@@ -235,7 +236,7 @@ def test_ctrl_c_is_acknowledged_checkpoints_and_exits_130(tmp_path, data_cache):
 # ----------------------------------------------------------------------------- selection and temperature
 
 def test_best_checkpoint_is_the_validation_minimum_and_eval_and_sample_take_it(cli):
-    from cot_ray.loop import read_metrics
+    from cot_ray.rundir import read_metrics
 
     out = _summary(cli("train", "--iters", "6", "--set", "eval.every=2", "--set", "run.name=best"))
     rows = read_metrics(out["run_dir"])

@@ -16,9 +16,10 @@ import yaml
 pytest.importorskip("ray.tune")
 import ray  # noqa: E402
 
-from cot_ray import sweep_spec as sweeps  # noqa: E402
-from cot_ray import sweep_trial, tune  # noqa: E402
 from cot_ray.config import ConfigError, load_config, save_config  # noqa: E402
+from cot_ray.sweep import spec as sweeps  # noqa: E402
+from cot_ray.sweep import trial as sweep_trial  # noqa: E402
+from cot_ray.sweep import tune  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = sorted(glob.glob(os.path.join(ROOT, "tune_configs", "*.yaml")))

@@ -1,4 +1,4 @@
-"""Fused, chunked output-layer losses (cot_ray/fused.py) against the logits-based references.
+"""Fused, chunked output-layer losses (cot_ray/models/fused.py) against the logits-based references.
 
 Every fused loss must equal its reference in losses.py applied to ``F.linear`` logits: value,
 stats and the gradients w.r.t. hidden, weight and bias, for chunk sizes that do and do not
@@ -9,9 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import cot_ray.fused as fused
-from cot_ray.fused import DEFAULT_CHUNK_ROWS, chunk_rows, fused_cot_generator_loss, fused_mixture_loss, fused_mle_loss
-from cot_ray.losses import cot_generator_loss, mediator_loss, mixture_loss, mle_loss
+import cot_ray.models.fused as fused
+from cot_ray.models.fused import (
+    DEFAULT_CHUNK_ROWS,
+    chunk_rows,
+    fused_cot_generator_loss,
+    fused_mixture_loss,
+    fused_mle_loss,
+)
+from cot_ray.models.losses import cot_generator_loss, mediator_loss, mixture_loss, mle_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,8 +10,11 @@ import pytest
 from cot_ray.checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint
 from cot_ray.config import ConfigError, read_yaml
 from cot_ray.data import load_dataset
-from cot_ray.loop import METRICS_FILE, model_from_weights, read_metrics, resume_config, run_trainer
-from cot_ray.metrics import eval_seed, make_evaluator, metric_keys
+from cot_ray.loop import run_trainer
+from cot_ray.metric_names import metric_keys
+from cot_ray.metrics import eval_seed, make_evaluator
+from cot_ray.models import model_from_weights
+from cot_ray.rundir import METRICS_FILE, read_metrics, resume_config
 from tests.conftest import assert_same_tree, event_scalars
 
 

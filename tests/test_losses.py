@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from cot_ray.config import ModelConfig
-from cot_ray.losses import cot_generator_loss, mediator_loss, mle_loss, step_kl, token_nll
 from cot_ray.models import LSTMLM
+from cot_ray.models.losses import cot_generator_loss, mediator_loss, mle_loss, step_kl, token_nll
 
 V, T = 3, 3
 ALL = torch.tensor(list(itertools.product(range(V), repeat=T)))  # (27, T), lexicographic

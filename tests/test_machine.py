@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cot_ray import loop, machine
+from cot_ray import machine
 from cot_ray.config import load_config
 
 
@@ -109,28 +109,28 @@ def test_busy_cpus_counts_only_the_cpus_of_the_affinity_mask(tmp_path, monkeypat
 
 
 def test_a_run_without_run_threads_takes_the_free_cpus_and_records_them(monkeypatch):
-    monkeypatch.setattr(loop, "cpu_count", lambda: 2)
-    monkeypatch.setattr(loop, "busy_cpus", lambda: 1.1)
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
+    monkeypatch.setattr(machine, "busy_cpus", lambda: 1.1)
     cfg = load_config(None, [])
-    note = loop.resolve_threads(cfg)
+    note = machine.resolve_threads(cfg)
     assert cfg.run.threads == 1  # saved with the run's config: a resumed run keeps it
     assert note == "1 torch thread(s): 2 CPU(s), 1.1 busy with other work (set run.threads to choose)"
     given = load_config(None, ["run.threads=3"])
-    assert loop.resolve_threads(given) == "3 torch thread(s) (run.threads), 2 CPU(s)" and given.run.threads == 3
+    assert machine.resolve_threads(given) == "3 torch thread(s) (run.threads), 2 CPU(s)" and given.run.threads == 3
 
 
 def test_an_automatic_thread_count_is_chosen_again_on_another_machine_only(monkeypatch):
-    monkeypatch.setattr(loop, "cpu_count", lambda: 64)
-    monkeypatch.setattr(loop, "busy_cpus", lambda: 0.0)
-    monkeypatch.setattr(loop, "host_name", lambda: "laptop")
+    monkeypatch.setattr(machine, "cpu_count", lambda: 64)
+    monkeypatch.setattr(machine, "busy_cpus", lambda: 0.0)
+    monkeypatch.setattr(machine, "host_name", lambda: "laptop")
     cfg = load_config(None, [])
-    loop.resolve_threads(cfg)
+    machine.resolve_threads(cfg)
     assert (cfg.run.threads, cfg.run.threads_host) == (64, "laptop")
-    assert loop.resolve_threads(cfg) == "64 torch thread(s) (run.threads), 64 CPU(s)"  # resumed here: kept
-    monkeypatch.setattr(loop, "cpu_count", lambda: 2)
-    monkeypatch.setattr(loop, "host_name", lambda: "pod-7")
-    note = loop.resolve_threads(cfg)  # resumed in a 2-CPU pod
+    assert machine.resolve_threads(cfg) == "64 torch thread(s) (run.threads), 64 CPU(s)"  # resumed here: kept
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
+    monkeypatch.setattr(machine, "host_name", lambda: "pod-7")
+    note = machine.resolve_threads(cfg)  # resumed in a 2-CPU pod
     assert cfg.run.threads == 2 and cfg.run.threads_host == "pod-7"
     assert note.endswith("; chosen again: the run chose 64 on another machine (laptop)")
     given = load_config(None, ["run.threads=8"])  # a count the user gave is theirs, wherever it runs
-    assert loop.resolve_threads(given).startswith("8 torch thread(s) (run.threads)") and given.run.threads == 8
+    assert machine.resolve_threads(given).startswith("8 torch thread(s) (run.threads)") and given.run.threads == 8

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cot_ray.config import ModelConfig
+from cot_ray.metric_names import metric_keys
 from cot_ray.metrics import (
     LN2,
     Evaluator,
@@ -20,10 +21,8 @@ from cot_ray.metrics import (
     jsd_monte_carlo,
     mediator_jsd,
     sample_with_log_probs,
-    metric_keys,
-    sequence_log_probs,
 )
-from cot_ray.models import LSTMLM
+from cot_ray.models import LSTMLM, sequence_log_probs
 
 V, T = 3, 3
 ALL = torch.tensor(list(itertools.product(range(V), repeat=T)))

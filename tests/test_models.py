@@ -9,8 +9,8 @@ import torch
 
 import cot_ray.models as models
 from cot_ray.config import ModelConfig
-from cot_ray.models import LSTMLM, copy_weights, cpu_weights, draw_blocked
-
+from cot_ray.models import LSTMLM, copy_weights, cpu_weights
+from cot_ray.models.sampler import draw_blocked
 
 # Tiny tensors: one intra-op thread (shared fixture in conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")

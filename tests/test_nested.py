@@ -17,9 +17,10 @@ import torch
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
 from cot_ray.config import ModelConfig, load_config
 from cot_ray.learners import MediatorLearner, build_inner
-from cot_ray.loop import resume_config, run_trainer
-from cot_ray.losses import mediator_loss, mixture_loss, token_nll
+from cot_ray.loop import run_trainer
 from cot_ray.models import LSTMLM
+from cot_ray.models.losses import mediator_loss, mixture_loss, token_nll
+from cot_ray.rundir import resume_config
 from tests.conftest import assert_same_tree, event_scalars
 
 V, T = 3, 3

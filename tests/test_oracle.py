@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cot_ray.oracle import PARAM_NAMES, SEQ_LEN, VOCAB_SIZE, build_oracle, load_params, sample_oracle
+from cot_ray.models.oracle import PARAM_NAMES, SEQ_LEN, VOCAB_SIZE, build_oracle, load_params, sample_oracle
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_the_data_cache_holds_the_oracles_test_log_probs_and_upgrades_old_files(
     import numpy as np
 
     from cot_ray.data import synthetic_sets
-    from cot_ray.metrics import sequence_log_probs
+    from cot_ray.models import sequence_log_probs
 
     train, test, logp = synthetic_sets(40, 30, seed=5, cache_dir=str(tmp_path))
     want = sequence_log_probs(oracle, torch.from_numpy(test)).numpy()
@@ -136,7 +136,7 @@ def test_the_shipped_benchmark_sets_are_the_oracles_seed_88_draw(oracle):
     """The default training set ships with the package; today's sampler still draws it (the
     first chunk of 4,096 sequences of the seed-88 stream)."""
     from cot_ray.data import SHIPPED_SETS, synthetic_sets
-    from cot_ray.oracle import sample_oracle
+    from cot_ray.models.oracle import sample_oracle
 
     train, test, logp = synthetic_sets(9984, 9984, 88, cache_dir="/nonexistent")  # never read: shipped
     assert SHIPPED_SETS == (88, 9984, 9984) and train.shape == test.shape == (9984, 20) and logp.shape == (9984,)

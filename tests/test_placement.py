@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from cot_ray import runtime  # noqa: E402
+from cot_ray import placement, runtime  # noqa: E402
 from cot_ray.data import load_dataset  # noqa: E402
 from tests.conftest import CPU_ONLY_WORKERS  # noqa: E402
 
@@ -62,7 +62,7 @@ def test_pack_keeps_the_workers_together(tiny):
 def test_requests_the_nodes_cannot_meet_fail_fast(tiny, overrides, match):
     cfg = tiny(*overrides, "runtime.placement_timeout_s=600", "runtime.scale_timeout_s=30")
     t0 = time.monotonic()
-    with pytest.raises(runtime.PlacementError, match=match) as err:
+    with pytest.raises(placement.PlacementError, match=match) as err:
         _placements(cfg)
     assert time.monotonic() - t0 < 10
     assert "\n" not in str(err.value)
@@ -73,15 +73,15 @@ def test_automatic_cpus_share_the_nodes_when_there_are_fewer_cpus_than_workers(t
     """cpus_per_worker 0 (the default): one CPU each where the nodes have them; five workers on
     these 3 + 1 CPUs get 0.75 each (0.8, the share of the total, would not fit node by node)."""
     rcfg = tiny().runtime
-    assert runtime.worker_bundle(rcfg, 2) == ({"CPU": 1.0}, None)
-    bundle, note = runtime.worker_bundle(rcfg, 5)
+    assert placement.worker_bundle(rcfg, 2) == ({"CPU": 1.0}, None)
+    bundle, note = placement.worker_bundle(rcfg, 5)
     assert bundle == {"CPU": 0.75}
     assert note == "5 workers share the cluster's 4 CPU(s): 0.75 CPU each, one torch thread each " \
                    "(--cpus-per-worker N to choose)"
-    assert runtime.worker_threads(bundle) == 1 and runtime.worker_threads({"CPU": 2.5}) == 2
+    assert placement.worker_threads(bundle) == 1 and placement.worker_threads({"CPU": 2.5}) == 2
     given = tiny("runtime.cpus_per_worker=1").runtime  # a count the user gave is kept, and fails with the fix
-    assert runtime.worker_bundle(given, 5) == ({"CPU": 1.0}, None)
-    problem = runtime.placement_problem([{"CPU": 1.0}] * 5, False, runtime.alive_nodes(), ray.cluster_resources())
+    assert placement.worker_bundle(given, 5) == ({"CPU": 1.0}, None)
+    problem = placement.placement_problem([{"CPU": 1.0}] * 5, False, placement.alive_nodes(), ray.cluster_resources())
     assert problem.endswith("lower --cpus-per-worker (--cpus-per-worker 0.75 fits: the workers then share the CPUs)")
 
 
@@ -105,7 +105,7 @@ def test_on_an_autoscaling_cluster_a_run_asks_for_the_nodes_and_waits_for_them(t
     cfg = tiny("runtime.gpus_per_worker=1", "runtime.autoscaling=always", "runtime.scale_timeout_s=120")
     pg = None
     try:
-        pg = runtime.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime, lines.append)
+        pg = placement.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime, lines.append)
         homes = set(ray.util.placement_group_table(pg)["bundles_to_node_id"].values())
     finally:
         if pg is not None:
@@ -124,8 +124,8 @@ def test_an_autoscaler_that_adds_nothing_ends_the_wait_in_one_line(tiny, monkeyp
     cfg = tiny("runtime.gpus_per_worker=1", "runtime.autoscaling=always", "runtime.scale_timeout_s=3")
     lines: list = []
     t0 = time.monotonic()
-    with pytest.raises(runtime.PlacementError, match=r"within 3s: the autoscaler did not add the nodes") as err:
-        runtime.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime, lines.append, every_s=1.0)
+    with pytest.raises(placement.PlacementError, match=r"within 3s: the autoscaler did not add the nodes") as err:
+        placement.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime, lines.append, every_s=1.0)
     assert 3 <= time.monotonic() - t0 < 15 and "\n" not in str(err.value)
     assert any("still waiting for 2 x 1 CPU, 1 GPU" in line and "ray status" in line for line in lines), lines
     assert not any(pg["state"] == "CREATED" for pg in ray.util.placement_group_table().values())
@@ -146,7 +146,7 @@ def test_an_interrupted_wait_leaves_no_request_and_no_pending_group(tiny, monkey
     monkeypatch.setattr(PlacementGroup, "wait", interrupted)
     cfg = tiny("runtime.gpus_per_worker=1", "runtime.autoscaling=always", "runtime.scale_timeout_s=600")
     with pytest.raises(KeyboardInterrupt):
-        runtime.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime)
+        placement.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime)
     assert requests == [[{"CPU": 1.0, "GPU": 1.0}] * 2, []]
     assert not any(pg["state"] in ("PENDING", "CREATED") for pg in ray.util.placement_group_table().values())
 
@@ -155,17 +155,17 @@ def test_auto_asks_the_cluster_whether_an_autoscaler_can_add_nodes():
     """Ray's view, not this machine's processes: this Cluster's monitor is read-only (each node
     type is node_<node id>), so no autoscaler; a `ray up` or KubeRay cluster names its node types
     from its configuration (scripts/local_cluster_check.sh checks a real `ray up` one)."""
-    types = ray.get(ray.remote(num_cpus=0)(runtime.cluster_node_types).remote())
+    types = ray.get(ray.remote(num_cpus=0)(placement.cluster_node_types).remote())
     assert len(types) == 2 and all(t.startswith("node_") for t in types), types
-    assert not runtime.autoscaler_running()
-    assert runtime.configured_node_types({"ray.head.default", "node_0af1"})  # ray up: the head's configured type
-    assert runtime.configured_node_types({"headgroup", "gpu-workers"})  # KubeRay: its groups
-    assert not runtime.configured_node_types({"node_0af1", "node_77c2"}) and not runtime.configured_node_types(set())
+    assert not placement.autoscaler_running()
+    assert placement.configured_node_types({"ray.head.default", "node_0af1"})  # ray up: the head's configured type
+    assert placement.configured_node_types({"headgroup", "gpu-workers"})  # KubeRay: its groups
+    assert not placement.configured_node_types({"node_0af1", "node_77c2"}) and not placement.configured_node_types(set())
 
 
 def test_a_cluster_without_an_autoscaler_still_fails_at_once(tiny):
     cfg = tiny("runtime.gpus_per_worker=1", "runtime.scale_timeout_s=600")  # auto: Cluster's monitor has no config
     t0 = time.monotonic()
-    with pytest.raises(runtime.PlacementError, match="runtime.gpus_per_worker"):
-        runtime.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime)
+    with pytest.raises(placement.PlacementError, match="runtime.gpus_per_worker"):
+        placement.create_placement_group([{"CPU": 1.0, "GPU": 1.0}] * 2, cfg.runtime)
     assert time.monotonic() - t0 < 10

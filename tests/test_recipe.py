@@ -17,8 +17,8 @@ from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
 from cot_ray.config import ConfigError, ModelConfig, load_config
 from cot_ray.data import BatchSampler, load_dataset
 from cot_ray.learners import GeneratorLearner
-from cot_ray.loop import read_metrics
 from cot_ray.models import LSTMLM
+from cot_ray.rundir import read_metrics
 from tests.conftest import TINY, assert_same_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -242,8 +242,8 @@ def test_vocab_load_errors(tmp_path):
 
 def test_trim_padding_cuts_every_batch_to_the_longest_counted_prefix_and_changes_no_loss():
     from cot_ray.config import ModelConfig
-    from cot_ray.fused import fused_mixture_loss
     from cot_ray.models import LSTMLM
+    from cot_ray.models.fused import fused_mixture_loss
 
     E, P = EOS_ID, PAD_ID
     a = torch.tensor([[5, E, P, P, P, P, P], [6, 7, E, P, P, P, P]])

@@ -17,9 +17,11 @@ from cot_ray.checkpoint import CheckpointError
 from cot_ray.cli import main
 from cot_ray.config import ConfigError, load_config
 from cot_ray.data import VOCAB_FILE, load_dataset
-from cot_ray.loop import read_metrics, run_trainer
-from cot_ray.metrics import TEXT_KEYS, make_evaluator, metric_keys
+from cot_ray.loop import run_trainer
+from cot_ray.metric_names import TEXT_KEYS, metric_keys
+from cot_ray.metrics import make_evaluator
 from cot_ray.models import LSTMLM
+from cot_ray.rundir import read_metrics
 from cot_ray.text import EOS_ID, PAD_ID, Vocab, read_corpus
 
 WORDS = "a the cat dog bird sat ran on under mat tree red big small".split()

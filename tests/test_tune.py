@@ -21,13 +21,14 @@ from click.testing import CliRunner  # noqa: E402
 from ray import tune as ray_tune  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from cot_ray import sweep_spec, sweep_trial  # noqa: E402
-from cot_ray import tune as sweeps  # noqa: E402
 from cot_ray.checkpoint import CHECKPOINT, CONFIG, load_checkpoint  # noqa: E402
 from cot_ray.cli import main  # noqa: E402
 from cot_ray.config import load_config, read_yaml  # noqa: E402
-from cot_ray.loop import read_metrics  # noqa: E402
+from cot_ray.rundir import read_metrics  # noqa: E402
 from cot_ray.runtime import PlacementError  # noqa: E402
+from cot_ray.sweep import spec as sweep_spec  # noqa: E402
+from cot_ray.sweep import trial as sweep_trial  # noqa: E402
+from cot_ray.sweep import tune as sweeps  # noqa: E402
 from tests.conftest import CPU_ONLY_WORKERS, TINY  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

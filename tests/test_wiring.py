@@ -13,33 +13,37 @@ import torch
 
 from cot_ray.config import ModelConfig, load_config
 from cot_ray.data import load_dataset
+from cot_ray.group import LearnerGroup, local_group
 from cot_ray.learners import GeneratorLearner, MediatorLearner, build_inner
-from cot_ray.loop import Learners, in_process_learners, initial_sync
 from cot_ray.models import LSTMLM
+from cot_ray.schedule import make_schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Recorder:
-    """``Learners.call_fn`` that calls in process and records (learner name, method, args, result)."""
+    """``LearnerGroup.call`` that calls in process and records (learner name, method name, args, result)."""
 
-    def __init__(self, w: Learners):
+    def __init__(self, w: LearnerGroup):
         self.names = {id(w.g): "g", id(w.m): "m"}
         self.calls: list = []
 
     def __call__(self, learner, method, *args):
-        out = getattr(learner, method)(*args)
-        self.calls.append((self.names[id(learner)], method, args, out))
+        out = method(learner, *args)
+        self.calls.append((self.names[id(learner)], method.__name__, args, out))
         return out
 
 
 def _recorded(cfg):
+    """The learners of ``cfg`` in process, their calls recorded; -> (group, recorder, data,
+    ``iteration(t, m_updates)`` of the run's schedule)."""
     data = load_dataset(cfg.data)
-    w = in_process_learners(cfg, data)
-    initial_sync(w)
+    w = local_group(cfg, data)
+    w.sync_mediator()
     rec = Recorder(w)
-    w.call_fn = rec
-    return w, rec, data
+    w.call = rec
+    schedule = make_schedule(cfg)
+    return w, rec, data, lambda t, m_updates: schedule.iteration(w, cfg, t, m_updates)
 
 
 def _rows_in(rows: torch.Tensor, pool: torch.Tensor) -> bool:
@@ -51,7 +55,7 @@ def test_m_steps_on_real_plus_g_samples_and_g_on_the_chunk_m_did_not_see(tiny):
     chunks overlapping. With m_steps 2: G samples 3B; M takes chunks 0 and 1, each with a fresh
     real batch; G's own step takes chunk 2."""
     cfg = tiny("cot.m_steps=2", "cot.g_steps=1", "cot.sync_every=1")
-    w, rec, data = _recorded(cfg)
+    w, rec, data, iteration = _recorded(cfg)
     B = cfg.cot.batch_size
     fits: list = []
     real_fit = w.m.fit
@@ -61,7 +65,7 @@ def test_m_steps_on_real_plus_g_samples_and_g_on_the_chunk_m_did_not_see(tiny):
         return real_fit(groups, names)
 
     w.m.fit = spy
-    w.iteration(cfg, 0, 0)
+    iteration(0, 0)
     (fake,) = [out for who, method, _, out in rec.calls if method == "sample"]
     assert fake.shape == (3 * B, 20)
     assert len(fits) == 2
@@ -80,10 +84,10 @@ def test_m_weights_reach_g_every_sync_every_m_updates(tiny, sync_every):
     """Catches: a dropped or mistimed M -> G weight sync. After each M update G's copy of M must
     equal M exactly when the update count is a multiple of sync_every, and must be stale otherwise."""
     cfg = tiny("cot.m_steps=1", f"cot.sync_every={sync_every}")
-    w, rec, _ = _recorded(cfg)
+    w, rec, _, iteration = _recorded(cfg)
     m_updates = 0
     for t in range(6):
-        _, m_updates = w.iteration(cfg, t, m_updates)
+        _, m_updates = iteration(t, m_updates)
         same = all(torch.equal(a, b) for a, b in zip(w.g.mediator.state_dict().values(),
                                                       w.m.model.state_dict().values()))
         assert same == (m_updates % sync_every == 0), (t, m_updates)
@@ -184,11 +188,11 @@ def test_an_iteration_ships_at_most_one_weight_snapshot_the_newest_due(tiny, sch
     weights per iteration, of which G uses the last). Each iteration asks M for its weights
     once, right after its last M step, and G ends with exactly M's weights (sync)."""
     cfg = tiny("cot.m_steps=3", "cot.sync_every=1", f"runtime.schedule={schedule}", "runtime.staleness=0")
-    w, rec, _ = _recorded(cfg)
+    w, rec, _, iteration = _recorded(cfg)
     m_updates = 0
     for t in range(3):
         start = len(rec.calls)
-        _, m_updates = w.iteration(cfg, t, m_updates)
+        _, m_updates = iteration(t, m_updates)
         calls = [(who, method) for who, method, _, _ in rec.calls[start:]]
         assert calls.count(("m", "get_weights")) == 1
         steps = [i for i, c in enumerate(calls) if c == ("m", "step")]

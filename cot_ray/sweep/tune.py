@@ -30,12 +30,12 @@ from typing import Any, Callable, Optional
 import ray
 from ray import tune
 
-from . import runtime
-from .config import ConfigError, from_dict, nest_keys, read_yaml, write_yaml
-from .data import load_dataset
-from .sweep_results import best_config, best_row, format_table, trial_rows
-from .sweep_spec import PERTURBABLE, ParamSpec, Sweep, is_uri, plain
-from .sweep_trial import DRIVER_BUNDLE, make_trainable, trial_dirname, trial_resources
+from .. import placement, runtime
+from ..config import ConfigError, RuntimeConfig, from_dict, nest_keys, read_yaml, write_yaml
+from ..data import load_dataset
+from .results import best_config, best_row, format_table, trial_rows
+from .spec import PERTURBABLE, ParamSpec, Sweep, is_uri, plain
+from .trial import DRIVER_BUNDLE, make_trainable, trial_dirname, trial_resources
 
 SWEEP_FILE = "sweep.yaml"
 BEST_CONFIG = "best_config.yaml"
@@ -69,11 +69,7 @@ def connect(address: str, trial_cpus: float) -> bool:
     """Connect to Ray as :func:`cot_ray.runtime.connect` does; -> whether a local Ray was started
     here (then shut it down at the end). A local Ray gets at least one trial's worth of logical
     CPUs, so a sweep runs (one trial at a time) even on a 2-core machine."""
-    from .config import Config
-
-    cfg = Config()
-    cfg.runtime.address = address
-    return runtime.connect(cfg.validate().runtime, min_cpus=trial_cpus)  # a malformed address: one line
+    return runtime.connect(RuntimeConfig(address=address), min_cpus=trial_cpus)
 
 
 def _max_workers(sweep: Sweep) -> int:
@@ -88,15 +84,15 @@ def _check_cluster(sweep: Sweep, bundle: dict, echo: Callable[[str], None]) -> N
     can add the nodes it needs."""
     n = _max_workers(sweep)
     bundles = [dict(DRIVER_BUNDLE)] + [dict(bundle)] * n
-    problem = runtime.placement_problem(bundles, False, runtime.alive_nodes(), ray.cluster_resources())
+    problem = placement.placement_problem(bundles, False, placement.alive_nodes(), ray.cluster_resources())
     if problem is None:
         return
-    msg = (f"a trial needs {runtime.format_resources(DRIVER_BUNDLE)} for its driver plus {n} worker(s) with "
-           f"{runtime.format_resources(bundle)}: {problem}")
-    if runtime.autoscaling(sweep.base.runtime):
+    msg = (f"a trial needs {placement.format_resources(DRIVER_BUNDLE)} for its driver plus {n} worker(s) with "
+           f"{placement.format_resources(bundle)}: {problem}")
+    if placement.autoscaling(sweep.base.runtime):
         echo(f"[cot-ray] {msg} (waiting for the autoscaler to add nodes)")
         return
-    raise runtime.PlacementError(msg)
+    raise placement.PlacementError(msg)
 
 
 def _experiment_dir(sweep: Sweep, address: str) -> tuple[str, str]:
@@ -260,10 +256,10 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
         exp = _join(*storage_name)
     started = False
     try:
-        started = connect(address, DRIVER_BUNDLE["CPU"] + _max_workers(sweep) * runtime.requested_cpus(
+        started = connect(address, DRIVER_BUNDLE["CPU"] + _max_workers(sweep) * placement.requested_cpus(
             sweep.base.runtime))
         n_workers = len(runtime.learner_names(sweep.base))
-        bundle, shared = runtime.worker_bundle(sweep.base.runtime, n_workers)
+        bundle, shared = placement.worker_bundle(sweep.base.runtime, n_workers)
         if shared:
             echo(f"[cot-ray] {shared}")
         _check_cluster(sweep, bundle, echo)
@@ -276,7 +272,7 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
             _write_yaml(sweep.to_dict(), _join(exp, SWEEP_FILE))
             echo(f"[cot-ray] sweep {exp}: {sweep.tune.num_samples} sample(s), scheduler "
                  f"{sweep.tune.scheduler.name}, metric {sweep.tune.metric} ({sweep.tune.mode}), workers "
-                 f"{runtime.format_resources(bundle)} each")
+                 f"{placement.format_resources(bundle)} each")
             t = sweep.tune
             tuner = tune.Tuner(
                 trainable, param_space={p.key: tune_domain(p) for p in sweep.params},

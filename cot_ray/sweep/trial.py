@@ -20,11 +20,13 @@ from typing import Callable, Optional
 import ray
 from ray import tune
 
-from . import loop, runtime
-from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
-from .config import Config, save_config, stop_reason
-from .data import VOCAB_FILE
-from .sweep_spec import Sweep, is_uri
+from .. import runtime
+from ..checkpoint import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
+from ..config import Config, save_config, stop_reason
+from ..data import VOCAB_FILE
+from ..files import read_jsonl
+from ..rundir import METRICS_FILE
+from .spec import Sweep, is_uri
 
 TRIAL_LOG = "train.log"  # in every trial directory: the progress lines of its runs
 TRIAL_INFO = "trial.json"  # in every Tune checkpoint: whose it is
@@ -56,7 +58,7 @@ def _restore_session(ckpt_dir: str, run_dir: str, cfg: Config) -> dict:
     """Make ``run_dir`` a copy of a Tune checkpoint, continued under ``cfg``; -> what it holds:
     ``trial_id`` (whose checkpoint it is), ``iteration``, ``elapsed``, ``last_eval``."""
     os.makedirs(run_dir)
-    for name in (loop.METRICS_FILE, VOCAB_FILE):
+    for name in (METRICS_FILE, VOCAB_FILE):
         if os.path.exists(os.path.join(ckpt_dir, name)):
             shutil.copy2(os.path.join(ckpt_dir, name), os.path.join(run_dir, name))
     if os.path.exists(os.path.join(run_dir, VOCAB_FILE)):
@@ -77,11 +79,7 @@ def read_sessions(trial_dir: str) -> list[dict]:
     """The sessions of a trial, oldest first: ``run`` (its run directory's name),
     ``restored_from`` (the trial whose checkpoint it continued; None: a fresh start) and
     ``iteration`` (where it started)."""
-    path = os.path.join(trial_dir, TRIAL_SESSIONS)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(os.path.join(trial_dir, TRIAL_SESSIONS))
 
 
 def _bundle_nodes(pg) -> str:
@@ -109,7 +107,7 @@ class _Reporter:
 
     def __call__(self, iteration: int, metrics: dict, run_dir: str, elapsed: float) -> None:
         with tempfile.TemporaryDirectory(prefix=".report-", dir=self.trial_dir) as tmp:
-            for name in (CHECKPOINT, CONFIG, loop.METRICS_FILE, VOCAB_FILE):
+            for name in (CHECKPOINT, CONFIG, METRICS_FILE, VOCAB_FILE):
                 src = os.path.join(run_dir, name)
                 if os.path.exists(src):
                     try:

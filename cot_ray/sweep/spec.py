@@ -50,7 +50,7 @@ Schedulers (options, all optional)
     ``fifo``: no early stopping.
 
 Everything here is plain Python: a sweep file is checked (every value a spec can take built
-as a training config and validated) before Ray starts. :mod:`cot_ray.tune` runs a sweep.
+as a training config and validated) before Ray starts. :mod:`cot_ray.sweep.tune` runs a sweep.
 """
 
 from __future__ import annotations
@@ -64,9 +64,21 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .config import (TEXT_SOURCES, Config, ConfigError, check, default_config, from_dict, nest_keys, overlay,
-                     parse_overrides, read_yaml, smoke_budget, source_of)
-from .metrics import metric_keys
+from ..config import (
+    TEXT_SOURCES,
+    Config,
+    ConfigError,
+    check,
+    default_config,
+    from_dict,
+    nest_keys,
+    overlay,
+    parse_overrides,
+    read_yaml,
+    smoke_budget,
+    source_of,
+)
+from ..metric_names import metric_keys
 
 SWEEP_SECTIONS = ("base", "search", "tune")
 SPEC_KINDS = ("uniform", "loguniform", "randint", "choice", "grid_search")

@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 from ray import tune
 
-from .config import Config
-from .sweep_spec import Sweep, plain
+from ..config import Config
+from .spec import Sweep, plain
 
 
 @dataclass
@@ -53,7 +53,7 @@ def best_row(rows: list[TrialRow], mode: str) -> Optional[TrialRow]:
     return (min if mode == "min" else max)(ok, key=lambda r: r.metric)
 
 
-def _fmt(v: Any) -> str:
+def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "-" if v is None else str(v)
@@ -64,8 +64,8 @@ def format_table(rows: list[TrialRow], sweep: Sweep) -> str:
     sign = 1 if sweep.tune.mode == "min" else -1
     ordered = sorted(rows, key=lambda r: (r.metric is None, sign * (r.metric or 0.0)))
     head = ["trial"] + sweep.varying + [sweep.tune.metric, "iters", "restores", "status"]
-    body = [[r.trial_id] + [_fmt(r.values.get(k)) for k in sweep.varying]
-            + [_fmt(r.metric), str(r.iteration), str(r.restores), r.status] for r in ordered]
+    body = [[r.trial_id] + [_cell(r.values.get(k)) for k in sweep.varying]
+            + [_cell(r.metric), str(r.iteration), str(r.restores), r.status] for r in ordered]
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head] + body)
 

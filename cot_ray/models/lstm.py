@@ -1,4 +1,5 @@
-"""The autoregressive LSTM language model used for the generator, the mediator and the oracle.
+"""The autoregressive LSTM language model (G, M and the oracle): one implementation of
+:class:`cot_ray.models.interface.LanguageModel`.
 
 Shapes: B batch, T sequence length, V vocabulary, E embedding, H hidden.
 A sequence ``x_1..x_T`` is scored as ``prod_t p(x_t | x_<t)``; the first input is
@@ -7,14 +8,14 @@ A sequence ``x_1..x_T`` is scored as ``prod_t p(x_t | x_<t)``; the first input i
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from ..config import ModelConfig
+from .sampler import block_size, draw_blocked
 
 
 class LSTMLM(nn.Module):
@@ -28,6 +29,20 @@ class LSTMLM(nn.Module):
         self.embed = nn.Embedding(vocab_size, cfg.emb_dim)
         self.lstm = nn.LSTM(cfg.emb_dim, cfg.hidden_dim, cfg.num_layers, batch_first=True)
         self.out = nn.Linear(cfg.hidden_dim, vocab_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.out.weight.device
+
+    def output_layer(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Weight (V, H) and bias (V,) of the output layer."""
+        return self.out.weight, self.out.bias
+
+    @staticmethod
+    def vocab_size_of(weights: dict) -> Optional[int]:
+        """The vocabulary size of an ``LSTMLM`` state dict: the rows of its embedding."""
+        emb = weights.get("embed.weight")
+        return None if emb is None else int(emb.shape[0])
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator) -> None:
@@ -138,7 +153,7 @@ class LSTMLM(nn.Module):
         CPU (benchmarks/sampler.py). The (n, V) logits and probabilities live in buffers
         allocated once per call.
         """
-        dev = self.out.weight.device
+        dev = self.device
         w_ih = [getattr(self.lstm, f"weight_ih_l{k}") for k in range(self.cfg.num_layers)]
         w_hh = [getattr(self.lstm, f"weight_hh_l{k}") for k in range(self.cfg.num_layers)]
         bias = [getattr(self.lstm, f"bias_ih_l{k}") + getattr(self.lstm, f"bias_hh_l{k}")
@@ -186,52 +201,3 @@ class LSTMLM(nn.Module):
                     out[:, t + 1:] = stop_id
                     break
         return (out, log_prob) if with_log_prob else out
-
-
-def block_size(vocab_size: int) -> int:
-    """Tokens per block of the two-level sampler: ceil(sqrt(V)), so about as many blocks."""
-    return max(1, math.isqrt(vocab_size - 1) + 1)
-
-
-def draw_blocked(probs: torch.Tensor, blk: int, vocab_size: int, u: torch.Tensor):
-    """One token per row by inverse CDF, searched in two levels.
-
-    probs (n, nb * blk): unnormalised probabilities of the V tokens, then zeros up to a whole
-    number of blocks; u (n, 1) uniforms in [0, 1) -> token ids (n, 1) int64 and the row totals
-    (n, 1). The target u * total falls in one block of the cumulative block totals, then at
-    one token of that block's own cumulative sum: the same token as a search of the full
-    (n, V) cumulative sum, without its sequential scan over every row.
-
-    Guarantee: a token of probability 0 is never returned, and every other token is drawn
-    with its probability up to the float rounding of the sums. (A block's total, a reduction,
-    and the last entry of its cumulative sum, a scan, can differ by an ulp; a target between
-    the two would otherwise fall off the end of the block, onto its last token, whatever its
-    probability. The target is kept strictly below the total, and inside the block strictly
-    below its cumulative sum's last entry, so such a target goes to the block's last token of
-    positive probability.)
-    """
-    n = probs.shape[0]
-    nb = probs.shape[1] // blk
-    blocks = probs.view(n, nb, blk)
-    block_cdf = blocks.sum(dim=2).cumsum_(dim=1)  # (n, nb)
-    total = block_cdf[:, -1:]  # (n, 1)
-    zero = torch.zeros_like(total)
-    target = torch.minimum(u * total, torch.nextafter(total, zero))  # (n, 1), in [0, total)
-    b = torch.searchsorted(block_cdf, target, right=True).clamp_(max=nb - 1)  # (n, 1) the block
-    before = block_cdf.gather(1, (b - 1).clamp_(min=0)).masked_fill_(b == 0, 0.0)  # (n, 1) mass of blocks < b
-    inner_cdf = blocks[torch.arange(n, device=probs.device), b.squeeze(1)].cumsum_(dim=1)  # (n, blk)
-    rel = torch.minimum(target - before, torch.nextafter(inner_cdf[:, -1:], zero))  # (n, 1)
-    j = torch.searchsorted(inner_cdf, rel, right=True).clamp_(max=blk - 1)  # (n, 1)
-    return (b * blk + j).clamp_(max=vocab_size - 1), total
-
-
-def copy_weights(model: nn.Module, weights: dict) -> None:
-    """Load a name -> tensor/array mapping into ``model`` in place (any device)."""
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            p.copy_(torch.as_tensor(weights[name]))
-
-
-def cpu_weights(model: nn.Module) -> dict:
-    """Detached CPU copies of the parameters: cheap to pickle and send between processes."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

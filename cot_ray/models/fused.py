@@ -31,18 +31,11 @@ from typing import Optional, Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-# Rows per chunk when the caller gives none (training passes ``run.chunk_rows``, whose default
-# this is). The chunk size fixes the order of the sums over rows (the weight and bias gradients),
-# so it is part of the arithmetic: it is a number, never derived from the thread count, and the
-# same value gives the same bits. Measured with benchmarks/fused_losses.py on the 2-core dev CPU
-# (V 5,000, float32: a 256-row slab is 5 MB): on one thread 65, 128 and 256 rows were within
-# noise; on two, 262 rows beat 131 by 5-15% and tied with 524 (fewer, larger chunks mean fewer
-# parallel regions, each of which can stall on a descheduled thread when the cores are shared).
-DEFAULT_CHUNK_ROWS = 256
+from ..config import DEFAULT_CHUNK_ROWS  # rows per chunk when the caller gives none (why 256: there)
 
 
 def chunk_rows(chunk: Optional[int] = None) -> int:
-    """Rows per chunk: ``chunk`` if given, else DEFAULT_CHUNK_ROWS."""
+    """Rows per chunk: ``chunk`` if given, else ``DEFAULT_CHUNK_ROWS`` (``run.chunk_rows``'s default)."""
     if chunk is None:
         return DEFAULT_CHUNK_ROWS
     if chunk < 1:

@@ -20,8 +20,8 @@ from importlib import resources
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .models import LSTMLM
+from ..config import ModelConfig
+from .lstm import LSTMLM
 
 VOCAB_SIZE = 5000
 SEQ_LEN = 20

@@ -1,0 +1,107 @@
+"""What the rest of cot-ray relies on of a language model, in one place.
+
+G, M, every inner mediator and the oracle are autoregressive models over a vocabulary of V
+tokens: :class:`LanguageModel` lists what the learners, the losses, the metrics, the sampler
+and the checkpoints use of them, so that a second architecture plugs in by implementing it
+(and registering in :func:`cot_ray.models.build_model`). The helpers below work on any of them.
+
+Shapes: B batch, T sequence length, V vocabulary, H the width of the hidden states that the
+output layer reads.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
+
+import torch
+import torch.nn as nn
+
+from ..config import ModelConfig
+
+MaskFn = Callable[[torch.Tensor], Optional[torch.Tensor]]
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """An ``nn.Module`` that scores and samples token sequences ``x_1..x_T``, left to right.
+
+    Everything random it does is drawn from ``torch.Generator`` s the caller passes, never from
+    the global RNG, so that a run is reproducible whichever process the model lives in.
+    """
+
+    vocab_size: int  # V
+    cfg: ModelConfig  # its sizes and regularisation
+
+    @property
+    def device(self) -> torch.device:
+        """Where its parameters are."""
+
+    def init_weights(self, generator: torch.Generator) -> None:
+        """Draw every parameter from ``generator`` (seeded initialisation, the same on any device)."""
+
+    def hidden(self, tokens: torch.Tensor, dropout_generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """tokens (B, T) -> hidden states (B, T, H): position t sees tokens before t only. In
+        training mode its dropout masks come from ``dropout_generator`` (seeded dropout); in
+        eval mode there is no dropout."""
+
+    def output_layer(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The output layer's weight (V, H) and bias (V,) or None: logits = hidden @ weight.T + bias.
+        The fused losses run it themselves, slab by slab, instead of materialising (B, T, V) logits."""
+
+    def forward(self, tokens: torch.Tensor, dropout_generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """tokens (B, T) -> next-token logits (B, T, V)."""
+
+    def sequence_log_probs_at(self, tokens: torch.Tensor, temperatures: Sequence[float],
+                              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """tokens (B, T) -> (K, B) log p_T(x) at each of K temperatures (softmax(logits / T)),
+        summed over the positions where ``mask`` (B, T) is 1, from one forward pass."""
+
+    def sample(self, n: int, seq_len: int, generator: torch.Generator, with_log_prob: bool = False,
+               temperature: float = 1.0, stop_id: Optional[int] = None):
+        """``n`` sequences (n, seq_len) int64 on its device, drawn with the uniforms of
+        ``generator`` by the two-level inverse-CDF sampler (:mod:`cot_ray.models.sampler`); with
+        ``with_log_prob`` also their exact log-probabilities (n,); ``stop_id``: stop once every
+        row has drawn it, padding the rest with it."""
+
+    @staticmethod
+    def vocab_size_of(weights: dict) -> Optional[int]:
+        """The vocabulary size of a state dict of this architecture (None if it is not one)."""
+
+
+def copy_weights(model: nn.Module, weights: dict) -> None:
+    """Load a name -> tensor/array mapping into ``model`` in place (any device)."""
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            p.copy_(torch.as_tensor(weights[name]))
+
+
+def cpu_weights(model: nn.Module) -> dict:
+    """Detached CPU copies of the parameters: cheap to pickle and send between processes."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def sequence_log_probs(model: LanguageModel, seqs: torch.Tensor, mask_fn: Optional[MaskFn] = None,
+                       batch_size: int = 512, temperatures: Optional[tuple] = None) -> torch.Tensor:
+    """(N, T) -> (N,) float64 log p(x) under ``model`` (in eval mode: no dropout); with
+    ``temperatures`` (K of them) -> (K, N), the tempered model's, from one forward pass.
+
+    ``mask_fn`` must give prefix masks (ones up to some position, zeros after), as
+    ``text.loss_mask`` does; each batch is then cut after its longest masked prefix, which the
+    causal model scores exactly as the full rows (text batches are mostly padding).
+    """
+    was_training = model.training
+    model.eval()
+    dev = model.device
+    temps = tuple(temperatures) if temperatures is not None else (1.0,)
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        x = seqs[i:i + batch_size]
+        mask = mask_fn(x) if mask_fn else None
+        if mask is not None:
+            keep = max(int(mask.sum(dim=1).max()), 1)
+            x, mask = x[:, :keep], mask[:, :keep].to(dev)
+        out.append(model.sequence_log_probs_at(x.to(dev), temps, mask).double().cpu())
+    model.train(was_training)
+    lp = torch.cat(out, dim=1) if out else torch.empty(len(temps), 0, dtype=torch.float64)
+    return lp if temperatures is not None else lp[0]
