@@ -24,8 +24,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from cot_ray.checkpoint import CHECKPOINT, CONFIG, load_checkpoint  # noqa: E402
 from cot_ray.cli import main  # noqa: E402
 from cot_ray.config import load_config, read_yaml  # noqa: E402
+from cot_ray.placement import PlacementError  # noqa: E402
 from cot_ray.rundir import read_metrics  # noqa: E402
-from cot_ray.runtime import PlacementError  # noqa: E402
 from cot_ray.sweep import spec as sweep_spec  # noqa: E402
 from cot_ray.sweep import trial as sweep_trial  # noqa: E402
 from cot_ray.sweep import tune as sweeps  # noqa: E402
