@@ -10,6 +10,7 @@ the test set, groups the seeds (mean ± std) and draws the quality-diversity cur
 
     python benchmarks/fair_comparison.py --data oracle --minutes 15 --seeds 0,1,2 --out docs/fair_oracle
     python benchmarks/fair_comparison.py --data coco --minutes 20 --seeds 0,1,2 --compare-samples 1000 --out docs/fair_coco
+    python benchmarks/fair_comparison.py --data oracle --config configs/transformer_oracle.yaml ...   # other models
 
 Runs go to ``--logdir`` (default ``runs/fair_<data>``); running the command again continues
 unfinished runs (``--resume``) and re-does the comparison. Prints one JSON line: the budget,
@@ -59,6 +60,9 @@ def train_pair(seed: int, args, logdir: str) -> None:
                    "--set", f"eval.num_test={args.train_eval_samples}", "--set", "run.log_every=250"]
             if args.data == "coco":
                 cmd += ["--data", "coco", "--set", "eval.bleu_samples=200"]
+            if args.config:
+                cmd += ["--config", os.path.abspath(args.config)]
+            cmd += [a for kv in args.overrides for a in ("--set", kv)]
         log = open(os.path.join(logdir, f"{algo}-seed{seed}.log"), "a", encoding="utf-8")
         procs.append((subprocess.Popen([sys.executable, "-m", "cot_ray.cli", *cmd, *common], stdout=log,
                                        stderr=subprocess.STDOUT, cwd=ROOT), log, algo))
@@ -83,7 +87,8 @@ def best_temperatures(result: dict) -> dict:
             ("nll_oracle", "nll_test", "kl_forward", "kl_reverse")
         out[f"{g['group']}/{g['checkpoint']}"] = {
             "temperature": best["temperature"], "seeds": len(g["seeds"]), "iterations": g["iterations"],
-            **{k: [round(best[k]["mean"], 4), round(best[k]["std"], 4)] for k in keys if k in best}}
+            **{k: [round(best[k]["mean"], 4), None if best[k]["std"] is None else round(best[k]["std"], 4)]
+               for k in keys if k in best}}
     return out
 
 
@@ -99,6 +104,10 @@ def main() -> None:
     ap.add_argument("--compare-samples", type=int, default=4096, help="samples per temperature in the comparison")
     ap.add_argument("--logdir", default="")
     ap.add_argument("--out", required=True, help="where the table, JSON and plot go (e.g. docs/fair_oracle)")
+    ap.add_argument("--config", default="", help="a training config both algorithms start from (e.g. "
+                    "configs/transformer_oracle.yaml; its data source must be --data's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override of every run (repeatable)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     logdir = os.path.abspath(args.logdir or os.path.join("runs", f"fair_{args.data}"))

@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 
 
 MODEL_INITS = ("normal", "orthogonal")
+MODEL_ARCHS = ("lstm", "transformer")
 
 # Rows per chunk of the fused losses (models/fused.py), the default of ``run.chunk_rows``. The
 # chunk size fixes the order of the sums over rows (the weight and bias gradients), so it is part
@@ -38,17 +39,25 @@ DEFAULT_CHUNK_ROWS = 256
 
 @dataclass
 class ModelConfig:
-    """An autoregressive LSTM language model (used for G, M and inner mediators)."""
+    """An autoregressive language model (G, M and inner mediators): an LSTM, or a decoder-only
+    causal Transformer (pre-LayerNorm blocks, rotary positions; cot_ray/models/transformer.py)."""
 
-    emb_dim: int = 32  # token embedding width
-    hidden_dim: int = 32  # LSTM state width
-    num_layers: int = 1  # stacked LSTM layers
-    dropout: float = 0.0  # drop probability on LSTM outputs, applied only in the model's own training step
-    emb_dropout: float = 0.0  # drop probability on the token embeddings fed to the LSTM (own training step only)
-    # "normal": every parameter N(0, init_std); "orthogonal": the authors' cuDNN mediator, LSTM
-    # kernels orthogonal per gate and LSTM biases 0, embedding and output N(0, init_std)
+    arch: str = "lstm"  # "lstm" or "transformer"
+    emb_dim: int = 32  # token embedding width (transformer: equal to hidden_dim, its width)
+    hidden_dim: int = 32  # LSTM state width; transformer: the width of its residual stream (d_model)
+    num_layers: int = 1  # stacked LSTM layers, or Transformer blocks
+    # drop probability in the model's own training step only: LSTM on its outputs; transformer on
+    # attention probabilities and on each residual branch (attention and feed-forward outputs)
+    dropout: float = 0.0
+    emb_dropout: float = 0.0  # drop probability on the token embeddings fed to the first layer (own training step only)
+    num_heads: int = 4  # transformer: attention heads (hidden_dim / num_heads even, for the rotary positions)
+    ff_dim: int = 0  # transformer: feed-forward width; 0: 4 x hidden_dim
+    tie_output: bool = True  # transformer: the output layer is the token embedding, without a bias (LSTM: its own)
+    # "normal": every parameter N(0, init_std) (transformer: LayerNorms 1 and 0, biases 0, the
+    # residual branches' output projections scaled by 1/sqrt(2 layers)); "orthogonal" (LSTM only):
+    # the authors' cuDNN mediator, LSTM kernels orthogonal per gate and LSTM biases 0
     init: str = "normal"
-    init_std: float = 0.1  # standard deviation of the N(0, init_std) parameters (all of them under init "normal")
+    init_std: float = 0.1  # standard deviation of the N(0, init_std) parameters
 
 
 @dataclass
@@ -145,6 +154,10 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads of the run's own process; 0: the CPUs other work leaves free
     threads_host: str = ""  # set by a run that chose run.threads itself: the machine it chose on (resumed elsewhere: again)
     chunk_rows: int = DEFAULT_CHUNK_ROWS  # rows per slab of the fused losses; fixes the order of their sums (the bits)
+    # "fp32", or "bf16": the models' forward (and backward) passes in training steps run in bfloat16
+    # autocast; weights, optimizer states and the losses' reductions stay float32, and sampling and
+    # evaluation run in float32
+    precision: str = "fp32"
 
 
 @dataclass
@@ -231,6 +244,8 @@ class Config:
         check(c.run.minutes >= 0, "run.minutes", f"must be >= 0, got {c.run.minutes}")
         check(c.run.iters > 0 or c.run.minutes > 0, "run.iters",
               "and run.minutes are both 0, so the run could never stop: give --iters N or --minutes M")
+        check(c.run.precision in ("fp32", "bf16"), "run.precision",
+              f"must be 'fp32' or 'bf16', got {c.run.precision!r}")
         check(c.run.patience >= 0, "run.patience", f"must be >= 0 (0: no early stopping), got {c.run.patience}")
         check(c.run.patience == 0 or (c.eval.every > 0 and selection_metric(c) is not None), "run.patience",
               "stops on the selection metric of the evaluations: needs eval.every > 0, a validation set "
@@ -256,6 +271,16 @@ class Config:
             for f in ("dropout", "emb_dropout"):
                 check(0.0 <= getattr(m, f) < 1.0, f"{name}.{f}", f"must be in [0, 1), got {getattr(m, f)}")
             check(m.init in MODEL_INITS, f"{name}.init", f"must be 'normal' or 'orthogonal', got {m.init!r}")
+            check(m.arch in MODEL_ARCHS, f"{name}.arch", f"must be one of {', '.join(MODEL_ARCHS)}, got {m.arch!r}")
+            if m.arch == "transformer":
+                check(m.emb_dim == m.hidden_dim, f"{name}.emb_dim",
+                      f"must equal {name}.hidden_dim ({m.hidden_dim}) for a transformer (its width), got {m.emb_dim}")
+                check(m.num_heads >= 1 and m.hidden_dim % m.num_heads == 0 and (m.hidden_dim // m.num_heads) % 2 == 0,
+                      f"{name}.num_heads", f"must divide {name}.hidden_dim ({m.hidden_dim}) into heads of an even "
+                      f"width (rotary positions), got {m.num_heads}")
+                check(m.ff_dim >= 0, f"{name}.ff_dim", f"must be >= 0 (0: 4 x hidden_dim), got {m.ff_dim}")
+                check(m.init == "normal", f"{name}.init", "must be 'normal' for a transformer ('orthogonal' is the "
+                      "LSTM's per-gate initialisation)")
             check(m.init_std > 0, f"{name}.init_std", f"must be > 0, got {m.init_std}")
         for name in ("g_optim", "m_optim", "inner_optim"):
             o: OptimConfig = getattr(c, name)
@@ -309,8 +334,7 @@ class Config:
         check(r.scale_timeout_s > 0, "runtime.scale_timeout_s", f"must be > 0, got {r.scale_timeout_s}")
         check(r.autoscaling in ("auto", "always", "never"), "runtime.autoscaling",
               f"must be 'auto', 'always' or 'never', got {r.autoscaling!r}")
-        check(r.address == "" or r.address == "auto" or r.address.startswith("ray://") or ":" in r.address,
-               "runtime.address", f"must be '', 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got {r.address!r}")
+        check_address(r.address)
         check(r.mode == "actors" or r.address == "", "runtime.address",
                "joins a Ray cluster, which runtime.mode 'local' does not use: drop --address or --local")
 
@@ -350,6 +374,12 @@ def smoke_budget(cfg: Config) -> Config:
     e.num_train = min(e.num_train, SMOKE_SAMPLES)
     e.bleu_samples = min(e.bleu_samples, SMOKE_SAMPLES // 4)
     return cfg
+
+
+def check_address(address: str) -> None:
+    """``runtime.address`` (``--address``) is '', 'auto', 'ray://HOST:PORT' or 'HOST:PORT'."""
+    check(address == "" or address == "auto" or address.startswith("ray://") or ":" in address,
+          "runtime.address", f"must be '', 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got {address!r}")
 
 
 def check(ok: bool, key: str, msg: str) -> None:

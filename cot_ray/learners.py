@@ -127,15 +127,26 @@ def _cpu_state(optim: torch.optim.Optimizer) -> dict:
     return cpu(optim.state_dict())
 
 
+def _hidden(model: LanguageModel, tokens: torch.Tensor, dropout_gen: Optional[torch.Generator] = None,
+            bf16: bool = False) -> torch.Tensor:
+    """``model.hidden(tokens)`` (B, T, H); with ``bf16`` its forward pass (and so its backward)
+    runs in bfloat16 autocast and the states come back as float32: the weights, the optimizer
+    and the losses' reductions stay float32 (``run.precision`` "bf16")."""
+    if not bf16:
+        return model.hidden(tokens, dropout_gen)
+    with torch.autocast(model.device.type, dtype=torch.bfloat16):
+        return model.hidden(tokens, dropout_gen).float()
+
+
 def _cot_update(model: LanguageModel, optim: torch.optim.Optimizer, target: LanguageModel, own: torch.Tensor,
                 mask: Optional[torch.Tensor], grad_clip: float, chunk: int,
-                dropout_gen: Optional[torch.Generator] = None) -> dict:
+                dropout_gen: Optional[torch.Generator] = None, bf16: bool = False) -> dict:
     """One CoT generator update of ``model`` on its own samples ``own`` (B, T): minimise the
     per-step KL(pi_model || pi_target) with ``target`` held fixed (no gradient reaches it)."""
     model.train()
     with torch.no_grad():
-        t_hidden = target.hidden(own)  # (B, T, H_target); the fused loss runs both output layers
-    loss, stats = fused_cot_generator_loss(model.hidden(own, dropout_gen), *model.output_layer(),
+        t_hidden = _hidden(target, own, bf16=bf16)  # (B, T, H_target); the fused loss runs both output layers
+    loss, stats = fused_cot_generator_loss(_hidden(model, own, dropout_gen, bf16), *model.output_layer(),
                                            t_hidden, *target.output_layer(), mask, chunk)
     stats["grad_norm"] = _update(model, optim, loss, grad_clip)
     model.eval()
@@ -151,6 +162,7 @@ class _Learner:
         self.seq_len = seq_len
         self.eos_id = eos_id
         self.chunk = cfg.run.chunk_rows
+        self.bf16 = cfg.run.precision == "bf16"  # training forward passes in bfloat16 autocast
         self.model: Optional[LanguageModel] = None  # set by build()
 
     def is_built(self) -> bool:
@@ -216,7 +228,7 @@ class GeneratorLearner(_Learner):
         self._need_built()
         fake, = trim_padding([fake[start:start + (size or len(fake))].to(self.device)], self.eos_id)
         stats = _cot_update(self.model, self.optim, self.mediator, fake, loss_mask(fake, self.eos_id),
-                            self.cfg.g_optim.grad_clip, self.chunk)
+                            self.cfg.g_optim.grad_clip, self.chunk, bf16=self.bf16)
         self.steps += 1
         return _to_floats(stats, "g_")
 
@@ -225,7 +237,7 @@ class GeneratorLearner(_Learner):
         self._need_built()
         real, = trim_padding([self.batches.next().to(self.device)], self.eos_id)
         self.model.train()
-        loss, stats = fused_mle_loss(self.model.hidden(real), *self.model.output_layer(), real,
+        loss, stats = fused_mle_loss(_hidden(self.model, real, bf16=self.bf16), *self.model.output_layer(), real,
                                      loss_mask(real, self.eos_id), self.chunk)
         stats["grad_norm"] = _update(self.model, self.optim, loss, self.cfg.g_optim.grad_clip)
         self.steps += 1
@@ -324,7 +336,7 @@ class MixtureLearner(_Learner):
         tokens = trim_padding([x.to(self.device) for x, _ in groups], self.eos_id)
         names = names if names is not None else (None,) * (len(groups) - 1) + ("own",)
         self.model.train()
-        hidden = self.model.hidden(torch.cat(tokens), self.dropout_gen)  # one forward pass over every group
+        hidden = _hidden(self.model, torch.cat(tokens), self.dropout_gen, self.bf16)  # one pass over every group
         loss, stats = fused_mixture_loss(hidden, tokens, [w for _, w in groups], *self.model.output_layer(),
                                          [loss_mask(x, self.eos_id) for x in tokens],
                                          names, self.chunk)
@@ -343,7 +355,7 @@ class MixtureLearner(_Learner):
         for x in chunks:
             x, = trim_padding([x.to(self.device)], self.eos_id)
             st = _cot_update(self.model, self.optim, self.inner_model, x, loss_mask(x, self.eos_id),
-                             self.ocfg.grad_clip, self.chunk, self.dropout_gen)
+                             self.ocfg.grad_clip, self.chunk, self.dropout_gen, self.bf16)
             own_stats.append(_to_floats(st, level_prefix(self.level)))
         return {**_mean_stats(inner_stats), **_mean_stats(own_stats)}
 

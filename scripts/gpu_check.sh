@@ -8,7 +8,8 @@
 #      share the one GPU when there is only one), driven by a process that sees NO GPU
 #      (CUDA_VISIBLE_DEVICES= for the driver only, as on a cluster whose head has none): its
 #      checkpoints cross from the GPU workers to it, then it resumes the run and finishes it;
-#   3. benchmarks/iteration_cost.py --device cuda and benchmarks/runtime_overhead.py on the GPUs.
+#   3. benchmarks/iteration_cost.py --device cuda, benchmarks/runtime_overhead.py and
+#      benchmarks/arch_cost.py (LSTM and Transformer, float32 and bf16 autocast) on the GPUs.
 #
 # Prints one JSON line; exit 0: every check passed. About 15 minutes on one GPU (the suite is most of it).
 #   scripts/gpu_check.sh
@@ -75,6 +76,10 @@ say "3. benchmarks on the GPU"
 python benchmarks/iteration_cost.py --device cuda >"$W/iteration_cost.json" 2>"$W/iteration_cost.log"
 python benchmarks/runtime_overhead.py --device cuda --gpus-per-worker "$GPW" --iters 200 \
     >"$W/runtime_overhead.json" 2>"$W/runtime_overhead.log"
+for p in fp32 bf16; do  # the Transformer and the LSTM at three sizes, float32 and bf16 autocast
+    python benchmarks/arch_cost.py --device cuda --precision "$p" --iters 10 >"$W/arch_cost_$p.json" \
+        2>"$W/arch_cost_$p.log" || { tail -30 "$W/arch_cost_$p.log" >&2; exit 1; }
+done
 
 python - "$W" "$NGPU" "$GPU_NAME" "$gpu_tests" "$(( $(date +%s) - start ))" "$readme_gpu" <<'EOF'
 import json, sys
@@ -83,5 +88,6 @@ last = lambda n: json.loads(open(f"{w}/{n}.json").read().strip().splitlines()[-1
 print(json.dumps({"gpu_check": "passed", "gpus": int(ngpu), "gpu": name, "gpu_tests": tests, "readme_gpu": readme,
                   "train": {k: last("resume")[k] for k in ("iteration", "metrics")},
                   "iteration_cost": last("iteration_cost"), "runtime_overhead": last("runtime_overhead"),
+                  "arch_cost_fp32": last("arch_cost_fp32"), "arch_cost_bf16": last("arch_cost_bf16"),
                   "seconds": int(seconds)}))
 EOF

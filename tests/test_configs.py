@@ -47,6 +47,51 @@ def test_every_shipped_sweep_validates(path, tmp_path):
         assert f.readline().startswith("#"), "each sweep file starts with a comment saying what it is for"
 
 
+TRAINING_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=os.path.basename)
+def test_every_shipped_training_config_validates_and_says_how_to_launch_it(path, tmp_path):
+    """configs/*.yaml: valid training configs that survive being written out and read back, and
+    whose first lines say what they are and the command that launches them (README shows it)."""
+    cfg = load_config(path)
+    save_config(cfg, str(tmp_path / "resolved.yaml"))
+    assert load_config(str(tmp_path / "resolved.yaml")) == cfg
+    with open(path, encoding="utf-8") as f:
+        head = f.read().split("\n\n")[0]
+    launch = f"cot-ray train --config configs/{os.path.basename(path)}"
+    assert head.startswith("#") and f"Launch:  {launch}" in head
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        assert launch in f.read(), f"README shows no `{launch}`"
+
+
+def test_the_transformer_configs_train_transformers_of_the_lstm_defaults_widths():
+    oracle, coco = (load_config(os.path.join(ROOT, "configs", f"transformer_{d}.yaml")) for d in ("oracle", "coco"))
+    plain, text = load_config(None, []), load_config(None, ["data.source=coco"])
+    for cfg, default in ((oracle, plain), (coco, text)):
+        for name in ("generator", "mediator"):
+            got, want = getattr(cfg, name), getattr(default, name)
+            assert got.arch == "transformer" and got.hidden_dim == want.hidden_dim
+    assert coco.data.source == "coco" and oracle.data.source == "oracle"
+
+
+def test_the_architecture_and_its_sizes_are_searchable_and_validated(tmp_path):
+    sweep = sweeps.load_sweep(_write(tmp_path, "search:\n  generator.arch: {choice: [lstm, transformer]}\n"
+                                               "  mediator.arch: {choice: [lstm, transformer]}\n"
+                                               "  mediator.num_layers: {randint: [1, 3]}\n"
+                                               "  mediator.num_heads: {choice: [2, 4]}\n"
+                                               "tune: {scheduler: fifo}\n"))
+    assert set(sweep.varying) == {"generator.arch", "mediator.arch", "mediator.num_layers", "mediator.num_heads"}
+    cfg = sweep.trial_config({"generator.arch": "transformer", "mediator.arch": "lstm", "mediator.num_layers": 3,
+                              "mediator.num_heads": 2})
+    assert (cfg.generator.arch, cfg.mediator.arch, cfg.mediator.num_layers) == ("transformer", "lstm", 3)
+    with pytest.raises(ConfigError, match=r"search key 'mediator.num_heads'.*must divide mediator.hidden_dim"):
+        sweeps.load_sweep(_write(tmp_path, "base: {mediator: {arch: transformer}}\n"
+                                           "search: {mediator.num_heads: {choice: [4, 5]}}\ntune: {scheduler: fifo}\n"))
+    with pytest.raises(ConfigError, match=r"search key 'generator.arch'.*must be one of lstm, transformer"):
+        sweeps.load_sweep(_write(tmp_path, "search: {generator.arch: {choice: [lstm, gpt]}}\ntune: {scheduler: fifo}\n"))
+
+
 def test_headline_and_nested_sweeps_search_what_the_issue_names():
     ratios = sweeps.load_sweep(os.path.join(ROOT, "tune_configs", "ratios_dropout.yaml"))
     assert {"cot.g_steps", "cot.m_steps", "mediator.dropout", "g_optim.lr", "m_optim.lr"} <= set(ratios.varying)

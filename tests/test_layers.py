@@ -20,7 +20,8 @@ ORDER = [
     # foundation: files, settings, processes
     "files", "memory", "metric_names", "config", "checkpoint", "machine",
     # models and their losses
-    "models.sampler", "models.interface", "models.lstm", "models", "models.losses", "models.fused", "models.oracle",
+    "models.sampler", "models.interface", "models.lstm", "models.transformer", "models", "models.losses",
+    "models.fused", "models.oracle",
     # data and evaluation
     "text", "data", "bleu", "metrics",
     # training, in one process

@@ -27,9 +27,14 @@ def _learner_state(run_dir):
     return {"g": state["g"], "m": state["m"], "iteration": state["iteration"], "m_updates": state["m_updates"]}
 
 
-@pytest.mark.parametrize("algo", ["cot", "mle"])
-def test_resumed_run_equals_uninterrupted_run(tiny, algo):
-    overrides = (f"cot.algo={algo}", "cot.m_steps=2", "cot.g_steps=2", "eval.every=2", "run.checkpoint_every=100")
+TRANSFORMERS = ("generator.arch=transformer", "generator.num_layers=2", "generator.num_heads=2",
+                "mediator.arch=transformer", "mediator.num_heads=2")
+
+
+@pytest.mark.parametrize("algo,arch", [("cot", "lstm"), ("mle", "lstm"), ("cot", "transformer"), ("mle", "transformer")])
+def test_resumed_run_equals_uninterrupted_run(tiny, algo, arch):
+    overrides = (f"cot.algo={algo}", "cot.m_steps=2", "cot.g_steps=2", "eval.every=2", "run.checkpoint_every=100",
+                 *(TRANSFORMERS if arch == "transformer" else ()))
     full = run_trainer(tiny(*overrides, "run.iters=6", "run.name=full"), echo=_quiet)
     half = run_trainer(tiny(*overrides, "run.iters=3", "run.name=half"), echo=_quiet)
     assert half["iteration"] == 3

@@ -100,10 +100,11 @@ def test_depth_two_trains_every_level_and_converges():
     assert end < 0.03
 
 
-def test_nested_run_resumes_exactly_and_logs_inner_losses(tiny):
+@pytest.mark.parametrize("inner", ["lstm", "transformer"])
+def test_nested_run_resumes_exactly_and_logs_inner_losses(tiny, inner):
     overrides = ("nested.enabled=true", "nested.depth=2", "nested.m_steps=2", "nested.g_steps=2",
                  "inner_mediator.emb_dim=8", "inner_mediator.hidden_dim=8", "eval.every=2",
-                 "run.checkpoint_every=100")
+                 "run.checkpoint_every=100", f"inner_mediator.arch={inner}", "inner_mediator.num_heads=2")
     quiet = lambda msg: None  # noqa: E731
     full = run_trainer(tiny(*overrides, "run.iters=4", "run.name=full"), echo=quiet)
     half = run_trainer(tiny(*overrides, "run.iters=2", "run.name=half"), echo=quiet)

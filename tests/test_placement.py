@@ -156,7 +156,7 @@ def test_auto_asks_the_cluster_whether_an_autoscaler_can_add_nodes():
     type is node_<node id>), so no autoscaler; a `ray up` or KubeRay cluster names its node types
     from its configuration (scripts/local_cluster_check.sh checks a real `ray up` one)."""
     types = ray.get(ray.remote(num_cpus=0)(placement.cluster_node_types).remote())
-    assert len(types) == 2 and all(t.startswith("node_") for t in types), types
+    assert len(types) >= 2 and all(t.startswith("node_") for t in types), types  # (nodes gone may linger)
     assert not placement.autoscaler_running()
     assert placement.configured_node_types({"ray.head.default", "node_0af1"})  # ray up: the head's configured type
     assert placement.configured_node_types({"headgroup", "gpu-workers"})  # KubeRay: its groups

@@ -7,7 +7,7 @@ work here (a placeholder this test cannot fill, a GPU it asks for) fails until i
 excluded; an exclusion that README no longer shows fails too.
 
 How a command runs: through the installed ``cot-ray`` entry point, as a separate process, in one
-fresh directory shared by all of them (it holds a copy of ``tune_configs/``, since README's
+fresh directory shared by all of them (it holds copies of ``tune_configs/`` and ``configs/``, since README's
 commands run from the repository root), in README's order, in the mode README uses (the default,
 actors on a local Ray), with ``--smoke`` appended. ``--smoke`` is the documented way to shrink a
 command's budget and nothing else (README, "Command line"): a few iterations and small
@@ -123,7 +123,8 @@ def test_readme_has_the_commands_this_test_knows():
 def workdir(tmp_path_factory) -> Path:
     """A fresh directory laid out as README's commands expect the repository root to be."""
     d = tmp_path_factory.mktemp("readme")
-    shutil.copytree(ROOT / "tune_configs", d / "tune_configs")
+    for folder in ("tune_configs", "configs"):
+        shutil.copytree(ROOT / folder, d / folder)
     return d
 
 

@@ -58,9 +58,13 @@ def _differs(a: dict, b: dict) -> bool:
 # ----------------------------------------------------------------------------- schedules
 
 
-def test_sync_actors_equal_the_in_process_loop(tiny):
-    """Same seed, N iterations: actors with the sync schedule == the in-process loop, bitwise."""
-    common = ("cot.m_steps=2", "cot.g_steps=2", "cot.sync_every=3", "eval.every=2", "run.iters=5", ONE_THREAD)
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_sync_actors_equal_the_in_process_loop(tiny, arch):
+    """Same seed, N iterations: actors with the sync schedule == the in-process loop, bitwise
+    (LSTMs, and Transformer G and M with dropout in M)."""
+    common = ("cot.m_steps=2", "cot.g_steps=2", "cot.sync_every=3", "eval.every=2", "run.iters=5", ONE_THREAD,
+              *(("generator.arch=transformer", "generator.num_heads=2", "mediator.arch=transformer",
+                 "mediator.num_heads=2", "mediator.dropout=0.1") if arch == "transformer" else ()))
     ref = loop.run_trainer(tiny(*common, "runtime.mode=local", "run.name=local"), echo=_quiet)
     cfg = tiny(*common, "run.name=actors")
     rt = runtime.ActorRuntime(cfg.runtime)

@@ -14,12 +14,14 @@ import torch
 from ..config import ModelConfig
 from .interface import LanguageModel, copy_weights, cpu_weights, sequence_log_probs
 from .lstm import LSTMLM
+from .transformer import TransformerLM
 
-ARCHITECTURES: dict[str, type] = {"lstm": LSTMLM}
+ARCHITECTURES: dict[str, type] = {"lstm": LSTMLM, "transformer": TransformerLM}
 
 
 def architecture(cfg: ModelConfig) -> type:
-    return ARCHITECTURES[getattr(cfg, "arch", "lstm")]
+    """The model class of ``cfg.arch``."""
+    return ARCHITECTURES[cfg.arch]
 
 
 def build_model(vocab_size: int, cfg: ModelConfig, seed: Optional[int] = None,
@@ -44,5 +46,5 @@ def vocab_size_of(weights: dict, cfg: ModelConfig) -> Optional[int]:
     return architecture(cfg).vocab_size_of(weights) if isinstance(weights, dict) else None
 
 
-__all__ = ["ARCHITECTURES", "LSTMLM", "LanguageModel", "build_model", "copy_weights", "cpu_weights",
+__all__ = ["ARCHITECTURES", "LSTMLM", "LanguageModel", "TransformerLM", "build_model", "copy_weights", "cpu_weights",
            "model_from_weights", "sequence_log_probs", "vocab_size_of"]

@@ -69,8 +69,15 @@ def _counted_rows(coef: torch.Tensor) -> Optional[torch.Tensor]:
     return (~zero).nonzero().squeeze(1)
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _logits(bias: Optional[torch.Tensor], h: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """h @ weight.T (+ bias) into ``out``: an output layer with or without a bias."""
+    if bias is None:
+        return torch.mm(h, weight.t(), out=out)
+    return torch.addmm(bias, h, weight.t(), out=out)
 
 
 # ----------------------------------------------------------------------------- weighted NLL
@@ -90,14 +97,14 @@ def _nll_chunks(hidden, weight, bias, targets, coef, want, chunk):
     nll = hidden.new_empty(N)
     g_h = hidden.new_empty(N, H) if want[0] else None
     g_w = torch.zeros_like(weight) if want[1] else None
-    g_b = torch.zeros_like(bias) if want[2] else None
+    g_b = torch.zeros_like(bias) if want[2] and bias is not None else None
     grad = any(want)
     slab = hidden.new_empty(min(chunk, N), weight.shape[0])  # (n, V), reused by every chunk
     for i in range(0, N, chunk):
         h = hidden[i:i + chunk]  # (n, H)
         n = h.shape[0]
         t = targets[i:i + n, None]  # (n, 1)
-        z = torch.addmm(bias, h, weight.t(), out=slab[:n])  # (n, V) logits
+        z = _logits(bias, h, weight, slab[:n])  # (n, V) logits
         top = z.amax(dim=1, keepdim=True)  # (n, 1)
         z_t = z.gather(1, t)  # (n, 1) target logits
         e = z.sub_(top).exp_()  # (n, V) in place: unnormalised probabilities
@@ -235,14 +242,14 @@ def _kl_chunks(g_hidden, g_weight, g_bias, m_hidden, m_weight, m_bias, coef, wan
     kl = g_hidden.new_empty(N)
     g_h = g_hidden.new_empty(N, Hg) if want[0] else None
     g_w = torch.zeros_like(g_weight) if want[1] else None
-    g_b = torch.zeros_like(g_bias) if want[2] else None
+    g_b = torch.zeros_like(g_bias) if want[2] and g_bias is not None else None
     grad = any(want)
     slabs = g_hidden.new_empty(3, min(chunk, N), g_weight.shape[0])  # three (n, V), reused by every chunk
     for i in range(0, N, chunk):
         h = g_hidden[i:i + chunk]  # (n, Hg)
         n = h.shape[0]
-        zg = torch.addmm(g_bias, h, g_weight.t(), out=slabs[0, :n])  # (n, V) G's logits
-        zm = torch.addmm(m_bias, m_hidden[i:i + n], m_weight.t(), out=slabs[1, :n])  # (n, V) M's logits
+        zg = _logits(g_bias, h, g_weight, slabs[0, :n])  # (n, V) G's logits
+        zm = _logits(m_bias, m_hidden[i:i + n], m_weight, slabs[1, :n])  # (n, V) M's logits
         zg.sub_(zg.amax(dim=1, keepdim=True))
         zm.sub_(zm.amax(dim=1, keepdim=True))
         d = torch.sub(zg, zm, out=slabs[2, :n])  # (n, V)
@@ -298,7 +305,7 @@ def fused_cot_generator_loss(g_hidden: torch.Tensor, g_weight: torch.Tensor, g_b
     """
     g_h = g_hidden.reshape(-1, g_hidden.shape[-1])  # (N, Hg)
     m_h = m_hidden.detach().reshape(-1, m_hidden.shape[-1])  # (N, Hm)
-    m_w, m_b = m_weight.detach(), m_bias.detach()
+    m_w, m_b = m_weight.detach(), m_bias.detach() if m_bias is not None else None
     coef = _row_weights(mask, g_h.shape[0], 1.0, g_hidden)
     chunk = chunk_rows(chunk)
     keep = _counted_rows(coef)

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..config import ModelConfig
 
@@ -68,6 +69,58 @@ class LanguageModel(Protocol):
         """The vocabulary size of a state dict of this architecture (None if it is not one)."""
 
 
+def seeded_dropout(x: torch.Tensor, p: float, training: bool, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Inverted dropout of ``x`` with its mask drawn from ``generator`` (never the global RNG);
+    the identity outside training or at ``p`` 0."""
+    if not training or p <= 0:
+        return x
+    keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
+    return x * keep / (1.0 - p)
+
+
+class TokenModel(nn.Module):
+    """What the architectures share: inputs shifted behind the start token, logits and sequence
+    log-probabilities from ``hidden`` and ``output_layer``, the vocabulary size of a state dict
+    (the rows of ``embed.weight``). A subclass provides ``embed``, ``hidden``,
+    ``output_layer``, ``init_weights`` and ``sample``."""
+
+    vocab_size: int
+    start_token: int
+    embed: nn.Embedding
+
+    @staticmethod
+    def vocab_size_of(weights: dict) -> Optional[int]:
+        """The vocabulary size of a state dict of the model: the rows of its embedding."""
+        emb = weights.get("embed.weight")
+        return None if emb is None else int(emb.shape[0])
+
+    def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) -> inputs (B, T): the start token, then x_1..x_{T-1}."""
+        start = torch.full_like(tokens[:, :1], self.start_token)
+        return torch.cat([start, tokens[:, :-1]], dim=1)
+
+    def forward(self, tokens: torch.Tensor, dropout_generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Next-token logits for every position: tokens (B, T) -> (B, T, V)."""
+        return F.linear(self.hidden(tokens, dropout_generator), *self.output_layer())
+
+    def log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, T, V) log pi(v | x_<t)."""
+        return F.log_softmax(self.forward(tokens), dim=-1)
+
+    def sequence_log_prob(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                          temperature: float = 1.0) -> torch.Tensor:
+        """(B, T) -> (B,) log p(x), summed over the positions where ``mask`` is 1, under the
+        model at ``temperature`` (softmax(logits / T); 1: the model itself)."""
+        return self.sequence_log_probs_at(tokens, (temperature,), mask)[0]
+
+    def sequence_log_probs_at(self, tokens: torch.Tensor, temperatures: Sequence[float],
+                              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, T) -> (K, B) log p_T(x) at each of the K ``temperatures``, from one forward pass:
+        the model and the output layer run once, only the normalisation is per temperature
+        (:func:`log_probs_at`)."""
+        return log_probs_at(self.hidden(tokens), *self.output_layer(), tokens, temperatures, mask)
+
+
 def copy_weights(model: nn.Module, weights: dict) -> None:
     """Load a name -> tensor/array mapping into ``model`` in place (any device)."""
     with torch.no_grad():
@@ -78,6 +131,28 @@ def copy_weights(model: nn.Module, weights: dict) -> None:
 def cpu_weights(model: nn.Module) -> dict:
     """Detached CPU copies of the parameters: cheap to pickle and send between processes."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def log_probs_at(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], tokens: torch.Tensor,
+                 temperatures: Sequence[float], mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sequence log-probabilities from a model's hidden states (B, T, H) and output layer:
+    -> (K, B) log p_T(x) at each of the K ``temperatures``, summed over the positions where
+    ``mask`` (B, T) is 1. The output layer runs one position at a time, so only a (B, V) slab of
+    logits exists at once: scoring thousands of sequences stays in cache (about 2x faster on a
+    CPU than materialising (B, T, V) logits) and needs little memory."""
+    steps = [[] for _ in temperatures]
+    for t in range(tokens.shape[1]):
+        logits = F.linear(hidden[:, t], weight, bias)  # (B, V)
+        target = logits.gather(1, tokens[:, t:t + 1]).squeeze(1)
+        for k, temp in enumerate(temperatures):
+            if temp == 1.0:  # exactly the untempered arithmetic
+                steps[k].append(target - torch.logsumexp(logits, dim=1))
+            else:
+                steps[k].append(target / temp - torch.logsumexp(logits / temp, dim=1))
+    tok_lp = torch.stack([torch.stack(s, dim=1) for s in steps])  # (K, B, T)
+    if mask is not None:
+        tok_lp = tok_lp * mask
+    return tok_lp.sum(dim=2)
 
 
 @torch.no_grad()

@@ -12,13 +12,13 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import ModelConfig
-from .sampler import block_size, draw_blocked
+from .interface import TokenModel, seeded_dropout
+from .sampler import TokenDrawer
 
 
-class LSTMLM(nn.Module):
+class LSTMLM(TokenModel):
     """Embedding -> (dropout) -> LSTM -> (dropout) -> linear over the whole vocabulary."""
 
     def __init__(self, vocab_size: int, cfg: ModelConfig, start_token: int = 0):
@@ -37,12 +37,6 @@ class LSTMLM(nn.Module):
     def output_layer(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Weight (V, H) and bias (V,) of the output layer."""
         return self.out.weight, self.out.bias
-
-    @staticmethod
-    def vocab_size_of(weights: dict) -> Optional[int]:
-        """The vocabulary size of an ``LSTMLM`` state dict: the rows of its embedding."""
-        emb = weights.get("embed.weight")
-        return None if emb is None else int(emb.shape[0])
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator) -> None:
@@ -63,11 +57,6 @@ class LSTMLM(nn.Module):
             else:
                 p.copy_(torch.randn(p.shape, generator=generator) * self.cfg.init_std)
 
-    def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
-        # tokens (B, T) -> inputs (B, T): start token, then x_1..x_{T-1}
-        start = torch.full_like(tokens[:, :1], self.start_token)
-        return torch.cat([start, tokens[:, :-1]], dim=1)
-
     def hidden(self, tokens: torch.Tensor, dropout_generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """LSTM outputs, with dropout in training mode: tokens (B, T) -> (B, T, H).
 
@@ -76,53 +65,9 @@ class LSTMLM(nn.Module):
         runs are reproducible whichever process the model lives in.
         """
         x = self.embed(self._inputs(tokens))  # (B, T, E)
-        x = self._dropout(x, self.cfg.emb_dropout, dropout_generator)
+        x = seeded_dropout(x, self.cfg.emb_dropout, self.training, dropout_generator)
         h, _ = self.lstm(x)  # (B, T, H)
-        return self._dropout(h, self.cfg.dropout, dropout_generator)
-
-    def _dropout(self, x: torch.Tensor, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
-        if not self.training or p <= 0:
-            return x
-        keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
-        return x * keep / (1.0 - p)
-
-    def forward(self, tokens: torch.Tensor, dropout_generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Next-token logits for every position: tokens (B, T) -> logits (B, T, V)."""
-        return self.out(self.hidden(tokens, dropout_generator))
-
-    def log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, T, V) log pi(v | x_<t)."""
-        return F.log_softmax(self.forward(tokens), dim=-1)
-
-    def sequence_log_prob(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                          temperature: float = 1.0) -> torch.Tensor:
-        """(B, T) -> (B,) log p(x), summed over the positions where ``mask`` is 1, under the
-        model at ``temperature`` (softmax(logits / T); 1: the model itself).
-
-        The output layer runs one position at a time, so only a (B, V) slab of logits exists at
-        once: scoring thousands of sequences stays in cache (about 2x faster on a CPU than
-        materialising (B, T, V) logits) and needs little memory.
-        """
-        return self.sequence_log_probs_at(tokens, (temperature,), mask)[0]
-
-    def sequence_log_probs_at(self, tokens: torch.Tensor, temperatures, mask: Optional[torch.Tensor] = None
-                              ) -> torch.Tensor:
-        """(B, T) -> (K, B) log p_T(x) at each of the K ``temperatures``, from one forward pass:
-        the LSTM and the output layer run once, only the normalisation is per temperature."""
-        h = self.hidden(tokens)  # (B, T, H)
-        steps = [[] for _ in temperatures]
-        for t in range(tokens.shape[1]):
-            logits = self.out(h[:, t])  # (B, V)
-            target = logits.gather(1, tokens[:, t:t + 1]).squeeze(1)
-            for k, temp in enumerate(temperatures):
-                if temp == 1.0:  # exactly the untempered arithmetic
-                    steps[k].append(target - torch.logsumexp(logits, dim=1))
-                else:
-                    steps[k].append(target / temp - torch.logsumexp(logits / temp, dim=1))
-        tok_lp = torch.stack([torch.stack(s, dim=1) for s in steps])  # (K, B, T)
-        if mask is not None:
-            tok_lp = tok_lp * mask
-        return tok_lp.sum(dim=2)
+        return seeded_dropout(h, self.cfg.dropout, self.training, dropout_generator)
 
     @torch.no_grad()
     def sample(self, n: int, seq_len: int, generator: torch.Generator, with_log_prob: bool = False,
@@ -163,17 +108,8 @@ class LSTMLM(nn.Module):
         H = self.cfg.hidden_dim
         h = [torch.zeros(n, H, device=dev) for _ in range(self.cfg.num_layers)]
         c = [torch.zeros(n, H, device=dev) for _ in range(self.cfg.num_layers)]
-        out = torch.empty(n, seq_len, dtype=torch.long, device=dev)
-        uniforms = torch.rand(seq_len, n, 1, generator=generator, device=generator.device).to(dev)
         x = torch.full((n,), self.start_token, dtype=torch.long, device=dev)
-        log_prob = torch.zeros(n, device=dev)
-        stopped = torch.zeros(n, dtype=torch.bool, device=dev) if stop_id is not None else None
-        out_w, out_b = self.out.weight.t(), self.out.bias  # (H, V), (V,)
-        V = self.vocab_size
-        blk = block_size(V)
-        logits = torch.empty(n, V, dtype=out_b.dtype, device=dev)  # (n, V), reused every step
-        # (n, nb * blk) unnormalised probabilities, reused every step; the padding stays 0
-        probs = torch.zeros(n, -(-V // blk) * blk, dtype=out_b.dtype, device=dev)
+        draw = TokenDrawer(n, seq_len, generator, *self.output_layer(), temperature, with_log_prob, stop_id)
         for t in range(seq_len):
             inp = None
             for k in range(self.cfg.num_layers):
@@ -185,19 +121,7 @@ class LSTMLM(nn.Module):
                 c[k] = torch.sigmoid(f) * c[k] + torch.sigmoid(i) * torch.tanh(g)
                 h[k] = torch.sigmoid(o) * torch.tanh(c[k])
                 inp = h[k]
-            torch.addmm(out_b, inp, out_w, out=logits)  # (n, V), as self.out(inp)
-            if temperature != 1.0:
-                logits.div_(temperature)
-            shifted = logits.sub_(logits.amax(dim=1, keepdim=True))  # kept for the log-probability
-            torch.exp(shifted, out=probs[:, :V])
-            x, total = draw_blocked(probs, blk, V, uniforms[t])  # (n, 1), (n, 1)
-            if with_log_prob:
-                log_prob += (shifted.gather(1, x) - total.log()).squeeze(1)
-            x = x.squeeze(1)
-            out[:, t] = x
-            if stopped is not None:
-                stopped |= x == stop_id
-                if bool(stopped.all()):
-                    out[:, t + 1:] = stop_id
-                    break
-        return (out, log_prob) if with_log_prob else out
+            x = draw(inp, t)  # (n,): drawn from the output layer's logits of inp
+            if draw.done:
+                break
+        return draw.result()

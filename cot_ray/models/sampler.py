@@ -5,6 +5,7 @@ first among about sqrt(V) block totals, then inside the one block it falls in.""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -44,3 +45,58 @@ def draw_blocked(probs: torch.Tensor, blk: int, vocab_size: int, u: torch.Tensor
     rel = torch.minimum(target - before, torch.nextafter(inner_cdf[:, -1:], zero))  # (n, 1)
     j = torch.searchsorted(inner_cdf, rel, right=True).clamp_(max=blk - 1)  # (n, 1)
     return (b * blk + j).clamp_(max=vocab_size - 1), total
+
+
+class TokenDrawer:
+    """The token-drawing half of a model's sampling loop, the same for every architecture.
+
+    ``drawer = TokenDrawer(n, seq_len, generator, weight, bias, ...)`` draws the n x seq_len
+    uniforms from ``generator`` up front (so everything drawn before a row's EOS is the same
+    with or without stopping early); then, per position t, ``drawer(h, t)`` takes the hidden
+    states h (n, H) of position t and returns the tokens (n,) drawn by :func:`draw_blocked` from
+    softmax((h @ weight.T + bias) / temperature), ``bias`` None for an output layer without one.
+    The (n, V) logits and probabilities live in buffers allocated once. With ``stop_id`` (text:
+    EOS) ``drawer.done`` turns true once every row has drawn it, and the positions left are
+    filled with it. :meth:`result` is what ``sample`` returns: the tokens (n, seq_len), and with
+    ``with_log_prob`` each sequence's exact log-probability (n,) over the drawn positions.
+    """
+
+    def __init__(self, n: int, seq_len: int, generator: torch.Generator, weight: torch.Tensor, bias,
+                 temperature: float = 1.0, with_log_prob: bool = False, stop_id: Optional[int] = None):
+        V = weight.shape[0]
+        dev, dtype = weight.device, weight.dtype
+        self.out_w, self.out_b = weight.t(), bias  # (H, V), (V,) or None
+        self.temperature, self.with_log_prob, self.stop_id = temperature, with_log_prob, stop_id
+        self.V, self.blk = V, block_size(V)
+        self.uniforms = torch.rand(seq_len, n, 1, generator=generator, device=generator.device).to(dev)
+        self.out = torch.empty(n, seq_len, dtype=torch.long, device=dev)
+        self.logits = torch.empty(n, V, dtype=dtype, device=dev)  # (n, V), reused every step
+        # (n, nb * blk) unnormalised probabilities, reused every step; the padding stays 0
+        self.probs = torch.zeros(n, -(-V // self.blk) * self.blk, dtype=dtype, device=dev)
+        self.log_prob = torch.zeros(n, device=dev)
+        self.stopped = torch.zeros(n, dtype=torch.bool, device=dev) if stop_id is not None else None
+        self.done = False
+
+    def __call__(self, h: torch.Tensor, t: int) -> torch.Tensor:
+        if self.out_b is None:
+            torch.mm(h, self.out_w, out=self.logits)  # (n, V)
+        else:
+            torch.addmm(self.out_b, h, self.out_w, out=self.logits)  # (n, V)
+        if self.temperature != 1.0:
+            self.logits.div_(self.temperature)
+        shifted = self.logits.sub_(self.logits.amax(dim=1, keepdim=True))  # kept for the log-probability
+        torch.exp(shifted, out=self.probs[:, :self.V])
+        x, total = draw_blocked(self.probs, self.blk, self.V, self.uniforms[t])  # (n, 1), (n, 1)
+        if self.with_log_prob:
+            self.log_prob += (shifted.gather(1, x) - total.log()).squeeze(1)
+        x = x.squeeze(1)
+        self.out[:, t] = x
+        if self.stopped is not None:
+            self.stopped |= x == self.stop_id
+            if bool(self.stopped.all()):
+                self.out[:, t + 1:] = self.stop_id
+                self.done = True
+        return x
+
+    def result(self):
+        return (self.out, self.log_prob) if self.with_log_prob else self.out

@@ -31,7 +31,7 @@ import ray
 from ray import tune
 
 from .. import placement, runtime
-from ..config import ConfigError, RuntimeConfig, from_dict, nest_keys, read_yaml, write_yaml
+from ..config import ConfigError, RuntimeConfig, check_address, from_dict, nest_keys, read_yaml, write_yaml
 from ..data import load_dataset
 from .results import best_config, best_row, format_table, trial_rows
 from .spec import PERTURBABLE, ParamSpec, Sweep, is_uri, plain
@@ -69,6 +69,7 @@ def connect(address: str, trial_cpus: float) -> bool:
     """Connect to Ray as :func:`cot_ray.runtime.connect` does; -> whether a local Ray was started
     here (then shut it down at the end). A local Ray gets at least one trial's worth of logical
     CPUs, so a sweep runs (one trial at a time) even on a 2-core machine."""
+    check_address(address)  # a malformed address: one line
     return runtime.connect(RuntimeConfig(address=address), min_cpus=trial_cpus)
 
 
