@@ -157,7 +157,7 @@ print('node types', sorted(ray.get(ray.remote(num_cpus=0)(placement.cluster_node
 'autoscaler', placement.autoscaler_running())"
 grep -q "autoscaler True" "$WORK/autoscaler.log" \
     || { say "the ray up cluster's autoscaler was not detected"; tail -20 "$WORK/autoscaler.log" >&2; exit 1; }
-say "autoscaler: $(grep -o "node types.*" "$WORK/autoscaler.log")"
+say "autoscaler: $(grep "^node types" "$WORK/autoscaler.log")"
 
 job tune python -m cot_ray.cli tune tune_configs/smoke.yaml --storage "$WORK/tune" --name smoke \
     --set data.cache_dir="$WORK/cache"

@@ -1,8 +1,8 @@
 """Hyperparameter sweeps with Ray Tune: ``cot-ray tune SWEEP.yaml`` (the driver and its storage).
 
 A sweep is four jobs, one module each: the sweep file's schema and validation
-(:mod:`cot_ray.sweep_spec`, no Ray), the body of a trial (:mod:`cot_ray.sweep_trial`), the
-results table (:mod:`cot_ray.sweep_results`) and, here, the driver: connecting to Ray, the
+(:mod:`cot_ray.sweep.spec`, no Ray), the body of a trial (:mod:`cot_ray.sweep.trial`), the
+results table (:mod:`cot_ray.sweep.results`) and, here, the driver: connecting to Ray, the
 experiment directory (a local path or a storage URI), the scheduler, and running or resuming
 the Tune experiment.
 
