@@ -12,6 +12,13 @@ training time (evaluation excluded) and NLL_oracle after those iterations (from
 ``--eval-samples`` generator samples). Targets: sync >= 0.85x in-process; async >= 1.5x sync
 when each worker has its own device. Prints one JSON line.
 
+Where the sync path's time goes (``sync_breakdown``, from Ray's task timeline): the sync
+schedule runs one learner method at a time, so an iteration's wall time is the sum of its
+learner methods' time on the workers (``method_ms``, per iteration, each method's mean times its
+calls per iteration) plus what happens outside them (``outside_ms``: submitting, shipping
+arguments and results, the driver's bookkeeping); ``serialise_ms`` is the workers' part of the
+shipping (arguments deserialised, results stored), which lies inside the methods' task time.
+
     python benchmarks/runtime_overhead.py [--iters 100] [--staleness 1] [--eval-samples 1024]
         [--cpus-per-worker 1] [--threads 1] [--seed 0] [--device cuda --gpus-per-worker 1]
 
@@ -35,6 +42,21 @@ from cot_ray.config import RuntimeConfig, load_config
 
 def _quiet(_msg: str) -> None:
     pass
+
+
+SCHEDULE_METHODS = ("sample", "step", "get_weights", "set_mediator_weights", "step_cot")
+
+
+def sync_breakdown(events: list, iters: int, it_s: float) -> dict:
+    """Per-iteration milliseconds of the sync path from ``ray.timeline()`` events (see above)."""
+    total: dict = {}
+    for e in events:
+        if e.get("ph") == "X" and "dur" in e:
+            total[e["name"]] = total.get(e["name"], 0.0) + e["dur"] / 1000.0  # us -> ms
+    method_ms = {k: round(total.get(k, 0.0) / iters, 2) for k in SCHEDULE_METHODS}
+    serialise = (total.get("task:deserialize_arguments", 0.0) + total.get("task:store_outputs", 0.0)) / iters
+    return {"iteration_ms": round(1000.0 / it_s, 2), "method_ms": method_ms,
+            "outside_ms": round(1000.0 / it_s - sum(method_ms.values()), 2), "serialise_ms": round(serialise, 2)}
 
 
 def run(mode: str, args, logdir: str) -> dict:
@@ -72,7 +94,11 @@ def main(argv=None) -> None:
     runtime.connect(RuntimeConfig())  # the local Ray that `cot-ray train` starts
     try:
         with tempfile.TemporaryDirectory(prefix="cot-ray-bench-") as logdir:
-            res = {mode: run(mode, args, logdir) for mode in ("inprocess", "sync", "async")}
+            res = {}
+            for mode in ("inprocess", "sync", "async"):
+                res[mode] = run(mode, args, logdir)
+                if mode == "sync":  # the timeline so far holds the sync run's tasks only (in-process has none)
+                    breakdown = sync_breakdown(ray.timeline(), args.iters, res["sync"]["it_s"])
     finally:
         ray.shutdown()
     out = {
@@ -87,6 +113,7 @@ def main(argv=None) -> None:
         "nll_oracle_inprocess": round(res["inprocess"]["nll_oracle"], 4),
         "nll_oracle_sync": round(res["sync"]["nll_oracle"], 4),
         "nll_oracle_async": round(res["async"]["nll_oracle"], 4),
+        "sync_breakdown": breakdown,
     }
     print(json.dumps(out))
 
