@@ -39,6 +39,7 @@ imports them lazily.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -414,6 +415,27 @@ def cluster_address(rcfg: RuntimeConfig) -> str:
     return rcfg.address or os.environ.get("RAY_ADDRESS", "")
 
 
+def code_runtime_env() -> Optional[dict]:
+    """The runtime environment a driver joining a cluster asks for, so that every worker runs
+    the driver's own cot_ray (the cluster's nodes need not have it installed, and a different
+    installed version never mixes with the driver's): ``py_modules`` with this package, except
+    for the driver of a ``ray job submit --working-dir DIR`` whose DIR holds this package (the
+    job already ships it: the driver runs in DIR's copy on the cluster). Ray merges a job's
+    runtime environment with the driver's."""
+    import cot_ray
+
+    package = os.path.dirname(os.path.abspath(cot_ray.__file__))
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray for a submitted job's driver
+    if job:
+        try:
+            working_dir = (json.loads(job).get("runtime_env") or {}).get("working_dir")
+        except (ValueError, AttributeError):
+            working_dir = None
+        if working_dir and os.path.commonpath([package, os.getcwd()]) == os.getcwd():
+            return None
+    return {"py_modules": [package]}
+
+
 def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
     """Connect to Ray as :func:`cluster_address` says; -> whether this call started a local Ray.
 
@@ -421,8 +443,8 @@ def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
     Ray in this process (never joining another cluster by accident), with at least ``min_cpus``
     logical CPUs (a sweep asks for one trial's worth, so that it runs even on a 2-core machine),
     and keeps Ray quiet. "auto" joins the cluster of this machine; "HOST:PORT" a cluster's
-    head; "ray://HOST:PORT" joins through Ray Client, shipping this package to the cluster.
-    When joining a cluster, Ray's warnings and the workers' output (tracebacks, the
+    head; "ray://HOST:PORT" joins through Ray Client; each ships this package to the cluster
+    (:func:`code_runtime_env`). When joining a cluster, Ray's warnings and the workers' output (tracebacks, the
     autoscaler's progress, "waiting for resources") reach the driver's log (``ray job logs``).
     """
     if ray.is_initialized():
@@ -436,9 +458,7 @@ def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
                  num_cpus=max(cpus, int(math.ceil(min_cpus))), log_to_driver=False, logging_level=logging.ERROR,
                  configure_logging=True)
         return True
-    import cot_ray  # the package itself, for Ray Client's py_modules
-
-    runtime_env = {"py_modules": [cot_ray]} if address.startswith("ray://") else None
+    runtime_env = code_runtime_env()
     try:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING,
                  configure_logging=True)

@@ -6,8 +6,10 @@
 #      job's driver must join the cluster through $RAY_ADDRESS, which `ray job submit` sets)
 #   -> ray job logs shows its progress, and its workers ran on the cluster's node
 #   -> the cluster says, through Ray, that an autoscaler manages it (placement.autoscaler_running)
+#   -> a driver started by hand with --address HOST:PORT ships its cot_ray to the workers
 #   -> ray job submit ... cot-ray tune tune_configs/smoke.yaml on the same cluster
-#   -> ray down, and no Ray process of the cluster is left.
+#   -> ray down, and no Ray process of the cluster is left; the sshd's namespace ends and nothing
+#      listens on its port.
 #
 # It installs what it needs (openssh-server, rsync, netcat from apt; Ray's `default` extra
 # from pip), runs its own sshd on 127.0.0.1:$SSH_PORT with a throw-away key, in a PID
@@ -35,15 +37,30 @@ say() { echo "[local-cluster] $*" >&2; }
 leftovers=()
 for f in ~/ray_bootstrap_config.yaml ~/ray_bootstrap_key.pem; do [ -e "$f" ] || leftovers+=("$f"); done
 
+# The sshd runs as PID 1 of a PID namespace of its own (`unshare --fork`, whose PID is in
+# sshd.pid): when it dies the kernel kills everything left in the namespace (the cluster's Ray
+# processes included). unshare itself blocks SIGTERM while it waits, so it is not the one to
+# signal: PID 1 gets SIGTERM, then SIGKILL after a grace period, then unshare SIGKILL.
+namespace_init() { pgrep -P "$(cat "$WORK/sshd.pid" 2>/dev/null)" 2>/dev/null | head -1; }
+stop_namespace() {
+    [ -f "$WORK/sshd.pid" ] || return 0
+    local outer init
+    outer=$(cat "$WORK/sshd.pid")
+    init=$(namespace_init)
+    [ -z "$init" ] || kill -TERM "$init" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$outer" 2>/dev/null || break; sleep 0.1; done
+    [ -z "$init" ] || kill -KILL "$init" 2>/dev/null
+    kill -KILL "$outer" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$outer" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$WORK/sshd.pid"
+}
+
 cleanup() {
     set +e
     if [ -f "$WORK/cluster.yaml" ] && [ -f "$WORK/sshd.pid" ]; then
         timeout 120 ray down -y "$WORK/cluster.yaml" >"$WORK/down.log" 2>&1
     fi
-    if [ -f "$WORK/sshd.pid" ]; then  # the namespace's PID 1: everything left in it dies with it
-        kill "$(cat "$WORK/sshd.pid")" 2>/dev/null
-        rm -f "$WORK/sshd.pid"
-    fi
+    stop_namespace
     rm -f /etc/profile.d/cot-ray-local-cluster.sh
     rm -f /tmp/cluster-cot-ray-local-check.state /tmp/cluster-cot-ray-local-check.lock  # the local provider's
     [ ${#leftovers[@]} -eq 0 ] || rm -f "${leftovers[@]}"
@@ -90,7 +107,9 @@ EOF
 # jobs' `python` is the one of the raylet's PATH.)
 echo "export PATH=\"$BIN:\$PATH\" RAY_AUTH_MODE=$RAY_AUTH_MODE RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0" \
     >/etc/profile.d/cot-ray-local-cluster.sh
-unshare --pid --fork --kill-child --mount-proc "$(command -v sshd || echo /usr/sbin/sshd)" -D -f "$WORK/sshd_config" &
+# No inherited stdout/stderr: a caller capturing this script's output must not wait on the sshd.
+unshare --pid --fork --kill-child --mount-proc "$(command -v sshd || echo /usr/sbin/sshd)" -D -f "$WORK/sshd_config" \
+    </dev/null >"$WORK/sshd.log" 2>&1 &
 echo $! >"$WORK/sshd.pid"
 for _ in $(seq 50); do nc -z 127.0.0.1 "$SSH_PORT" 2>/dev/null && break; sleep 0.2; done
 
@@ -159,6 +178,27 @@ grep -q "autoscaler True" "$WORK/autoscaler.log" \
     || { say "the ray up cluster's autoscaler was not detected"; tail -20 "$WORK/autoscaler.log" >&2; exit 1; }
 say "autoscaler: $(grep "^node types" "$WORK/autoscaler.log")"
 
+# A driver started by hand with --address (not a `ray job submit`): it ships its own cot_ray to
+# the workers (runtime.code_runtime_env), so nodes without cot-ray installed can run it. It runs
+# from outside the repository, and its workers must import the shipped copy, not the install.
+driver() {  # driver NAME COMMAND...: run in a fresh directory, output in $WORK/NAME.log
+    local name=$1; shift
+    say "driver $name: $*"
+    mkdir -p "$WORK/$name.cwd"
+    (cd "$WORK/$name.cwd" && env -u RAY_ADDRESS "$@") >"$WORK/$name.log" 2>&1 \
+        || { tail -30 "$WORK/$name.log" >&2; return 1; }
+}
+driver shipped "$PY" -c "import ray; from cot_ray import runtime; from cot_ray.config import RuntimeConfig; \
+runtime.connect(RuntimeConfig(address='127.0.0.1:$GCS_PORT')); \
+print('worker cot_ray', ray.get(ray.remote(num_cpus=0)(lambda: __import__('cot_ray').__file__).remote()))"
+grep -q "^worker cot_ray .*runtime_resources/py_modules_files/" "$WORK/shipped.log" \
+    || { say "the workers did not run the shipped cot_ray"; tail -20 "$WORK/shipped.log" >&2; exit 1; }
+driver address "$PY" -m cot_ray.cli train --address "127.0.0.1:$GCS_PORT" --iters 20 --logdir "$WORK/runs" \
+    --set run.name=address "${small[@]}"
+grep -q "joining the Ray cluster at 127.0.0.1:$GCS_PORT" "$WORK/address.log" && grep -q "\[cot\] it 20/20" "$WORK/address.log" \
+    || { say "train --address did not run on the cluster"; tail -20 "$WORK/address.log" >&2; exit 1; }
+say "--address: the workers import the shipped package ($(grep -o "py_modules_files/[^/]*" "$WORK/shipped.log")); train ran 20 iterations"
+
 job tune python -m cot_ray.cli tune tune_configs/smoke.yaml --storage "$WORK/tune" --name smoke \
     --set data.cache_dir="$WORK/cache"
 summary=$(grep '^{"experiment"' "$WORK/tune.log" | tail -1)
@@ -169,13 +209,22 @@ say "tune: 4 trials, best config $(echo "$summary" | "$PY" -c 'import json,sys; 
 # ---------------------------------------------------------------- down, and nothing left
 say "ray down"
 timeout 120 ray down -y "$WORK/cluster.yaml" >"$WORK/down.log" 2>&1
-sshd_pid=$(pgrep -P "$(cat "$WORK/sshd.pid")" | head -1)  # PID 1 of the cluster's namespace
-ns=$(readlink "/proc/$sshd_pid/ns/pid")
-left=0
-for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/ns/pid" 2>/dev/null)" = "$ns" ] || continue
-    grep -qE "raylet|gcs_server|dashboard|ray::" "$p/cmdline" 2>/dev/null && left=$((left + 1))
-done
+ns=$(readlink "/proc/$(namespace_init)/ns/pid")  # the cluster's PID namespace
+in_namespace() {  # in_namespace [PATTERN]: how many processes of the namespace (matching PATTERN) are left
+    local n=0 p
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/ns/pid" 2>/dev/null)" = "$ns" ] || continue
+        [ -z "${1:-}" ] || grep -qE "$1" "$p/cmdline" 2>/dev/null || continue
+        n=$((n + 1))
+    done
+    echo "$n"
+}
+left=$(in_namespace "raylet|gcs_server|dashboard|ray::")
 [ "$left" -eq 0 ] || { say "$left Ray process(es) left after ray down"; exit 1; }
 rm -f "$WORK/cluster.yaml"  # nothing for cleanup to take down
+stop_namespace
+left=$(in_namespace)
+[ "$left" -eq 0 ] || { say "$left process(es) of the cluster's namespace left after its end"; exit 1; }
+! nc -z 127.0.0.1 "$SSH_PORT" 2>/dev/null || { say "something still listens on 127.0.0.1:$SSH_PORT"; exit 1; }
+say "the namespace ended: no process of it left, nothing on 127.0.0.1:$SSH_PORT"
 echo "{\"local_cluster_check\": \"passed\", \"node\": \"$head_node\", \"seconds\": $(( $(date +%s) - start ))}"

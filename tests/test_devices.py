@@ -81,6 +81,29 @@ def test_learners_on_a_gpu_hand_out_cpu_tensors(tiny):
             assert t.device.type == "cpu", name
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_evaluation_in_a_gpu_learner_computes_on_its_gpu(tiny):
+    """What `evaluation in the generator's process` means on a GPU worker: the evaluation's
+    sampling and scoring allocate on the GPU (not on the CPU beside it), and give the same kind
+    of numbers as on the CPU (the samples differ: the GPU draws from its own generator)."""
+    from cot_ray.metrics import make_evaluator
+    from cot_ray.rundir import build_models
+
+    cfg = tiny("eval.num_samples=256", "eval.num_test=256")
+    g, m, _ = _learners(cfg, "cuda:0")
+    evaluator = make_evaluator(load_dataset(cfg.data), cfg.eval)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    res = g.evaluate(evaluator, m.get_weights(), seed=5)
+    assert torch.cuda.max_memory_allocated() > before, "the evaluation allocated nothing on the GPU"
+    data = load_dataset(cfg.data)
+    g_cpu, m_cpu = build_models(cfg, data.vocab_size, g.get_weights(), m.get_weights(), "cpu")
+    ref = make_evaluator(data, cfg.eval).evaluate(g_cpu, m_cpu, 5)  # the same weights, scored on the CPU
+    assert set(res) == set(ref) and res["nll_test"] == pytest.approx(ref["nll_test"], abs=1e-3)
+
+
 # ----------------------------------------------------------------------------- resuming on another device
 
 
