@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 import time
 from typing import Callable, Optional
 
@@ -228,9 +229,12 @@ def plot_quality_diversity(result: dict, path: str) -> None:
         ax.set_xlabel("NLL_test (lower: better coverage)")
         ax.set_ylabel("NLL_oracle (lower: better quality)")
     ax.set_title("quality against diversity over the softmax temperature")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # Below the axes, labels wrapped: a configuration's label can be long, and beside the axes it
+    # would squeeze them.
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, [textwrap.fill(label, 90) for label in labels], fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def write_outputs(result: dict, out_dir: str, plot: bool = True) -> dict:
