@@ -55,11 +55,11 @@ EXCLUDED = {
          "python -m cot_ray.cli tune tune_configs/smoke.yaml --storage"),
     "ray job submit --working-dir . -- python -m cot_ray.cli train --gpus-per-worker 1 --minutes 60":
         ("GPU nodes (the AWS cluster of cluster.yaml)", "scripts/gpu_check.sh",
-         "python -m cot_ray.cli train --gpus-per-worker 1 --minutes 60 --smoke"),
+         "-m cot_ray.cli train --gpus-per-worker 1 --minutes 60 --smoke"),  # "$PY" -m ...: the checked Python
     "ray job submit --working-dir . -- python -m cot_ray.cli tune tune_configs/ratios_dropout.yaml "
     "--set runtime.gpus_per_worker=1 --storage s3://YOUR-BUCKET/cot-ray-tune":
         ("GPU nodes and an S3 bucket on AWS (the script stores the sweep locally)", "scripts/gpu_check.sh",
-         "python -m cot_ray.cli tune tune_configs/ratios_dropout.yaml --set runtime.gpus_per_worker=1 --smoke"),
+         "-m cot_ray.cli tune tune_configs/ratios_dropout.yaml --set runtime.gpus_per_worker=1 --smoke"),
 }
 
 
