@@ -380,14 +380,19 @@ def sample(run_dir, num, ids, seed, which, temperature):
 @click.option("--samples", type=click.IntRange(min=2), help="Generator samples per evaluation (default: each "
               "run's eval.num_samples, or eval.bleu_samples on text).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation samples.")
+@click.option("--reference", "references", multiple=True, metavar="LABEL=QUALITY/COVERAGE",
+              help="A published point to mark in the plot and list in the table, e.g. 'CoT (paper)=8.19/8.03' "
+              "(NLL_oracle / NLL_test; on text BLEU-4 / self-BLEU-4). Repeatable.")
 @click.option("--no-plot", is_flag=True, help="Skip the plot (it needs matplotlib).")
-def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, no_plot):
+def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, references, no_plot):
     """Compare runs over a temperature grid: best and last checkpoints, seeds grouped (mean ± std),
     a table and a quality-diversity plot."""
-    from .compare import PLOT_SKIPPED, can_plot, compare_runs, markdown_table, parse_temperatures, write_outputs
+    from .compare import (PLOT_SKIPPED, can_plot, compare_runs, markdown_table, parse_reference,
+                          parse_temperatures, write_outputs)
     from .machine import configure_process, resolve_threads
 
     temps = parse_temperatures(temperatures)
+    refs = tuple(parse_reference(r) for r in references)
     which = tuple(c.strip() for c in checkpoints.split(",") if c.strip())
     if not which or any(c not in ("best", "last") for c in which):
         raise click.UsageError(f"--checkpoints {checkpoints!r}: give best, last or best,last")
@@ -400,7 +405,7 @@ def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, no_
     click.echo(f"[compare] {len(run_dirs)} run(s) x {len(which)} checkpoint(s) x {len(temps)} temperature(s) "
                f"({', '.join(f'{t:g}' for t in temps)}); {note}", err=True)
     result = compare_runs(list(run_dirs), temps, which, samples, seed,
-                          echo=lambda s: click.echo(s, err=True))
+                          echo=lambda s: click.echo(s, err=True), references=refs)
     plot = not no_plot and can_plot()
     paths = write_outputs(result, out_dir, plot=plot)
     click.echo(markdown_table(result))

@@ -6,7 +6,8 @@ method wins only if it beats the other's whole quality-diversity curve. This mod
 each run's best (by its validation metric) and last checkpoints at every temperature of a grid,
 groups the runs that differ only by their seed (mean and standard deviation over seeds), and
 writes a table (Markdown and JSON) and the quality-diversity plot: on the oracle NLL_oracle
-(quality, lower is better) against NLL_test (coverage), on text BLEU-4 against self-BLEU-4.
+(quality, lower is better) against NLL_test (coverage), on text BLEU-4 against self-BLEU-4,
+with published points (``--reference``) marked beside the measured curves.
 
 Test-set scores at every temperature come from one forward pass per checkpoint; only the
 samples are drawn anew per temperature.
@@ -52,6 +53,24 @@ def parse_temperatures(text: str) -> list[float]:
     if not temps or any(t <= 0 for t in temps):
         raise ConfigError(f"--temperatures {text!r}: temperatures must be > 0")
     return temps
+
+
+def parse_reference(text: str) -> dict:
+    """"LABEL=QUALITY/COVERAGE" -> {"label", "quality", "coverage"}: a published point to show
+    beside the measured curves (on the oracle NLL_oracle / NLL_test, on text BLEU-4 /
+    self-BLEU-4, in the order the tables give them), e.g. "CoT (paper)=8.19/8.03"."""
+    label, sep, values = text.rpartition("=")
+    parts = values.split("/")
+    try:
+        if not sep or not label.strip() or len(parts) != 2:
+            raise ValueError
+        quality, coverage = (float(p) for p in parts)
+        if not (math.isfinite(quality) and math.isfinite(coverage)):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--reference {text!r}: give LABEL=QUALITY/COVERAGE, e.g. 'CoT (paper)=8.19/8.03' "
+                          "(NLL_oracle / NLL_test; on text BLEU-4 / self-BLEU-4)") from None
+    return {"label": label.strip(), "quality": quality, "coverage": coverage}
 
 
 def configuration(cfg: Config) -> dict:
@@ -109,11 +128,12 @@ def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
 
 def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("best", "last"),
                  samples: Optional[int] = None, seed: int = 0,
-                 echo: Callable[[str], None] = lambda s: None) -> dict:
+                 echo: Callable[[str], None] = lambda s: None, references: tuple = ()) -> dict:
     """Evaluate every run's checkpoints at every temperature; -> {"runs": [...], "groups": [...],
-    "text": bool, "seconds": float}. Each run entry holds its directory, group, seed and, per
-    checkpoint, the iteration and the metrics per temperature; each group entry the mean and
-    standard deviation over its seeds."""
+    "references": [...], "text": bool, "seconds": float}. Each run entry holds its directory,
+    group, seed and, per checkpoint, the iteration and the metrics per temperature; each group
+    entry the mean and standard deviation over its seeds; ``references`` (from
+    :func:`parse_reference`) are kept under the metric names of the data set."""
     if not run_dirs:
         raise ConfigError("give at least one run directory to compare")
     t_all = time.perf_counter()
@@ -166,8 +186,16 @@ def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("b
                 rows.append({"temperature": t, **stats})
             groups.append({"group": label, "checkpoint": which, "seeds": sorted(r["seed"] for r in have),
                            "iterations": [r["checkpoints"][which]["iteration"] for r in have], "rows": rows})
-    return {"runs": runs, "groups": groups, "text": texts.pop(), "temperatures": temperatures,
+    text = texts.pop()
+    y_key, x_key = _axes(text)
+    refs = [{"label": r["label"], y_key: r["quality"], x_key: r["coverage"]} for r in references]
+    return {"runs": runs, "groups": groups, "references": refs, "text": text, "temperatures": temperatures,
             "seconds": round(time.perf_counter() - t_all, 1)}
+
+
+def _axes(text: bool) -> tuple[str, str]:
+    """The (quality, coverage) metric names of the quality-diversity plot."""
+    return ("bleu4", "self_bleu4") if text else ("nll_oracle", "nll_test")
 
 
 def markdown_table(result: dict) -> str:
@@ -184,6 +212,10 @@ def markdown_table(result: dict) -> str:
                 cells.append("-" if s is None else f"{s['mean']:.3f}" if s["std"] is None else
                              f"{s['mean']:.3f} ± {s['std']:.3f}")
             lines.append("| " + " | ".join(cells) + " |")
+    if result.get("references"):
+        y_key, x_key = _axes(result["text"])
+        lines += ["", f"| published point | {y_key} | {x_key} |", "|---|---|---|"]
+        lines += [f"| {r['label']} | {r[y_key]:.3f} | {r[x_key]:.3f} |" for r in result["references"]]
     return "\n".join(lines) + "\n"
 
 
@@ -208,7 +240,7 @@ def plot_quality_diversity(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x_key, y_key = ("self_bleu4", "bleu4") if result["text"] else ("nll_test", "nll_oracle")
+    y_key, x_key = _axes(result["text"])
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for g in result["groups"]:
         rows = [r for r in g["rows"] if x_key in r and y_key in r]
@@ -222,6 +254,9 @@ def plot_quality_diversity(result: dict, path: str) -> None:
                     label=f"{g['group']}, {g['checkpoint']} ({n} seed{'s' if n > 1 else ''})")
         for r, x, y in zip(rows, xs, ys):
             ax.annotate(f"{r['temperature']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for r in result.get("references", []):
+        ax.plot([r[x_key]], [r[y_key]], marker="*", ms=11, ls="none", color="black")
+        ax.annotate(r["label"], (r[x_key], r[y_key]), fontsize=7, xytext=(5, -9), textcoords="offset points")
     if result["text"]:
         ax.set_xlabel("self-BLEU-4 (lower: more diverse)")
         ax.set_ylabel("BLEU-4 (higher: better quality)")

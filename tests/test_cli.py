@@ -270,12 +270,16 @@ def test_a_run_without_a_validation_set_has_no_best_checkpoint(cli):
     assert res.exit_code == 1 and "has no best checkpoint (best.pt)" in res.output
 
 
-def test_compare_groups_seeds_over_temperatures_and_writes_table_json_and_plot(cli, tmp_path):
+def test_compare_groups_seeds_over_temperatures_and_writes_table_json_and_plot(cli, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     runs = [_summary(cli("train", "--algo", algo, "--iters", "2", "--seed", str(s), "--set", f"run.name={algo}{s}"))
             ["run_dir"] for algo in ("cot", "mle") for s in (0, 1)]
     out = tmp_path / "cmp"
-    res = cli("compare", *runs, "--temperatures", "0.8:1.2:0.2", "--out", str(out), "--samples", "32")
+    drawn = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
+                        lambda fig, path, **kw: (drawn.append(fig), open(path, "wb").write(b"png" * 400)))
+    res = cli("compare", *runs, "--temperatures", "0.8:1.2:0.2", "--out", str(out), "--samples", "32",
+              "--reference", "CoT (paper)=8.19/8.03", "--reference", "MLE=9.43/7.67")
     assert res.exit_code == 0, res.output
     result = json.loads((out / "compare.json").read_text())
     assert result["temperatures"] == [0.8, 1.0, 1.2]
@@ -293,7 +297,16 @@ def test_compare_groups_seeds_over_temperatures_and_writes_table_json_and_plot(c
                                                   .splitlines()[-1])["nll_test"], rel=1e-6)
     table = (out / "compare.md").read_text()
     assert "| cot | last | 2 | 0.8 |" in table and "± " in table
+    # published points: in the JSON under the metric names, under the table, and as stars in the plot
+    assert result["references"] == [{"label": "CoT (paper)", "nll_oracle": 8.19, "nll_test": 8.03},
+                                    {"label": "MLE", "nll_oracle": 9.43, "nll_test": 7.67}]
+    assert "| CoT (paper) | 8.190 | 8.030 |" in table and "| published point | nll_oracle | nll_test |" in table
     assert (out / "quality_diversity.png").stat().st_size > 1000
+    (ax,) = drawn[0].axes
+    stars = [(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in ax.get_lines()
+             if line.get_marker() == "*"]
+    assert stars == [((8.03,), (8.19,)), ((7.67,), (9.43,))]  # x = NLL_test, y = NLL_oracle
+    assert {t.get_text() for t in ax.texts} >= {"CoT (paper)", "MLE"}
     assert "[compare] run 1/4" in res.output
 
 
@@ -325,3 +338,7 @@ def test_compare_says_what_is_wrong_with_its_input(cli, tmp_path):
     out = _summary(cli("train", "--iters", "1", "--set", "run.name=one"))
     res = cli("compare", out["run_dir"], "--out", str(tmp_path / "o"), "--temperatures", "1.3:0.7:0.1")
     assert res.exit_code == 1 and "give START:STOP:STEP" in res.output
+    for bad in ("8.19/8.03", "paper=8.19", "paper=8.19/x", "=1/2", "paper=nan/1"):
+        res = cli("compare", out["run_dir"], "--out", str(tmp_path / "o"), "--reference", bad)
+        assert res.exit_code == 1 and "give LABEL=QUALITY/COVERAGE" in res.output, (bad, res.output)
+    assert not os.path.exists(tmp_path / "o")  # checked before any evaluation
