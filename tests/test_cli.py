@@ -276,8 +276,15 @@ def test_compare_groups_seeds_over_temperatures_and_writes_table_json_and_plot(c
             ["run_dir"] for algo in ("cot", "mle") for s in (0, 1)]
     out = tmp_path / "cmp"
     drawn = []
-    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
-                        lambda fig, path, **kw: (drawn.append(fig), open(path, "wb").write(b"png" * 400)))
+
+    def savefig(fig, path, **kw):  # keep the figure to look at its points
+        drawn.append(fig)
+        real_savefig(fig, path, **kw)
+
+    import matplotlib.figure
+
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
     res = cli("compare", *runs, "--temperatures", "0.8:1.2:0.2", "--out", str(out), "--samples", "32",
               "--reference", "CoT (paper)=8.19/8.03", "--reference", "MLE=9.43/7.67")
     assert res.exit_code == 0, res.output
