@@ -32,6 +32,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ..config import DEFAULT_CHUNK_ROWS  # rows per chunk when the caller gives none (why 256: there)
+from .sampler import output_logits
 
 
 def chunk_rows(chunk: Optional[int] = None) -> int:
@@ -73,13 +74,6 @@ def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _logits(bias: Optional[torch.Tensor], h: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """h @ weight.T (+ bias) into ``out``: an output layer with or without a bias."""
-    if bias is None:
-        return torch.mm(h, weight.t(), out=out)
-    return torch.addmm(bias, h, weight.t(), out=out)
-
-
 # ----------------------------------------------------------------------------- weighted NLL
 
 def _nll_chunks(hidden, weight, bias, targets, coef, want, chunk):
@@ -104,7 +98,7 @@ def _nll_chunks(hidden, weight, bias, targets, coef, want, chunk):
         h = hidden[i:i + chunk]  # (n, H)
         n = h.shape[0]
         t = targets[i:i + n, None]  # (n, 1)
-        z = _logits(bias, h, weight, slab[:n])  # (n, V) logits
+        z = output_logits(h, weight.t(), bias, slab[:n])  # (n, V) logits
         top = z.amax(dim=1, keepdim=True)  # (n, 1)
         z_t = z.gather(1, t)  # (n, 1) target logits
         e = z.sub_(top).exp_()  # (n, V) in place: unnormalised probabilities
@@ -248,8 +242,8 @@ def _kl_chunks(g_hidden, g_weight, g_bias, m_hidden, m_weight, m_bias, coef, wan
     for i in range(0, N, chunk):
         h = g_hidden[i:i + chunk]  # (n, Hg)
         n = h.shape[0]
-        zg = _logits(g_bias, h, g_weight, slabs[0, :n])  # (n, V) G's logits
-        zm = _logits(m_bias, m_hidden[i:i + n], m_weight, slabs[1, :n])  # (n, V) M's logits
+        zg = output_logits(h, g_weight.t(), g_bias, slabs[0, :n])  # (n, V) G's logits
+        zm = output_logits(m_hidden[i:i + n], m_weight.t(), m_bias, slabs[1, :n])  # (n, V) M's logits
         zg.sub_(zg.amax(dim=1, keepdim=True))
         zm.sub_(zm.amax(dim=1, keepdim=True))
         d = torch.sub(zg, zm, out=slabs[2, :n])  # (n, V)

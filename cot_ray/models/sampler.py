@@ -47,6 +47,16 @@ def draw_blocked(probs: torch.Tensor, blk: int, vocab_size: int, u: torch.Tensor
     return (b * blk + j).clamp_(max=vocab_size - 1), total
 
 
+def output_logits(h: torch.Tensor, weight_t: torch.Tensor, bias: Optional[torch.Tensor],
+                  out: torch.Tensor) -> torch.Tensor:
+    """An output layer with or without a bias into a buffer: ``out = h @ weight_t (+ bias)``;
+    h (n, H), weight_t (H, V), bias (V,) or None, out (n, V). The sampler's and the fused losses'
+    one product."""
+    if bias is None:
+        return torch.mm(h, weight_t, out=out)
+    return torch.addmm(bias, h, weight_t, out=out)
+
+
 class TokenDrawer:
     """The token-drawing half of a model's sampling loop, the same for every architecture.
 
@@ -78,10 +88,7 @@ class TokenDrawer:
         self.done = False
 
     def __call__(self, h: torch.Tensor, t: int) -> torch.Tensor:
-        if self.out_b is None:
-            torch.mm(h, self.out_w, out=self.logits)  # (n, V)
-        else:
-            torch.addmm(self.out_b, h, self.out_w, out=self.logits)  # (n, V)
+        output_logits(h, self.out_w, self.out_b, self.logits)  # (n, V)
         if self.temperature != 1.0:
             self.logits.div_(self.temperature)
         shifted = self.logits.sub_(self.logits.amax(dim=1, keepdim=True))  # kept for the log-probability
