@@ -7,7 +7,7 @@ An *arm* is a named configuration (the defaults plus ``--set`` overrides) traine
 ``--iters`` (``cot-ray train --resume`` underneath), so an arm can be spread over sessions and
 lengthened later; the overrides of a continued arm must be the ones it started with.
 
-    python benchmarks/long_horizon.py --arm NAME [--iters 20000] [--eval-every 2500] [--checkpoint-every 500]
+    python benchmarks/long_horizon.py --arm NAME [--iters 20000] [--eval-every N] [--checkpoint-every 500]
                                       [--dir runs/long_horizon] [--set key=value ...] [--threads 1]
     python benchmarks/long_horizon.py --plot docs/long_horizon.png [--table] [--dir runs/long_horizon] [ARM ...]
 
@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Optional
 
 from _curves import plot_curves
 
@@ -49,10 +50,13 @@ KEYS = ("nll_oracle", "nll_test", "kl_forward", "kl_reverse", "entropy_g", "nll_
         "m_nll_test", "m_nll_fake", "jsd_mediator")
 PLOT_KEYS = ("nll_oracle", "nll_test", "m_nll_test", "m_nll_train")
 OVERRIDES_FILE = "long_horizon_overrides.json"
+DEFAULT_EVAL_EVERY = 2500
 
 
-def run_arm(name: str, iters: int, eval_every: int, root: str, seed: int, threads: int, overrides: list,
+def run_arm(name: str, iters: int, eval_every: Optional[int], root: str, seed: int, threads: int, overrides: list,
             checkpoint_every: int = 500) -> dict:
+    """Train (or continue) the arm to ``iters``; ``eval_every`` None: 2,500 for a new arm, the
+    arm's own for a continued one."""
     run_dir = os.path.join(root, name)
     saved = os.path.join(run_dir, OVERRIDES_FILE)
     echo = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
@@ -65,10 +69,12 @@ def run_arm(name: str, iters: int, eval_every: int, root: str, seed: int, thread
         overrides = started["overrides"]
         cfg = resume_config(run_dir, iters=iters)  # its own thread count: the bits depend on it
         cfg.run.checkpoint_every = checkpoint_every  # how often to save leaves the bits alone
+        if eval_every is not None:  # so does how often to evaluate (evaluation has its own generator)
+            cfg.eval.every = eval_every
         cfg.validate()
         out = run_trainer(cfg, resume_dir=run_dir, echo=echo)
     else:
-        cfg = load_config(None, ["run.iters=%d" % iters, "run.minutes=0", f"eval.every={eval_every}",
+        cfg = load_config(None, ["run.iters=%d" % iters, "run.minutes=0", f"eval.every={eval_every or DEFAULT_EVAL_EVERY}",
                                  f"run.checkpoint_every={checkpoint_every}", f"run.logdir={root}", f"run.name={name}",
                                  f"run.seed={seed}", f"run.threads={threads}", "run.log_every=250",
                                  "runtime.mode=local", *overrides])
@@ -123,7 +129,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arm", help="name of the arm (its run directory under --dir)")
     ap.add_argument("--iters", type=int, default=20000, help="train (or continue) the arm to this many iterations")
-    ap.add_argument("--eval-every", type=int, default=2500, help="evaluate every this many iterations")
+    ap.add_argument("--eval-every", type=int, default=None,
+                    help=f"evaluate every this many iterations (default: {DEFAULT_EVAL_EVERY} for a new arm, "
+                         "the arm's own for a continued one)")
     ap.add_argument("--checkpoint-every", type=int, default=500,
                     help="save a checkpoint every this many iterations (a stopped arm loses at most these)")
     ap.add_argument("--dir", default="runs/long_horizon", help="where the arms' run directories are")
