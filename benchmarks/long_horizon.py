@@ -10,13 +10,16 @@ lengthened later; the overrides of a continued arm must be the ones it started w
     python benchmarks/long_horizon.py --arm NAME [--iters 20000] [--eval-every N] [--checkpoint-every 500]
                                       [--dir runs/long_horizon] [--set key=value ...] [--threads 1]
     python benchmarks/long_horizon.py --plot docs/long_horizon.png [--table] [--dir runs/long_horizon] [ARM ...]
+    python benchmarks/long_horizon.py --selected [--dir runs/long_horizon] [ARM ...]
 
 Prints one JSON line: the arm, its overrides, iterations, training seconds, the curve (every
 evaluation: NLL_oracle, NLL_test, the per-token KLs, G's entropy rate and the memorisation
 diagnostics nll_train / m_nll_train / m_nll_test / m_nll_fake), the best evaluation, and
 ``improving``: whether NLL_oracle and NLL_test at the last evaluation are both lower than at
 ``--turn`` (default 7,500) iterations, the point where the old recipe turned. ``--plot`` draws
-the arms' curves against iterations (needs matplotlib); ``--table`` prints them as Markdown.
+the arms' curves against iterations (needs matplotlib); ``--table`` prints them as Markdown;
+``--selected`` prints per arm the evaluation its own selection metric picked (its best.pt: an
+early-stopped MLE arm's NLL_valid minimum) with NLL_oracle / NLL_test there and at the end.
 
 Expected curve of the default recipe (seed 0, one thread, evaluation on 9,984 samples and 9,984
 test sequences; NLL_oracle / NLL_test), measured on a 2-core CPU (``--arm default``, today's
@@ -42,7 +45,7 @@ from typing import Optional
 from _curves import plot_curves
 
 from cot_ray.checkpoint import CHECKPOINT
-from cot_ray.config import load_config, parse_overrides
+from cot_ray.config import load_config, parse_overrides, selection_metric
 from cot_ray.loop import run_trainer
 from cot_ray.rundir import read_metrics, resume_config
 
@@ -117,6 +120,25 @@ def markdown_table(summaries: list) -> str:
     return "\n".join(lines)
 
 
+def selected_table(arms: dict) -> str:
+    """Per arm (name -> run directory): how far it trained, the evaluation its own selection
+    metric picked (the run's best.pt: MLE by NLL_valid, CoT by NLL_oracle + NLL_valid) and
+    NLL_oracle / NLL_test there and at the end, as one Markdown table."""
+    lines = ["| arm | overrides | iterations | selected by | selected at | there: NLL_oracle / NLL_test | "
+             "at the end |", "|---|---|---|---|---|---|---|"]
+    for name, run_dir in arms.items():
+        rows = read_metrics(run_dir)
+        metric = selection_metric(resume_config(run_dir))
+        scored = [r for r in rows if metric and r.get(metric) is not None]
+        best = min(scored, key=lambda r: r[metric]) if scored else None
+        cell = lambda r: f"{r['nll_oracle']:.3f} / {r['nll_test']:.3f}" if r else "-"  # noqa: E731
+        at = f"{best['iteration']:,} ({best[metric]:.4f})" if best else "-"
+        last = rows[-1] if rows else None
+        lines.append(f"| {name} | {' '.join(arm_overrides(run_dir)) or '(defaults)'} | "
+                     f"{last['iteration'] if last else 0:,} | {metric or '-'} | {at} | {cell(best)} | {cell(last)} |")
+    return "\n".join(lines)
+
+
 def arm_overrides(run_dir: str) -> list:
     path = os.path.join(run_dir, OVERRIDES_FILE)
     if not os.path.exists(path):
@@ -142,10 +164,17 @@ def main() -> None:
     ap.add_argument("--plot", default="", help="draw the curves of the arms under --dir to this PNG file")
     ap.add_argument("--table", action="store_true",
                     help="print the arms' curves under --dir as a Markdown table (NLL_oracle / NLL_test)")
-    ap.add_argument("arms", nargs="*", help="with --plot or --table: the arms (default: every arm under --dir)")
+    ap.add_argument("--selected", action="store_true",
+                    help="print, per arm under --dir, the evaluation its selection metric picked (best.pt) "
+                         "as a Markdown table")
+    ap.add_argument("arms", nargs="*", help="with --plot, --table or --selected: the arms (default: every arm "
+                                            "under --dir)")
     args = ap.parse_args()
-    if args.plot or args.table:
+    if args.plot or args.table or args.selected:
         arms = args.arms or sorted(d for d in os.listdir(args.dir) if os.path.isdir(os.path.join(args.dir, d)))
+        if args.selected:
+            print(selected_table({a: os.path.join(args.dir, a) for a in arms}))
+            return
         summaries = [{k: v for k, v in summarize(a, os.path.join(args.dir, a), arm_overrides(
             os.path.join(args.dir, a)), 0.0).items() if k != "train_s"} for a in arms]
         if args.plot:

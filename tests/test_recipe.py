@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
-from cot_ray.config import ConfigError, ModelConfig, load_config
+from cot_ray.config import ConfigError, ModelConfig, load_config, save_config
 from cot_ray.data import BatchSampler, load_dataset
 from cot_ray.learners import GeneratorLearner
 from cot_ray.models import LSTMLM
@@ -222,6 +222,22 @@ def test_long_horizon_table_lines_up_every_arms_evaluations(tmp_path):
     assert head.split(" | ")[2:5] == ["2,500", "5,000", "7,500"]
     assert a.split(" | ")[2:5] == ["10.000 / 7.700", "", "9.600 / 7.500"]  # a missing evaluation stays empty
     assert b.split(" | ")[1] == "mediator.emb_dropout=0.25" and "9.400 / 7.450" in b
+
+
+def test_long_horizon_selected_table_names_the_evaluation_each_arms_own_metric_picked(tmp_path):
+    lh = _long_horizon()
+    for name, algo in (("mle", "mle"), ("cot", "cot")):
+        run_dir = tmp_path / name
+        os.makedirs(run_dir)
+        save_config(load_config(None, [f"cot.algo={algo}"]), str(run_dir / "config.yaml"))
+        with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as f:
+            for it, o, t, v in ((500, 10.0, 7.8, 7.82), (1000, 9.7, 7.68, 7.69), (1500, 9.4, 7.73, 7.74)):
+                f.write(json.dumps({"iteration": it, "nll_oracle": o, "nll_test": t, "nll_valid": v,
+                                    "balanced_valid": o + v}) + "\n")
+    head, rule, mle, cot = lh.selected_table({"mle": str(tmp_path / "mle"), "cot": str(tmp_path / "cot")}).splitlines()
+    # MLE early-stops on NLL_valid: 1,000; CoT selects on NLL_oracle + NLL_valid: 1,500
+    assert mle.split(" | ")[2:] == ["1,500", "nll_valid", "1,000 (7.6900)", "9.700 / 7.680", "9.400 / 7.730 |"]
+    assert cot.split(" | ")[3:5] == ["balanced_valid", "1,500 (17.1400)"]
 
 
 def test_long_horizon_arm_continued_with_other_checkpoint_and_eval_intervals_ends_where_a_straight_arm_ends(
