@@ -90,7 +90,7 @@ def test_evaluation_in_a_gpu_learner_computes_on_its_gpu(tiny):
     from cot_ray.metrics import make_evaluator
     from cot_ray.rundir import build_models
 
-    cfg = tiny("eval.num_samples=256", "eval.num_test=256")
+    cfg = tiny("eval.num_samples=256")  # scored on all 64 of TINY's test sequences
     g, m, _ = _learners(cfg, "cuda:0")
     evaluator = make_evaluator(load_dataset(cfg.data), cfg.eval)
     torch.cuda.synchronize()
