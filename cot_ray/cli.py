@@ -387,7 +387,7 @@ def sample(run_dir, num, ids, seed, which, temperature):
 def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, references, no_plot):
     """Compare runs over a temperature grid: best and last checkpoints, seeds grouped (mean ± std),
     a table and a quality-diversity plot."""
-    from .compare import (PLOT_SKIPPED, can_plot, compare_runs, markdown_table, parse_reference,
+    from .compare import (PLOT_SKIPPED, SWEEP, can_plot, compare_runs, markdown_table, parse_reference,
                           parse_temperatures, write_outputs)
     from .machine import configure_process, resolve_threads
 
@@ -397,8 +397,10 @@ def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, ref
     if not which or any(c not in ("best", "last") for c in which):
         raise click.UsageError(f"--checkpoints {checkpoints!r}: give best, last or best,last")
     for r in run_dirs:
-        if not os.path.exists(os.path.join(r, CHECKPOINT)):
-            raise click.UsageError(f"{r} is not a run with a checkpoint: give directories that `cot-ray train` made")
+        kept = (CHECKPOINT, SWEEP.format("best"), SWEEP.format("last"))
+        if not any(os.path.exists(os.path.join(r, f)) for f in kept):
+            raise click.UsageError(f"{r} is not a run with a checkpoint or a saved sweep ({SWEEP.format('best')}): "
+                                   "give directories that `cot-ray train` made")
     cfg = load_config(None, [])
     note = resolve_threads(cfg)
     configure_process(cfg.run.threads)

@@ -10,11 +10,16 @@ writes a table (Markdown and JSON) and the quality-diversity plot: on the oracle
 with published points (``--reference``) marked beside the measured curves.
 
 Test-set scores at every temperature come from one forward pass per checkpoint; only the
-samples are drawn anew per temperature.
+samples are drawn anew per temperature. Each evaluated checkpoint's sweep is saved beside it in
+the run directory (``sweep_best.json``, ``sweep_last.json``: the checkpoint's SHA-256, its
+iteration, the evaluation's sample count and seed, the metrics per temperature). A later compare
+with the same settings reuses it instead of evaluating again, and a run directory whose
+checkpoints are gone (a curve committed without its weights) can still be compared from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -154,8 +159,18 @@ def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("b
         entry = {"run_dir": run_dir, "group": labels[keys[i]], "seed": cfg.run.seed, "checkpoints": {}}
         for which in checkpoints:
             path = os.path.join(run_dir, BEST if which == "best" else CHECKPOINT)
-            if not os.path.exists(path):
-                echo(f"[compare] {run_dir}: no {which} checkpoint, skipped")
+            settings = {"num_samples": ev.num_samples, "seed": seed}
+            saved = read_sweep(run_dir, which)
+            digest = file_sha256(path) if os.path.exists(path) else None
+            reused = sweep_covers(saved, settings, temperatures, digest)
+            if reused is not None:
+                entry["checkpoints"][which] = reused
+                echo(f"[compare] run {i + 1}/{len(run_dirs)} {run_dir} {which} (iteration {reused['iteration']}): "
+                     f"from its saved sweep ({SWEEP.format(which)})")
+                continue
+            if digest is None:
+                why = "" if saved is None else f" and its {SWEEP.format(which)} holds other settings or temperatures"
+                echo(f"[compare] {run_dir}: no {which} checkpoint{why}, skipped")
                 continue
             state = load_checkpoint(path)
             g, m = checkpoint_models(cfg, state, data.vocab_size)
@@ -166,6 +181,7 @@ def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("b
             entry["checkpoints"][which] = {"iteration": int(state["iteration"]),
                                            "metrics": {f"{t:g}": r for t, r in zip(temperatures, results)}}
             echo(f"[compare]   done in {time.perf_counter() - t0:.0f} s")
+            write_sweep(run_dir, which, saved, settings, digest, entry["checkpoints"][which], echo)
         runs.append(entry)
     groups = []
     for label in dict.fromkeys(labels[k] for k in keys):
@@ -191,6 +207,58 @@ def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("b
     refs = [{"label": r["label"], y_key: r["quality"], x_key: r["coverage"]} for r in references]
     return {"runs": runs, "groups": groups, "references": refs, "text": text, "temperatures": temperatures,
             "seconds": round(time.perf_counter() - t_all, 1)}
+
+
+SWEEP = "sweep_{}.json"  # a checkpoint's saved temperature sweep, beside it in the run directory
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file: which checkpoint a saved sweep belongs to."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_sweep(run_dir: str, which: str) -> Optional[dict]:
+    """The saved sweep of a run's ``which`` ("best" or "last") checkpoint; None without one."""
+    path = os.path.join(run_dir, SWEEP.format(which))
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def sweep_covers(saved: Optional[dict], settings: dict, temperatures: list[float],
+                 digest: Optional[str]) -> Optional[dict]:
+    """A checkpoint entry ({"iteration", "metrics"} at ``temperatures``) from a saved sweep made
+    with the same evaluation settings, holding every temperature asked for, and of the same
+    checkpoint (``digest``; None: the checkpoint is gone, the sweep is all there is); else None."""
+    if saved is None or saved["settings"] != settings or (digest is not None and saved["sha256"] != digest):
+        return None
+    keys = [f"{t:g}" for t in temperatures]
+    if any(k not in saved["metrics"] for k in keys):
+        return None
+    return {"iteration": saved["iteration"], "metrics": {k: saved["metrics"][k] for k in keys}}
+
+
+def write_sweep(run_dir: str, which: str, saved: Optional[dict], settings: dict, digest: str, entry: dict,
+                echo: Callable[[str], None]) -> None:
+    """Save (or extend, for the same checkpoint and settings) a checkpoint's sweep beside it; a run
+    directory that cannot be written to (read-only) keeps none, with a note."""
+    metrics = dict(entry["metrics"])
+    if saved is not None and saved["settings"] == settings and saved["sha256"] == digest:
+        metrics = {**saved["metrics"], **metrics}
+    record = {"sha256": digest, "iteration": entry["iteration"], "settings": settings,
+              "metrics": dict(sorted(metrics.items(), key=lambda kv: float(kv[0])))}
+    path = os.path.join(run_dir, SWEEP.format(which))
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        echo(f"[compare]   its sweep not saved ({path}: {e.strerror})")
 
 
 def _axes(text: bool) -> tuple[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -337,6 +338,38 @@ def test_compare_without_matplotlib_writes_table_and_json_and_one_seed_shows_no_
     res = cli("compare", run, "--temperatures", "1", "--checkpoints", "last", "--out", str(tmp_path / "np"),
               "--samples", "16", "--no-plot")
     assert res.exit_code == 0 and "plot skipped" not in res.output
+
+
+def test_compare_saves_each_sweep_and_compares_from_it_once_the_checkpoints_are_gone(cli, tmp_path):
+    run = _summary(cli("train", "--iters", "2", "--set", "run.name=kept"))["run_dir"]
+    args = ("--temperatures", "0.9,1.1", "--samples", "16", "--no-plot")
+    res = cli("compare", run, *args, "--out", str(tmp_path / "a"))
+    assert res.exit_code == 0 and "saved sweep" not in res.output, res.output
+    first = json.loads((tmp_path / "a" / "compare.json").read_text())
+    saved = json.loads(open(os.path.join(run, "sweep_last.json")).read())
+    assert saved["sha256"] == hashlib.sha256(open(os.path.join(run, "checkpoint.pt"), "rb").read()).hexdigest()
+    assert saved["settings"] == {"num_samples": 16, "seed": 0} and sorted(saved["metrics"]) == ["0.9", "1.1"]
+    # the checkpoints gone (a curve committed without its weights): the same numbers, from the sweeps
+    hidden = tmp_path / "weights"
+    hidden.mkdir()
+    for f in ("checkpoint.pt", "best.pt"):
+        os.replace(os.path.join(run, f), hidden / f)
+    res = cli("compare", run, *args, "--out", str(tmp_path / "b"))
+    assert res.exit_code == 0 and res.output.count("from its saved sweep") == 2, res.output
+    assert json.loads((tmp_path / "b" / "compare.json").read_text())["runs"] == first["runs"]
+    # a temperature it does not hold, or other evaluation settings: not made up, skipped and said why
+    for other in (("--temperatures", "1"), ("--temperatures", "0.9,1.1", "--seed", "1")):
+        res = cli("compare", run, "--samples", "16", "--no-plot", *other, "--out", str(tmp_path / "c"))
+        assert res.exit_code == 0 and "holds other settings or temperatures, skipped" in res.output, res.output
+        assert json.loads((tmp_path / "c" / "compare.json").read_text())["groups"] == []
+    # the run continued (new checkpoints): evaluated again, and its sweep follows the new checkpoint
+    for f in ("checkpoint.pt", "best.pt"):
+        os.replace(hidden / f, os.path.join(run, f))
+    assert cli("train", "--resume", run, "--iters", "4").exit_code == 0
+    res = cli("compare", run, *args, "--out", str(tmp_path / "d"))
+    assert res.exit_code == 0 and "saved sweep" not in res.output, res.output
+    last = json.loads((tmp_path / "d" / "compare.json").read_text())["runs"][0]["checkpoints"]["last"]
+    assert last["iteration"] == 4 and json.loads(open(os.path.join(run, "sweep_last.json")).read())["iteration"] == 4
 
 
 def test_compare_says_what_is_wrong_with_its_input(cli, tmp_path):
