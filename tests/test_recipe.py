@@ -179,13 +179,14 @@ def test_recipe_knobs_reject_bad_values_in_one_line(override, expect):
 
 # ----------------------------------------------------------------------------- long-horizon benchmark
 
-def _long_horizon():
+def _long_horizon(name="long_horizon"):
+    """A benchmark script as a module (benchmarks/NAME.py, which imports its neighbours)."""
     import sys
 
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
-        path = os.path.join(ROOT, "benchmarks", "long_horizon.py")
-        spec = importlib.util.spec_from_file_location("long_horizon", path)
+        path = os.path.join(ROOT, "benchmarks", f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
@@ -257,3 +258,23 @@ def test_long_horizon_arm_continued_with_other_checkpoint_and_eval_intervals_end
     assert_same_tree(straight["m"], stopped["m"], "m")
     assert [r["nll_test"] for r in read_metrics(str(tmp_path / "straight"))] == \
         [r["nll_test"] for r in read_metrics(str(tmp_path / "stopped")) if r["iteration"] != 4]
+
+
+def test_equal_budget_sets_the_costlier_arm_against_the_other_at_equal_iterations_and_equal_wallclock(tmp_path):
+    eb = _long_horizon("equal_budget")
+    plain = [(i, 12 - i / 5000, 8 - i / 50000) for i in list(range(2500, 20001, 2500)) + [25000, 30000]]
+    _write_curve(tmp_path / "plain", plain)
+    _write_curve(tmp_path / "nested", [(i, 11 - i / 5000, 8 - i / 40000) for i in range(2500, 17501, 2500)])
+    rows = eb.pair_rows(*(eb.with_gap(read_metrics(str(tmp_path / d))) for d in ("plain", "nested")), 1.99)
+    assert [r["iteration"] for r in rows] == [2500, 5000, 7500, 10000, 12500, 15000, 17500]
+    assert all(r["base_equal_iterations"]["iteration"] == r["iteration"] for r in rows)
+    # twice the cost: the plain arm's evaluation nearest 1.99 N, none where it has no evaluation close by
+    # (17,500 x 1.99 = 34,825: 4,825 past its last, more than half its 5,000 spacing)
+    assert [r["base_equal_wallclock"] and r["base_equal_wallclock"]["iteration"] for r in rows] == \
+        [5000, 10000, 15000, 20000, 25000, 30000, None]
+    table = eb.markdown(rows, "plain", "nested", 1.99).splitlines()
+    assert table[2].split(" | ")[1] == "10.500 / 7.938" and table[2].endswith("| 11.000 / 7.900 (5,000) | - / - |")
+    assert table[8].endswith("| - | - |")
+    # M's held-out NLL and its train/test gap, where the run logged them
+    gap = eb.with_gap([{"iteration": 1, "m_nll_test": 7.5, "m_nll_train": 7.1}, {"iteration": 2}])
+    assert gap[0]["m_gap"] == pytest.approx(0.4) and "m_gap" not in gap[1]
