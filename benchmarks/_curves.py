@@ -20,10 +20,13 @@ def plot_curves(curves: dict, keys: tuple, path: str, ln2_on: tuple = (), x: str
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.6), squeeze=False)
     axes = axes[0]
-    for label, rows in curves.items():
+    # past matplotlib's 10 default colours two runs would share one: the line style tells them apart
+    styles = ["-", "--", ":", "-."]
+    for i, (label, rows) in enumerate(curves.items()):
         xs = [r["iteration"] if x == "iteration" else r["elapsed_s"] / 60 for r in rows]
         for ax, key in zip(axes, keys):
-            ax.plot(xs, [r.get(key, math.nan) for r in rows], marker=".", label=label)
+            ax.plot(xs, [r.get(key, math.nan) for r in rows], marker=".", label=label,
+                    color=f"C{i % 10}", linestyle=styles[i // 10 % len(styles)])
             ax.set_title(key)
             ax.set_xlabel("iterations" if x == "iteration" else "training minutes (CPU)")
     for ax, key in zip(axes, keys):

@@ -278,3 +278,34 @@ def test_equal_budget_sets_the_costlier_arm_against_the_other_at_equal_iteration
     # M's held-out NLL and its train/test gap, where the run logged them
     gap = eb.with_gap([{"iteration": 1, "m_nll_test": 7.5, "m_nll_train": 7.1}, {"iteration": 2}])
     assert gap[0]["m_gap"] == pytest.approx(0.4) and "m_gap" not in gap[1]
+
+
+# ----------------------------------------------------------------------------- README's figures from committed files
+
+def test_readme_long_horizon_table_is_the_one_the_committed_curves_give():
+    lh = _long_horizon()
+    root = os.path.join(ROOT, "docs", "long_horizon")
+    arms = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    table = lh.markdown_table([lh.summarize(a, os.path.join(root, a), lh.arm_overrides(os.path.join(root, a)), 0.0)
+                               for a in arms])
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    shown = readme.split("<!-- long-horizon-table -->\n")[1].split("\n<!-- /long-horizon-table -->")[0]
+    assert shown == table, "README's long-horizon table is stale: python benchmarks/long_horizon.py " \
+                           "--dir docs/long_horizon --table"
+
+
+def test_the_committed_cot_vs_mle_comparison_is_what_compare_gives_from_the_committed_sweeps():
+    from cot_ray.compare import compare_runs, parse_reference
+
+    committed = json.load(open(os.path.join(ROOT, "docs", "cot_vs_mle", "compare.json"), encoding="utf-8"))
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the run directories are recorded relative to the repository
+    try:
+        again = compare_runs([r["run_dir"] for r in committed["runs"]], committed["temperatures"], ("best",),
+                             samples=4096, seed=0,
+                             references=tuple(parse_reference(f"{r['label']}={r['nll_oracle']}/{r['nll_test']}")
+                                              for r in committed["references"]))
+    finally:
+        os.chdir(cwd)
+    assert again["groups"] == committed["groups"] and again["runs"] == committed["runs"]
+    assert again["references"] == committed["references"]
