@@ -275,15 +275,36 @@ def markdown_table(result: dict) -> str:
     for g in result["groups"]:
         for row in g["rows"]:
             cells = [g["group"], g["checkpoint"], str(len(g["seeds"])), f"{row['temperature']:g}"]
-            for k in shown:
-                s = row.get(k)
-                cells.append("-" if s is None else f"{s['mean']:.3f}" if s["std"] is None else
-                             f"{s['mean']:.3f} ± {s['std']:.3f}")
+            cells += [_cell(row.get(k)) for k in shown]
             lines.append("| " + " | ".join(cells) + " |")
     if result.get("references"):
         y_key, x_key = _axes(result["text"])
         lines += ["", f"| published point | {y_key} | {x_key} |", "|---|---|---|"]
         lines += [f"| {r['label']} | {r[y_key]:.3f} | {r[x_key]:.3f} |" for r in result["references"]]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(stat: Optional[dict]) -> str:
+    if stat is None:
+        return "-"
+    return f"{stat['mean']:.3f}" if stat["std"] is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def curves_table(result: dict) -> str:
+    """The quality-diversity curves side by side: one row per temperature, one column per
+    (group, checkpoint) with its quality / coverage (oracle: NLL_oracle / NLL_test) there, mean
+    ± std over seeds; "-" where a group has no row at that temperature."""
+    y_key, x_key = _axes(result["text"])
+    temps = sorted({r["temperature"] for g in result["groups"] for r in g["rows"]})
+    head = ["T"] + [f"{g['group']}, {g['checkpoint']} ({len(g['seeds'])} seed{'s' if len(g['seeds']) > 1 else ''}): "
+                    f"{y_key} / {x_key}" for g in result["groups"]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in temps:
+        cells = [f"{t:g}"]
+        for g in result["groups"]:
+            row = next((r for r in g["rows"] if r["temperature"] == t), None)
+            cells.append("-" if row is None else f"{_cell(row.get(y_key))} / {_cell(row.get(x_key))}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -348,7 +369,7 @@ def write_outputs(result: dict, out_dir: str, plot: bool = True) -> dict:
     with open(paths["json"], "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(markdown_table(result))
+        f.write(markdown_table(result) + "\nThe curves side by side:\n\n" + curves_table(result))
     if plot:
         paths["plot"] = os.path.join(out_dir, "quality_diversity.png")
         plot_quality_diversity(result, paths["plot"])

@@ -305,6 +305,8 @@ def test_compare_groups_seeds_over_temperatures_and_writes_table_json_and_plot(c
                                                   .splitlines()[-1])["nll_test"], rel=1e-6)
     table = (out / "compare.md").read_text()
     assert "| cot | last | 2 | 0.8 |" in table and "± " in table
+    side = table.split("The curves side by side:\n\n")[1].splitlines()  # and the curves side by side
+    assert side[0].startswith("| T | cot, best (2 seeds): nll_oracle / nll_test |") and side[2].startswith("| 0.8 | ")
     # published points: in the JSON under the metric names, under the table, and as stars in the plot
     assert result["references"] == [{"label": "CoT (paper)", "nll_oracle": 8.19, "nll_test": 8.03},
                                     {"label": "MLE", "nll_oracle": 9.43, "nll_test": 7.67}]

@@ -34,3 +34,24 @@ def test_settings_that_are_read_split_groups_and_name_the_difference():
     assert labels[0].startswith("cot (") and "mediator.emb_dropout=0.0" in labels[0]
     assert "cot.g_steps=2" in labels[2] and "cot.g_steps=1" in labels[3]
     assert "inner_mediator.emb_dropout=0.0" in labels[4] and "inner_mediator.emb_dropout=0.25" in labels[5]
+
+
+def test_curves_side_by_side_one_row_per_temperature_with_the_spread_where_there_are_seeds():
+    from cot_ray.compare import curves_table
+
+    stat = lambda m, s=None: {"mean": m, "std": s}  # noqa: E731
+    result = {"text": False, "groups": [
+        {"group": "cot", "checkpoint": "best", "seeds": [0], "rows": [
+            {"temperature": 0.9, "nll_oracle": stat(8.9304), "nll_test": stat(7.3931)},
+            {"temperature": 1.0, "nll_oracle": stat(9.2781), "nll_test": stat(7.3779)}]},
+        {"group": "mle", "checkpoint": "last", "seeds": [0, 1, 2], "rows": [
+            {"temperature": 1.0, "nll_oracle": stat(9.6981, 0.0614), "nll_test": stat(7.6802, 0.0109)}]}]}
+    assert curves_table(result).splitlines() == [
+        "| T | cot, best (1 seed): nll_oracle / nll_test | mle, last (3 seeds): nll_oracle / nll_test |",
+        "|---|---|---|",
+        "| 0.9 | 8.930 / 7.393 | - |",
+        "| 1 | 9.278 / 7.378 | 9.698 ± 0.061 / 7.680 ± 0.011 |"]
+    # on text the axes are BLEU-4 / self-BLEU-4
+    result = {"text": True, "groups": [{"group": "mle", "checkpoint": "best", "seeds": [0], "rows": [
+        {"temperature": 1.0, "bleu4": stat(0.25), "self_bleu4": stat(0.5)}]}]}
+    assert curves_table(result).splitlines()[2] == "| 1 | 0.250 / 0.500 |"
