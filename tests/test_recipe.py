@@ -295,7 +295,7 @@ def test_readme_long_horizon_table_is_the_one_the_committed_curves_give():
 
 
 def test_the_committed_cot_vs_mle_comparison_is_what_compare_gives_from_the_committed_sweeps():
-    from cot_ray.compare import compare_runs, parse_reference
+    from cot_ray.compare import compare_runs, curves_table, parse_reference
 
     committed = json.load(open(os.path.join(ROOT, "docs", "cot_vs_mle", "compare.json"), encoding="utf-8"))
     cwd = os.getcwd()
@@ -309,6 +309,9 @@ def test_the_committed_cot_vs_mle_comparison_is_what_compare_gives_from_the_comm
         os.chdir(cwd)
     assert again["groups"] == committed["groups"] and again["runs"] == committed["runs"]
     assert again["references"] == committed["references"]
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    shown = readme.split("<!-- cot-vs-mle-table -->\n")[1].split("<!-- /cot-vs-mle-table -->")[0]
+    assert shown == curves_table(committed), "README's CoT-vs-MLE table is stale: docs/cot_vs_mle/compare.md has it"
 
 
 def test_readme_nested_table_is_the_one_equal_budget_gives_from_the_committed_curves():
