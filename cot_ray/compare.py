@@ -290,14 +290,19 @@ def _cell(stat: Optional[dict]) -> str:
     return f"{stat['mean']:.3f}" if stat["std"] is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
+def _group_label(g: dict) -> str:
+    """A (group, checkpoint)'s name in the side-by-side table and the plot's legend."""
+    n = len(g["seeds"])
+    return f"{g['group']}, {g['checkpoint']} ({n} seed{'s' if n > 1 else ''})"
+
+
 def curves_table(result: dict) -> str:
     """The quality-diversity curves side by side: one row per temperature, one column per
     (group, checkpoint) with its quality / coverage (oracle: NLL_oracle / NLL_test) there, mean
     ± std over seeds; "-" where a group has no row at that temperature."""
     y_key, x_key = _axes(result["text"])
     temps = sorted({r["temperature"] for g in result["groups"] for r in g["rows"]})
-    head = ["T"] + [f"{g['group']}, {g['checkpoint']} ({len(g['seeds'])} seed{'s' if len(g['seeds']) > 1 else ''}): "
-                    f"{y_key} / {x_key}" for g in result["groups"]]
+    head = ["T"] + [f"{_group_label(g)}: {y_key} / {x_key}" for g in result["groups"]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in temps:
         cells = [f"{t:g}"]
@@ -337,10 +342,8 @@ def plot_quality_diversity(result: dict, path: str) -> None:
             continue
         xs = [r[x_key]["mean"] for r in rows]
         ys = [r[y_key]["mean"] for r in rows]
-        n = len(g["seeds"])
         ax.errorbar(xs, ys, xerr=[r[x_key]["std"] or 0.0 for r in rows], yerr=[r[y_key]["std"] or 0.0 for r in rows],
-                    marker="o" if g["checkpoint"] == "best" else "s", ms=4, capsize=2,
-                    label=f"{g['group']}, {g['checkpoint']} ({n} seed{'s' if n > 1 else ''})")
+                    marker="o" if g["checkpoint"] == "best" else "s", ms=4, capsize=2, label=_group_label(g))
         for r, x, y in zip(rows, xs, ys):
             ax.annotate(f"{r['temperature']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     for r in result.get("references", []):

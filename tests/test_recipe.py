@@ -282,15 +282,19 @@ def test_equal_budget_sets_the_costlier_arm_against_the_other_at_equal_iteration
 
 # ----------------------------------------------------------------------------- README's figures from committed files
 
+def _readme_block(name: str) -> str:
+    """README's text between ``<!-- name -->`` and ``<!-- /name -->``, without the newlines around it."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    return readme.split(f"<!-- {name} -->\n")[1].split(f"<!-- /{name} -->")[0].rstrip("\n")
+
+
 def test_readme_long_horizon_table_is_the_one_the_committed_curves_give():
     lh = _long_horizon()
     root = os.path.join(ROOT, "docs", "long_horizon")
     arms = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     table = lh.markdown_table([lh.summarize(a, os.path.join(root, a), lh.arm_overrides(os.path.join(root, a)), 0.0)
                                for a in arms])
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    shown = readme.split("<!-- long-horizon-table -->\n")[1].split("\n<!-- /long-horizon-table -->")[0]
-    assert shown == table, "README's long-horizon table is stale: python benchmarks/long_horizon.py " \
+    assert _readme_block("long-horizon-table") == table, "README's long-horizon table is stale: python benchmarks/long_horizon.py " \
                            "--dir docs/long_horizon --table"
 
 
@@ -309,21 +313,17 @@ def test_the_committed_cot_vs_mle_comparison_is_what_compare_gives_from_the_comm
         os.chdir(cwd)
     assert again["groups"] == committed["groups"] and again["runs"] == committed["runs"]
     assert again["references"] == committed["references"]
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    shown = readme.split("<!-- cot-vs-mle-table -->\n")[1].split("<!-- /cot-vs-mle-table -->")[0]
-    assert shown == curves_table(committed), "README's CoT-vs-MLE table is stale: docs/cot_vs_mle/compare.md has it"
+    assert _readme_block("cot-vs-mle-table") == curves_table(committed).rstrip("\n"), "README's CoT-vs-MLE table is stale: docs/cot_vs_mle/compare.md has it"
 
 
 def test_readme_nested_table_is_the_one_equal_budget_gives_from_the_committed_curves():
     eb = _long_horizon("equal_budget")
     plain, nested = (os.path.join(ROOT, "docs", *d) for d in (("long_horizon", "default_s0"),
                                                             ("nested_long", "nested_d1")))
-    ratio = json.load(open(os.path.join(ROOT, "docs", "nested_long", "iteration_cost.json"), encoding="utf-8"))
-    rows = eb.pair_rows(eb.with_gap(read_metrics(plain)), eb.with_gap(read_metrics(nested)), 1.99)
-    # the conversion README states is the measured one
-    assert round(ratio["nested"]["ms_per_iter"] / ratio["mle_mediator"]["ms_per_iter"], 2) == 1.99
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    shown = readme.split("<!-- nested-long-table -->\n")[1].split("\n<!-- /nested-long-table -->")[0]
-    assert shown == eb.markdown(rows, "default_s0", "nested_d1", 1.99), \
+    cost = json.load(open(os.path.join(ROOT, "docs", "nested_long", "iteration_cost.json"), encoding="utf-8"))
+    ratio = round(cost["nested"]["ms_per_iter"] / cost["mle_mediator"]["ms_per_iter"], 2)
+    assert ratio == 1.99  # the conversion README states is the measured one
+    rows = eb.pair_rows(eb.with_gap(read_metrics(plain)), eb.with_gap(read_metrics(nested)), ratio)
+    assert _readme_block("nested-long-table") == eb.markdown(rows, "default_s0", "nested_d1", ratio), \
         "README's nested table is stale: python benchmarks/equal_budget.py docs/long_horizon/default_s0 " \
         "docs/nested_long/nested_d1 --cost-ratio 1.99"
