@@ -113,6 +113,9 @@ def _run_training(cfg, resume_dir: Optional[str]) -> dict:
 @click.option("--iters", type=int, help="Total training iterations (config run.iters).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this many minutes of training (config run.minutes).")
+@click.option("--patience", type=click.IntRange(min=0), metavar="N",
+              help="Stop once N evaluations in a row have not improved the validation metric; 0: never "
+                   "(config run.patience).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set cot.m_steps=2 (repeatable).")
@@ -132,7 +135,7 @@ def _run_training(cfg, resume_dir: Optional[str]) -> dict:
               "instead of the summary and next steps.")
 @_SMOKE_OPTION
 @_runtime_options
-def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed, data_arg, test_data,
+def train(algo, iters, minutes, patience, config_path, overrides, logdir, resume_dir, seed, data_arg, test_data,
           nested, nest_depth, as_json, smoke, runtime):
     """Train a generator with CoT (default) or MLE on the oracle, COCO captions or your sentences."""
     from .config import from_dict, nest_keys, smoke_budget
@@ -144,16 +147,17 @@ def train(algo, iters, minutes, config_path, overrides, logdir, resume_dir, seed
                                   ("--test-data", test_data), ("--nested", nested),
                                   ("--nest-depth", nest_depth is not None), ("--smoke", smoke)) if v]
         if changed:
-            raise click.UsageError(f"{', '.join(changed)} cannot change a resumed run: only --iters and "
-                                   "--minutes may be given with --resume")
-        cfg = resume_config(resume_dir, iters, minutes)
+            raise click.UsageError(f"{', '.join(changed)} cannot change a resumed run: only the stopping "
+                                   "rule (--iters, --minutes, --patience) may be given with --resume")
+        cfg = resume_config(resume_dir, iters, minutes, patience)
         cfg = from_dict(nest_keys(_runtime_values(runtime, resumed=True), "flag"), cfg).validate()
         if _finished(cfg, resume_dir, as_json):
             return
     else:
         if nest_depth is not None and not nested:
             raise ConfigError("--nest-depth sets the depth of nested CoT: add --nested")
-        flags = {"cot.algo": algo, "run.iters": iters, "run.minutes": minutes, "run.logdir": logdir or None,
+        flags = {"cot.algo": algo, "run.iters": iters, "run.minutes": minutes, "run.patience": patience,
+                 "run.logdir": logdir or None,
                  "run.seed": seed, "nested.enabled": True if nested else None, "nested.depth": nest_depth,
                  **_data_values(data_arg, test_data), **_runtime_values(runtime, resumed=False)}
         if minutes is not None and iters is None:
@@ -184,13 +188,22 @@ def _ending(cfg, summary: dict) -> None:
                + ("; " + "  ".join(f"{k} {m[k]:.3f}" for k in _SHOWN if m.get(k) is not None) if m else
                   " (not evaluated yet)"))
     logdir = os.path.dirname(os.path.abspath(run_dir))
-    more = max(it * 2, it + 1000)
     click.echo(f"  run directory  {run_dir}\n"
                f"  evaluate       cot-ray eval {run_dir}\n"
                f"  samples        cot-ray sample {run_dir} -n 10\n"
                f"  curves         tensorboard --logdir {logdir}\n"
                + (f"  continue       cot-ray train --resume {run_dir}" if summary["interrupted"] else
-                  f"  train longer   cot-ray train --resume {run_dir} --iters {more}"))
+                  _train_on(run_dir, it, stopped_by, cfg.run.patience)))
+
+
+def _train_on(run_dir: str, iteration: int, stopped_by: str, stale_evals: int) -> str:
+    """The next-step lines for a run that stopped by its rule: an early-stopped one is not trained
+    longer by more iterations (its patience would stop it again at once) but by a patience above
+    the ``stale_evals`` evaluations it has already gone without a better validation metric."""
+    if stopped_by.startswith("run.patience"):
+        return (f"  best model     cot-ray eval {run_dir} --checkpoint best\n"
+                f"  train past it  cot-ray train --resume {run_dir} --patience {stale_evals * 2}")
+    return f"  train longer   cot-ray train --resume {run_dir} --iters {max(iteration * 2, iteration + 1000)}"
 
 
 def _finished(cfg, run_dir: str, as_json: bool) -> bool:
@@ -198,15 +211,15 @@ def _finished(cfg, run_dir: str, as_json: bool) -> bool:
     from .config import stop_reason
 
     state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
-    it = int(state["iteration"])
-    reason = stop_reason(cfg.run, it, float(state["elapsed"]), int(state.get("stale_evals", 0)))
+    it, stale = int(state["iteration"]), int(state.get("stale_evals", 0))
+    reason = stop_reason(cfg.run, it, float(state["elapsed"]), stale)
     if reason is None:
         return False
     if as_json:
         click.echo(json.dumps({"run_dir": run_dir, "iteration": it, "metrics": state.get("last_eval") or {}}))
     else:
-        click.echo(f"[cot-ray] {run_dir} is already finished: {it} iterations ({reason}); "
-                   f"train it longer with --iters {max(it * 2, it + 1000)} or --minutes M", err=True)
+        click.echo(f"[cot-ray] {run_dir} is already finished: {it} iterations ({reason}); to go on:\n"
+                   + _train_on(run_dir, it, reason, stale), err=True)
     return True
 
 

@@ -34,8 +34,12 @@ def new_run_dir(cfg: Config) -> str:
     return run_dir
 
 
-def resume_config(run_dir: str, iters: Optional[int] = None, minutes: Optional[float] = None) -> Config:
-    """The saved config of ``run_dir``; only the stopping rule may change on resume."""
+def resume_config(run_dir: str, iters: Optional[int] = None, minutes: Optional[float] = None,
+                  patience: Optional[int] = None) -> Config:
+    """The saved config of ``run_dir``; only the stopping rule may change on resume. A budget given
+    here replaces the saved one whole: ``iters`` alone lifts a saved minutes limit and ``minutes``
+    alone a saved iteration count (as on a fresh run), so that a run that stopped on one of them
+    goes on; ``patience`` replaces only the patience."""
     path = os.path.join(run_dir, CONFIG)
     if not os.path.exists(path):
         raise CheckpointError(f"'{run_dir}' is not a cot-ray run directory (no {CONFIG}): give the "
@@ -47,10 +51,10 @@ def resume_config(run_dir: str, iters: Optional[int] = None, minutes: Optional[f
     elif cfg.data.vocab_path and not os.path.exists(cfg.data.vocab_path):
         raise CheckpointError(f"run '{run_dir}' has lost its vocabulary (recorded as '{cfg.data.vocab_path}'): "
                               f"copy that {VOCAB_FILE} back into the run directory")
-    if iters is not None:
-        cfg.run.iters = iters
-    if minutes is not None:
-        cfg.run.minutes = minutes
+    if iters is not None or minutes is not None:
+        cfg.run.iters, cfg.run.minutes = iters or 0, minutes or 0
+    if patience is not None:
+        cfg.run.patience = patience
     return cfg.validate()
 
 

@@ -83,6 +83,54 @@ def test_resume_continues_to_more_iterations(cli):
     assert res["iteration"] == 4 and res["run_dir"] == out["run_dir"]
 
 
+def test_the_budget_given_on_resume_replaces_the_saved_one(cli):
+    """The quick start's path: a run stopped by --minutes, resumed with the --iters its summary
+    prints, trains on to those iterations (the saved minutes limit would stop it at once)."""
+    res = cli("train", "--minutes", "0.00001", "--set", "run.name=clock", as_json=False)
+    assert res.exit_code == 0, res.output
+    run_dir = next(line.split()[-1] for line in res.output.splitlines() if "run directory" in line)
+    assert f"train longer   cot-ray train --resume {run_dir} --iters" in res.output
+    stopped = load_checkpoint(os.path.join(run_dir, CHECKPOINT))["iteration"]
+    res = _summary(cli("train", "--resume", run_dir, "--iters", str(stopped + 2), tiny=False))
+    assert res["iteration"] == stopped + 2
+    assert (resume_config(run_dir, iters=9).run.minutes, resume_config(run_dir, minutes=3).run.iters) == (0, 0)
+    assert resume_config(run_dir, patience=5).run.minutes == 0.00001  # patience alone keeps the budget
+
+
+def test_an_early_stopped_run_points_to_its_best_model_and_goes_on_with_more_patience(cli, monkeypatch):
+    """More iterations cannot move a run stopped by its patience (it would stop again at once):
+    its summary and a resume say how to take the best model or to raise the patience, and a
+    resume with --patience trains on until that patience runs out."""
+    import cot_ray.cli as cli_module
+
+    overfit = ["--algo", "mle", "--iters", "400", "--patience", "2", "--set", "g_optim.lr=0.05",
+               "--set", "generator.hidden_dim=32", "--set", "generator.emb_dim=32", "--set", "eval.every=5"]
+    res = cli("train", *overfit, "--set", "run.name=patient", as_json=False)
+    assert res.exit_code == 0, res.output
+    run_dir = next(line.split()[-1] for line in res.output.splitlines() if "run directory" in line)
+    first = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
+    assert first["iteration"] < 400 and first["stale_evals"] == 2
+    assert "done, stopped early (run.patience 2: 2 evaluations without a better validation metric)" in res.output
+    assert f"best model     cot-ray eval {run_dir} --checkpoint best" in res.output
+    assert f"train past it  cot-ray train --resume {run_dir} --patience 4" in res.output
+    assert "--iters" not in res.output
+
+    more = _summary(cli("train", "--resume", run_dir, "--patience", "4", tiny=False))
+    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
+    assert more["iteration"] == state["iteration"] > first["iteration"]
+    assert state["stale_evals"] == 4 and state["iteration"] < 400
+
+    def no_training(*a, **k):
+        raise AssertionError("an early-stopped run started training (and Ray)")
+
+    monkeypatch.setattr(cli_module, "_run_training", no_training)
+    res = cli("train", "--resume", run_dir, "--iters", "400", tiny=False, as_json=False)
+    assert res.exit_code == 0
+    # the saved rule (patience 2) stops it, 4 evaluations after its best: the next patience is above 4
+    assert f"{run_dir} is already finished: {more['iteration']} iterations (run.patience 2: 4 evaluations" in res.output
+    assert f"train past it  cot-ray train --resume {run_dir} --patience 8" in res.output
+
+
 def test_resume_refuses_config_changes(cli, tmp_path):
     out = _summary(cli("train", "--iters", "1", "--set", "run.name=x"))
     res = CliRunner().invoke(main, ["train", *LOCAL, "--resume", out["run_dir"], "--set", "cot.m_steps=2"])
