@@ -6,6 +6,10 @@ and caches them on disk, so every run (and every Ray worker) sees the same seque
 Text sources ("coco": the COCO captions shipped in ``assets/``; "text": any pair of files) are
 read, tokenised on whitespace and encoded with a vocabulary built from the training file, or
 with the run's saved one (``data.vocab_path``); see :mod:`cot_ray.text` for the id convention.
+The training file is encoded once into a cached, memory-mapped token array
+(:mod:`cot_ray.corpus`), and sentences are padded only when a batch takes them (:class:`TokenRows`).
+A text run keeps its vocabulary and its evaluation sentences, so eval and sample never read
+the training file again.
 All data loading goes through :func:`load_dataset`, so every process of a run gets the same
 sequences from the same config.
 """
@@ -25,9 +29,14 @@ from .config import DataConfig
 from .files import atomic_file
 from .models import LanguageModel, sequence_log_probs
 from .models.oracle import SEQ_LEN, build_oracle, sample_oracle
-from .text import EOS_ID, MAX_TEST_UNK_RATE, DataError, Vocab, encode_corpus, read_corpus
+from .corpus import encoded_corpus
+from .text import (EOS_ID, MAX_TEST_UNK_RATE, DataError, TokenRows, Vocab, encode_sentences, encoding_stats,
+                   read_corpus)
 
 VOCAB_FILE = "vocab.json"  # a text run's vocabulary, in its run directory
+EVAL_FILE = "eval_data.npz"  # a text run's validation and first training sentences, in its run directory
+LONG_LINES_FIT = 0.999  # long_lines_note: the share of sentences that a suggested max_len fits whole
+LONG_LINES_RATIO = 2  # ... warned when the longest sentence needs more than this times that length
 COCO_FILES = ("coco_train.txt", "coco_test.txt")  # in cot_ray/assets
 SHIPPED_SETS = (88, 9984, 9984)  # (seed, num_train, num_test) of the oracle sets shipped in cot_ray/assets
 SHIPPED_FILE = "oracle_seed88_train9984_test9984.npz"
@@ -37,10 +46,11 @@ TEXT_VALID_MAX = 2048  # text: at most this many training sentences held out whe
 
 @dataclass
 class Dataset:
-    """Sequences as int64 tensors (N, T) on the CPU, plus what it takes to read them."""
+    """Sequences as int64 tensors (N, T) on the CPU (text: :class:`TokenRows`, indexed alike),
+    plus what it takes to read them."""
 
-    train: torch.Tensor
-    test: torch.Tensor
+    train: torch.Tensor  # or TokenRows
+    test: torch.Tensor  # or TokenRows
     vocab_size: int
     seq_len: int
     eos_id: Optional[int] = None  # None: fixed-length sequences, every position counts
@@ -53,6 +63,7 @@ class Dataset:
     summary: str = ""  # one line on what was loaded (sizes), for the run's log
     notes: list = field(default_factory=list)  # one-line remarks the user should see (truncation, ...)
     stats: dict = field(default_factory=dict)  # text: train/test encoding stats (see text.encode_corpus)
+    valid_rows: Optional[TokenRows] = None  # text: ``valid`` unpadded, as a run saves it (eval_data.npz)
 
     @property
     def is_text(self) -> bool:
@@ -142,8 +153,18 @@ def valid_split(n: int, num_valid: int, seed: int) -> tuple[np.ndarray, np.ndarr
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    """Build the data set that ``cfg`` names."""
+def load_dataset(cfg: DataConfig, run_dir: Optional[str] = None, need: str = "train",
+                 num_train: Optional[int] = None) -> Dataset:
+    """Build the data set that ``cfg`` names.
+
+    ``need``: "train" (everything: training, resuming); on a text run (``run_dir``, whose saved
+    vocabulary and ``max_len`` the config records) "eval" and "sample" never read the training
+    file: "eval" takes the test file, and the validation and first ``num_train`` training
+    sentences that the run saved (RUN_DIR/eval_data.npz), and "sample" only the vocabulary (no
+    sentences at all). A run that saved less than that is read as for "train".
+    """
+    if need not in ("train", "eval", "sample"):
+        raise ValueError(f"need must be 'train', 'eval' or 'sample', got {need!r}")
     if cfg.source == "oracle":
         train, test, test_logp = synthetic_sets(cfg.num_train, cfg.num_test, cfg.seed, cfg.cache_dir)
         oracle = build_oracle()
@@ -155,62 +176,153 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         with ExitStack() as stack:
             train_path, test_path = [str(stack.enter_context(resources.as_file(
                 resources.files("cot_ray") / "assets" / name))) for name in COCO_FILES]
-            return text_dataset(cfg, train_path, test_path)
+            return text_dataset(cfg, train_path, test_path, run_dir, need, num_train)
     if cfg.source == "text":
         if not cfg.train_path or not cfg.test_path:
             raise DataError("data.source 'text' needs data.train_path and data.test_path: give "
                             "--data PATH/train.txt --test-data PATH/test.txt")
-        return text_dataset(cfg, cfg.train_path, cfg.test_path)
+        return text_dataset(cfg, cfg.train_path, cfg.test_path, run_dir, need, num_train)
     raise ValueError(f"config key 'data.source' must be 'oracle', 'coco' or 'text', got {cfg.source!r}")
 
 
-def text_dataset(cfg: DataConfig, train_path: str, test_path: str) -> Dataset:
+def long_lines_note(lengths: np.ndarray) -> Optional[str]:
+    """One line when a few very long training sentences set the padded length of every
+    sequence (``data.max_len`` 0: the longest + 1), suggesting a ``max_len`` that fits all but
+    them; None otherwise. ``lengths``: ``(N,)`` words per sentence.
+
+    "A few" are the sentences past the length that fits ``LONG_LINES_FIT`` of them all; "very
+    long": the longest needs more than ``LONG_LINES_RATIO`` times the tokens per sequence of
+    that length (so every other sequence is mostly padding)."""
+    if len(lengths) == 0:
+        return None
+    fit = int(np.percentile(lengths, 100 * LONG_LINES_FIT, method="higher"))  # words that fit LONG_LINES_FIT
+    longest = int(lengths.max())
+    if longest + 1 <= LONG_LINES_RATIO * (fit + 1):
+        return None
+    over = int(np.count_nonzero(lengths > fit))
+    return (f"{over:,} of {len(lengths):,} training sentences are longer than {fit:,} words (the longest has "
+            f"{longest:,}) and pad every sequence to {longest + 1:,} tokens: give data.max_len={fit + 1} to cut "
+            f"them there ({1 - over / len(lengths):.2%} of the sentences fit whole)")
+
+
+def text_dataset(cfg: DataConfig, train_path: str, test_path: str, run_dir: Optional[str] = None,
+                 need: str = "train", num_train: Optional[int] = None) -> Dataset:
     """Read and encode a training and a test file of sentences (see DataConfig for the rules).
 
     With ``cfg.vocab_path`` the saved vocabulary is used as is (so ids match a trained model even
     if the training file changed since; a note says so when it did); otherwise the vocabulary is
-    built from the training file with ``min_count`` and ``max_vocab``.
+    built from the training file with ``min_count`` and ``max_vocab``. The training file is
+    encoded once into ``cfg.cache_dir`` (:mod:`cot_ray.corpus`) and its sentences are padded only
+    when a batch takes them (``Dataset.train`` and ``test`` are :class:`TokenRows`). ``need``,
+    ``run_dir``, ``num_train``: as in :func:`load_dataset`.
     """
-    train_sents = read_corpus(train_path, role="training")
+    saved = Vocab.load(cfg.vocab_path) if cfg.vocab_path else None
+    if saved is not None and cfg.max_len and run_dir is not None:
+        if need == "sample":
+            return _decoding_dataset(saved, cfg.max_len)
+        if need == "eval":
+            kept = _saved_eval_data(cfg, run_dir, saved, test_path, num_train)
+            if kept is not None:
+                return kept
+    notes: list = []
+    corpus, built = encoded_corpus(train_path, cfg.cache_dir or default_cache_dir(), cfg.min_count, cfg.max_vocab,
+                                   saved, role="training", note=notes.append)
     test_sents = read_corpus(test_path, role="test")
-    built = Vocab.build(train_sents, min_count=cfg.min_count, max_size=cfg.max_vocab or None)
-    notes = []
     vocab = built
-    if cfg.vocab_path:
-        vocab = Vocab.load(cfg.vocab_path)
+    if saved is not None:
+        vocab = saved
         if vocab != built:
             notes.append(f"the vocabulary of '{train_path}' ({len(built)} tokens) differs from the saved "
                          f"'{cfg.vocab_path}' ({len(vocab)} tokens): using the saved one")
-    max_len = cfg.max_len or max(len(s) for s in train_sents) + 1
-    keep, held = valid_split(len(train_sents), cfg.num_valid, cfg.seed)
-    valid = None
-    if len(held):
-        valid, _ = encode_corpus([train_sents[i] for i in held], vocab, max_len)
-        train_sents = [train_sents[i] for i in keep]
-    train, train_stats = encode_corpus(train_sents, vocab, max_len)
-    test, test_stats = encode_corpus(test_sents, vocab, max_len)
-    for role, path, st in (("training", train_path, train_stats), ("test", test_path, test_stats)):
+    lengths = corpus.lengths  # (N,) every training sentence, the held-out ones too
+    max_len = cfg.max_len or int(lengths.max()) + 1
+    if not cfg.max_len:
+        long_note = long_lines_note(lengths)
+        if long_note:
+            notes.append(long_note)
+    keep, held = valid_split(len(corpus), cfg.num_valid, cfg.seed)
+    if not len(held):
+        keep = np.arange(len(corpus))
+    valid = corpus.rows(held, max_len) if len(held) else None
+    train = corpus.rows(keep, max_len)
+    train_stats = encoding_stats(lengths[keep], corpus.unk[keep], max_len)
+    return _with_test(cfg, vocab, max_len, train, valid, train_stats, test_sents, train_path, test_path, notes)
+
+
+def _with_test(cfg: DataConfig, vocab: Vocab, max_len: int, train: TokenRows, valid: Optional[TokenRows],
+               train_stats: Optional[dict], test_sents: list, train_path: str, test_path: str,
+               notes: list) -> Dataset:
+    """The text data set of these training rows and test sentences: checks, summary and notes."""
+    tokens, lengths, unk = encode_sentences(test_sents, vocab)
+    test = TokenRows(tokens, np.cumsum(lengths) - lengths, lengths, max_len)
+    test_stats = encoding_stats(lengths, unk, max_len)
+    checked = (("training", train_path, train_stats),) if train_stats is not None else ()
+    for role, path, st in checked + (("test", test_path, test_stats),):
         if st["unk_rate"] > MAX_TEST_UNK_RATE:
             source = f"'{cfg.vocab_path}'" if cfg.vocab_path else f"'{train_path}'"
             raise DataError(f"{role} file '{path}' does not match the vocabulary of {source}: "
                             f"{st['unk_rate']:.1%} of its tokens are unknown: give files of the same corpus "
                             "(or lower data.min_count / raise data.max_vocab)")
-    summary = (f"text data: {len(train)} training, {0 if valid is None else len(valid)} validation (held out of "
-               f"the training file) and {len(test)} test sentences, vocabulary "
+    what = (f"{len(train)} training, {0 if valid is None else len(valid)} validation (held out of the training "
+            "file)" if train_stats is not None else
+            f"{len(train)} training and {0 if valid is None else len(valid)} validation sentences (saved by the "
+            "run)")
+    summary = (f"text data: {what} and {len(test)} test sentences, vocabulary "
                f"{len(vocab)} tokens, {max_len} tokens per sequence (<eos> included), "
                f"{test_stats['unk_rate']:.2%} of test words unknown")
     for role, st in (("training", train_stats), ("test", test_stats)):
-        if st["truncated"]:
+        if st is not None and st["truncated"]:
             notes.append(f"{st['truncated']} {role} sentences are longer than data.max_len - 1 = "
                          f"{max_len - 1} words: cut to {max_len} words, without <eos>")
-    return Dataset(torch.from_numpy(train), torch.from_numpy(test), len(vocab), max_len, eos_id=EOS_ID,
-                   decode_fn=vocab.decode, vocab=vocab, references=test_sents, summary=summary, notes=notes,
+    return Dataset(train, test, len(vocab), max_len, eos_id=EOS_ID, decode_fn=vocab.decode, vocab=vocab,
+                   references=test_sents, summary=summary, notes=notes,
                    stats={"train": train_stats, "test": test_stats},
-                   valid=None if valid is None else torch.from_numpy(valid))
+                   valid=None if valid is None else valid[:], valid_rows=valid)  # (K, T): scored whole
 
 
-def save_run_data(run_dir: str, cfg: DataConfig, data: Dataset) -> None:
-    """Keep what decodes a text run: RUN_DIR/vocab.json (atomically), and record it in ``cfg``.
+def _decoding_dataset(vocab: Vocab, max_len: int) -> Dataset:
+    """What decodes a text run's samples and nothing more: its vocabulary and length, no sentences."""
+    empty = TokenRows(np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                      max_len)
+    return Dataset(empty, empty, len(vocab), max_len, eos_id=EOS_ID, decode_fn=vocab.decode, vocab=vocab,
+                   summary=f"text run: vocabulary {len(vocab)} tokens, {max_len} tokens per sequence")
+
+
+def _saved_eval_data(cfg: DataConfig, run_dir: str, vocab: Vocab, test_path: str,
+                     num_train: Optional[int]) -> Optional[Dataset]:
+    """A text run's evaluation data without its training file: the test file, and the validation
+    and first training sentences from RUN_DIR/eval_data.npz; None when the run saved none or fewer
+    training sentences than ``num_train`` asks for (then the training file is read)."""
+    path = os.path.join(run_dir, EVAL_FILE)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            parts = {k: z[k] for k in z.files}
+        valid_rows = _ragged_rows(parts, "valid", cfg.max_len)
+        train = _ragged_rows(parts, "train", cfg.max_len)
+        total = int(parts["num_train"])
+    except (OSError, ValueError, KeyError):  # none (an older run) or damaged: read the training file
+        return None
+    if len(train) < min(total, num_train if num_train is not None else total):
+        return None
+    if parts.get("vocab_size") is not None and int(parts["vocab_size"]) != len(vocab):
+        return None
+    valid = valid_rows if len(valid_rows) else None
+    test_sents = read_corpus(test_path, role="test")
+    return _with_test(cfg, vocab, cfg.max_len, train, valid, None, test_sents, "", test_path, [])
+
+
+def _ragged_rows(parts: dict, name: str, max_len: int) -> TokenRows:
+    tokens, lengths = parts[f"{name}_tokens"], parts[f"{name}_lengths"].astype(np.int64)
+    if tokens.ndim != 1 or lengths.ndim != 1 or len(tokens) != int(lengths.sum()):
+        raise ValueError(f"{EVAL_FILE}: {name} arrays do not match")
+    return TokenRows(tokens.astype(np.int32), np.cumsum(lengths) - lengths, lengths, max_len)
+
+
+def save_run_data(run_dir: str, cfg: DataConfig, data: Dataset, num_train: int = 0) -> None:
+    """Keep what decodes and evaluates a text run: RUN_DIR/vocab.json and RUN_DIR/eval_data.npz
+    (the validation sentences and the first ``num_train`` training ones, ragged int32: what
+    ``cot-ray eval`` and ``compare`` need besides the test file), both atomically, and record
+    the vocabulary in ``cfg``.
 
     ``cfg.vocab_path`` then names the saved vocabulary and ``cfg.max_len`` the resolved length,
     so the saved config rebuilds exactly this data set; ``cfg.num_valid`` becomes the number of
@@ -223,6 +335,14 @@ def save_run_data(run_dir: str, cfg: DataConfig, data: Dataset) -> None:
     data.vocab.save(path)
     cfg.vocab_path = path
     cfg.max_len = data.seq_len
+    if not isinstance(data.train, TokenRows):
+        return
+    parts = {"num_train": np.int64(len(data.train)), "vocab_size": np.int64(len(data.vocab))}
+    head = data.train.take(np.arange(max(0, min(num_train, len(data.train)))))
+    for name, rows in (("train", head), ("valid", data.valid_rows if data.valid_rows is not None else head.take([]))):
+        parts[f"{name}_tokens"], parts[f"{name}_lengths"] = rows.ragged()
+    with atomic_file(os.path.join(run_dir, EVAL_FILE), "wb") as f:
+        np.savez(f, **parts)
 
 
 def run_vocab_path(run_dir: str) -> Optional[str]:

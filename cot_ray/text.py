@@ -23,6 +23,9 @@ fixed length ``T``, so a corpus is an ``int64`` array of shape ``(N, T)``::
     >>> stats["unk_rate"]
     0.25
 
+A whole corpus is held instead as a ragged array (every sentence's ids one after another, and
+its length) that :class:`TokenRows` pads into those same rows only when a batch asks for them.
+
 Only numpy, torch and the standard library are used here (no ray).
 """
 
@@ -31,7 +34,8 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import IO, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -45,6 +49,8 @@ PAD_TOKEN = "<pad>"
 EOS_TOKEN = "<eos>"
 UNK_TOKEN = "<unk>"
 SPECIAL_TOKENS: Tuple[str, str, str] = (PAD_TOKEN, EOS_TOKEN, UNK_TOKEN)
+
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, ignored at the start of a file
 
 # The test set is rejected when more than this fraction of its tokens is unknown.
 MAX_TEST_UNK_RATE = 0.5
@@ -94,7 +100,20 @@ class Vocab:
         min_count: int = 1,
         max_size: Optional[int] = None,
     ) -> "Vocab":
-        """Build a vocabulary from tokenised sentences.
+        """Build a vocabulary from tokenised sentences: :meth:`from_counts` of their word counts."""
+        counts: Counter = Counter()
+        for sentence in sentences:
+            counts.update(sentence)
+        return cls.from_counts(counts, min_count, max_size)
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Mapping[str, int],
+        min_count: int = 1,
+        max_size: Optional[int] = None,
+    ) -> "Vocab":
+        """Build a vocabulary from word counts (word -> times seen in the training text).
 
         Words are ordered by descending count, ties broken alphabetically. Words
         seen fewer than ``min_count`` times are dropped (they will encode as UNK).
@@ -108,9 +127,6 @@ class Vocab:
             raise ValueError(
                 f"max_size must be >= {len(SPECIAL_TOKENS)} (the special tokens), got {max_size}"
             )
-        counts: Counter = Counter()
-        for sentence in sentences:
-            counts.update(sentence)
         words = [w for w, c in counts.items() if c >= min_count and w not in SPECIAL_TOKENS]
         words.sort(key=lambda w: (-counts[w], w))
         if max_size is not None:
@@ -210,36 +226,124 @@ def encode_corpus(
     Each row is ``ids + [EOS_ID]`` followed by PAD_ID up to ``max_len``. A sentence
     whose ``ids + [EOS]`` does not fit is cut to its first ``max_len`` ids; its EOS
     is then dropped (the row has no EOS, so :func:`loss_mask` keeps all of it),
-    and it is counted in ``stats["truncated"]``.
+    and it is counted in ``stats["truncated"]``. (The rows of :func:`pad_rows`.)
 
-    Returns ``(data, stats)`` with stats keys ``num_sentences``, ``num_tokens``
-    (word tokens, EOS excluded), ``truncated`` and ``unk_rate`` (fraction of word
-    tokens that map to UNK_ID; 0.0 for an empty corpus).
+    Returns ``(data, stats)`` with the stats of :func:`encoding_stats`.
     """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
-    n = len(sentences)
-    data = np.full((n, max_len), PAD_ID, dtype=np.int64)  # (N, T)
-    truncated = 0
-    num_tokens = 0
-    num_unk = 0
-    for row, sentence in enumerate(sentences):
-        ids = vocab.encode(sentence)
-        num_tokens += len(ids)
-        num_unk += ids.count(UNK_ID)
-        if len(ids) + 1 > max_len:
-            truncated += 1
-            ids = ids[:max_len]
-        else:
-            ids.append(EOS_ID)
-        data[row, : len(ids)] = ids
-    stats = {
-        "num_sentences": n,
+    tokens, lengths, unk = encode_sentences(sentences, vocab)
+    starts = np.cumsum(lengths) - lengths  # (N,) where each sentence begins in ``tokens``
+    return pad_rows(tokens, starts, lengths, max_len), encoding_stats(lengths, unk, max_len)
+
+
+def encode_sentences(sentences: Sequence[Sequence[str]], vocab: Vocab) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokenised sentences as a ragged array: ``(tokens, lengths, unk)``, every sentence's ids one
+    after another (``(num_tokens,)`` int32, no EOS), its number of words and of UNK ids among them
+    (``(N,)`` int64 each); what :class:`TokenRows` pads."""
+    ids = [vocab.encode(sentence) for sentence in sentences]
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)  # (N,)
+    unk = np.array([x.count(UNK_ID) for x in ids], dtype=np.int64)  # (N,)
+    tokens = np.fromiter((i for x in ids for i in x), dtype=np.int32, count=int(lengths.sum()))
+    return tokens, lengths, unk
+
+
+def pad_rows(tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seq_len: int) -> np.ndarray:
+    """Sentences of a flat token array as padded rows: -> ``int64`` ``(B, seq_len)``.
+
+    ``tokens`` is ``(num_tokens,)`` word ids (any integer dtype, memory-mapped or not); sentence
+    ``b`` is ``tokens[starts[b]:starts[b] + lengths[b]]`` (``starts``, ``lengths``: ``(B,)``).
+    Its row is its ids, then EOS_ID, then PAD_ID up to ``seq_len``; one with ``lengths[b] + 1 >
+    seq_len`` keeps its first ``seq_len`` ids and has no EOS. The one padding rule of the package.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    out = np.full((len(starts), seq_len), PAD_ID, dtype=np.int64)  # (B, T)
+    pos = np.arange(seq_len)  # (T,)
+    inside = pos[None, :] < np.minimum(lengths, seq_len)[:, None]  # (B, T) the positions of word ids
+    out[inside] = tokens[(starts[:, None] + pos[None, :])[inside]]
+    room = np.flatnonzero(lengths < seq_len)  # rows whose EOS fits
+    out[room, lengths[room]] = EOS_ID
+    return out
+
+
+def encoding_stats(lengths: np.ndarray, unk: np.ndarray, max_len: int) -> Dict[str, Any]:
+    """Stats of sentences of ``lengths`` words (``(N,)``), ``unk`` of them UNK (``(N,)``), encoded
+    to ``max_len``: ``num_sentences``, ``num_tokens`` (word tokens, EOS excluded), ``truncated``
+    (sentences cut, see :func:`pad_rows`) and ``unk_rate`` (fraction of word tokens that map to
+    UNK_ID; 0.0 without any token)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    num_tokens = int(lengths.sum())
+    num_unk = int(np.asarray(unk, dtype=np.int64).sum())
+    return {
+        "num_sentences": len(lengths),
         "num_tokens": num_tokens,
-        "truncated": truncated,
+        "truncated": int(np.count_nonzero(lengths + 1 > max_len)),
         "unk_rate": num_unk / num_tokens if num_tokens else 0.0,
     }
-    return data, stats
+
+
+class TokenRows:
+    """Sentences of a flat token array, indexed as padded rows (what a batch sampler and an
+    evaluator take), so that no ``(N, T)`` array of a whole corpus is ever held.
+
+    Indexing works as on an ``int64`` tensor of shape ``(N, seq_len)`` holding the rows of
+    :func:`pad_rows`: ``rows[i]`` -> ``(seq_len,)``; ``rows[a:b]``, ``rows[index tensor or
+    array]`` -> ``(len(idx), seq_len)``; ``len(rows)`` and ``rows.shape`` too. ``tokens`` may be
+    memory-mapped: a batch reads only its own sentences. Pickled (e.g. by ``ray.put``) it
+    carries its arrays as plain numpy arrays.
+    """
+
+    def __init__(self, tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seq_len: int):
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        if len(starts) != len(lengths):
+            raise ValueError(f"{len(starts)} sentence starts but {len(lengths)} lengths")
+        self.tokens = tokens  # (num_tokens,) word ids
+        self.starts = np.asarray(starts, dtype=np.int64)  # (N,)
+        self.lengths = np.asarray(lengths, dtype=np.int64)  # (N,) words, EOS excluded
+        self.seq_len = seq_len
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return (len(self), self.seq_len)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.int64  # of the rows it gives
+
+    def __repr__(self) -> str:
+        return f"TokenRows({len(self)} sentences, {self.seq_len} tokens per row)"
+
+    def __getitem__(self, idx: Union[int, slice, np.ndarray, torch.Tensor, Sequence[int]]) -> torch.Tensor:
+        if isinstance(idx, (int, np.integer)):
+            i = np.arange(len(self))[idx]  # negative ints count from the end; IndexError past it
+            return self[np.array([i])][0]
+        if isinstance(idx, slice):
+            idx = np.arange(len(self))[idx]
+        elif isinstance(idx, torch.Tensor):
+            idx = idx.cpu().numpy()
+        idx = np.asarray(idx, dtype=np.int64)  # (B,)
+        return torch.from_numpy(pad_rows(self.tokens, self.starts[idx], self.lengths[idx], self.seq_len))
+
+    def take(self, idx: Union[np.ndarray, Sequence[int]]) -> "TokenRows":
+        """The rows ``idx`` (``(K,)``, in that order) as another TokenRows over the same tokens."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return TokenRows(self.tokens, self.starts[idx], self.lengths[idx], self.seq_len)
+
+    def ragged(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Its sentences compact: ``(tokens, lengths)``, their ids one after another (``(sum of
+        lengths,)`` int32, uncut) and their lengths (``(N,)`` int64)."""
+        ends = np.cumsum(self.lengths)  # (N,)
+        total = int(ends[-1]) if len(ends) else 0
+        where = np.repeat(self.starts - (ends - self.lengths), self.lengths) + np.arange(total)  # (total,)
+        return np.asarray(self.tokens[where], dtype=np.int32), self.lengths.copy()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "tokens": np.asarray(self.tokens)}  # a memory map pickles as its data
 
 
 def trim_padding(batches: list, eos_id: Optional[int]) -> list:
@@ -277,38 +381,63 @@ def loss_mask(tokens: torch.Tensor, eos_id: Optional[int]) -> Optional[torch.Ten
 # --------------------------------------------------------------------------- files
 
 
-def read_corpus(path: str, role: str = "corpus") -> List[List[str]]:
-    """Read a UTF-8 text file with one sentence per line; blank lines are skipped.
-
-    ``role`` (e.g. ``"training"``, ``"test"``) names the file in error messages.
-    Raises :class:`DataError` for a missing path, a directory, a binary or
-    non-UTF-8 file, or a file without any non-blank line. A UTF-8 BOM is ignored.
-    """
+@contextmanager
+def open_text_file(path: str, role: str = "corpus") -> Iterator[IO[bytes]]:
+    """``path`` opened for reading bytes; :class:`DataError` (naming the ``role`` file and the
+    fix) for a directory, a missing file or one that cannot be read."""
     label = f"{role} file '{path}'"
     if os.path.isdir(path):
         raise DataError(f"{label} is a directory: give a text file with one sentence per line")
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{label} does not exist: check the path") from None
     except PermissionError:
         raise DataError(f"{label} cannot be read (permission denied): fix its permissions") from None
-    if b"\x00" in raw:
-        raise DataError(
-            f"{label} looks binary (it contains NUL bytes): give a UTF-8 text file "
-            "with one sentence per line"
-        )
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{label} is not valid UTF-8 (bad byte at offset {e.start}): "
-            "re-encode it as UTF-8 text with one sentence per line"
-        ) from None
-    # Split on "\n" only: str.splitlines would also break on \x0b, \u2028, ...
-    sentences = [tokenize(line) for line in text.split("\n")]
-    sentences = [s for s in sentences if s]
-    if not sentences:
+    with f:
+        yield f
+
+
+def read_lines(path: str, role: str = "corpus") -> Iterator[Tuple[int, List[str]]]:
+    """The non-blank lines of a UTF-8 text file with one sentence per line, read as a stream:
+    yields ``(line number, tokens)``, numbered from 1 with the blank lines counted.
+
+    ``role`` (e.g. ``"training"``, ``"test"``) names the file in error messages. Raises
+    :class:`DataError` for a missing path, a directory, a binary or non-UTF-8 file, or a file
+    without any non-blank line (once the lines before the problem were yielded). Lines end at
+    ``"\\n"`` only (``str.splitlines`` would also break on ``\\x0b``, ``\\u2028``, ...); a UTF-8
+    BOM is ignored; a NUL byte anywhere makes the file binary, even after an invalid UTF-8 byte.
+    """
+    label = f"{role} file '{path}'"
+    binary = (f"{label} looks binary (it contains NUL bytes): give a UTF-8 text file "
+              "with one sentence per line")
+    seen = False
+    with open_text_file(path, role) as f:
+        offset = 0  # of the line's first byte after the BOM (as UTF-8 errors count offsets)
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            if b"\x00" in raw:
+                raise DataError(binary)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if any(b"\x00" in chunk for chunk in iter(lambda: f.read(1 << 20), b"")):
+                    raise DataError(binary) from None
+                raise DataError(
+                    f"{label} is not valid UTF-8 (bad byte at offset {offset + e.start}): "
+                    "re-encode it as UTF-8 text with one sentence per line"
+                ) from None
+            offset += len(raw)
+            tokens = tokenize(line)
+            if tokens:
+                seen = True
+                yield number, tokens
+    if not seen:
         raise DataError(f"{label} is empty: give a file with one sentence per line")
-    return sentences
+
+
+def read_corpus(path: str, role: str = "corpus") -> List[List[str]]:
+    """The tokenised non-blank lines of a UTF-8 text file with one sentence per line, as a
+    list (see :func:`read_lines` for the rules and the errors)."""
+    return [tokens for _, tokens in read_lines(path, role)]
