@@ -23,7 +23,7 @@ ORDER = [
     "models.sampler", "models.interface", "models.lstm", "models.transformer", "models", "models.losses",
     "models.fused", "models.oracle",
     # data and evaluation
-    "text", "data", "bleu", "metrics",
+    "text", "corpus", "data", "bleu", "metrics",
     # training, in one process
     "learners", "rundir", "group", "schedule", "loop",
     # Ray: placement, actors

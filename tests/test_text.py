@@ -161,6 +161,12 @@ def test_data_error_is_value_error():
     assert issubclass(DataError, ValueError)
 
 
+@pytest.fixture(autouse=True)
+def _corpus_cache(tmp_path, monkeypatch):
+    """Encoded training files (cot_ray.corpus) go under tmp_path, not into ~/.cache."""
+    monkeypatch.setattr("cot_ray.data.default_cache_dir", lambda: str(tmp_path / "corpus-cache"))
+
+
 def _text(train, test, **kw):
     return text_dataset(DataConfig(source="text", train_path=train, test_path=test, **kw), train, test)
 
