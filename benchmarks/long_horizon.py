@@ -47,7 +47,7 @@ from _curves import plot_curves
 from cot_ray.checkpoint import CHECKPOINT
 from cot_ray.config import load_config, parse_overrides, selection_metric
 from cot_ray.loop import run_trainer
-from cot_ray.rundir import read_metrics, resume_config
+from cot_ray.rundir import open_run, read_metrics, resume_config
 
 KEYS = ("nll_oracle", "nll_test", "kl_forward", "kl_reverse", "entropy_g", "nll_train", "m_nll_train",
         "m_nll_test", "m_nll_fake", "jsd_mediator")
@@ -81,10 +81,10 @@ def run_arm(name: str, iters: int, eval_every: Optional[int], root: str, seed: i
                                  f"run.checkpoint_every={checkpoint_every}", f"run.logdir={root}", f"run.name={name}",
                                  f"run.seed={seed}", f"run.threads={threads}", "run.log_every=250",
                                  "runtime.mode=local", *overrides])
-        os.makedirs(run_dir, exist_ok=True)
-        with open(saved, "w", encoding="utf-8") as f:
-            json.dump({"overrides": overrides}, f)
-        out = run_trainer(cfg, echo=echo)
+        with open_run(cfg) as claim:  # the run's directory, held: the overrides go in before the run starts
+            with open(saved, "w", encoding="utf-8") as f:
+                json.dump({"overrides": overrides}, f)
+            out = run_trainer(cfg, echo=echo, claim=claim)
     return summarize(name, run_dir, overrides, out["elapsed_s"])
 
 

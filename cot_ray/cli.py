@@ -10,23 +10,32 @@ from typing import Optional
 
 import click
 
-from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
+from .checkpoint import CHECKPOINT, CheckpointError
 from .config import ConfigError, load_config
+from .files import DiskFullError
+from .loop import DivergenceError, signal_name
 
 INTERRUPTED = 130  # the shell's exit code for a command stopped by Ctrl-C (SIGINT)
 
 
+def interrupted_code(signum: Optional[int]) -> int:
+    """The exit code of a command stopped by signal ``signum``: 128 + it, as a shell reports a
+    process killed by it (143 for SIGTERM; 130, Ctrl-C, when unknown)."""
+    return 128 + signum if signum else INTERRUPTED
+
+
 class _Errors(click.Group):
-    """Turn the project's own input errors into one-line messages instead of tracebacks, and
-    Ctrl-C into exit code 130 (click's "Aborted!" would exit with 1)."""
+    """Turn the project's own input errors (and a diverged run) into one-line messages instead
+    of tracebacks, and a stop signal into exit code 128 + it (click's "Aborted!" would exit
+    with 1)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+        except (ConfigError, CheckpointError, DiskFullError, DivergenceError, ValueError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
-            raise click.exceptions.Exit(INTERRUPTED) from None
+        except KeyboardInterrupt as e:
+            raise click.exceptions.Exit(interrupted_code(getattr(e, "signum", None))) from None
 
 
 @click.group(cls=_Errors)
@@ -171,7 +180,7 @@ def train(algo, iters, minutes, patience, config_path, overrides, logdir, resume
     else:
         _ending(cfg, summary)
     if summary["interrupted"]:
-        sys.exit(INTERRUPTED)
+        sys.exit(interrupted_code(summary.get("signal")))
 
 
 _SHOWN = ("kl_forward", "kl_reverse", "nll_oracle", "nll_test", "bleu4", "self_bleu4")
@@ -182,7 +191,7 @@ def _ending(cfg, summary: dict) -> None:
     run_dir, it = summary["run_dir"], summary["iteration"]
     m = summary["metrics"] or {}
     stopped_by = summary.get("stopped_by") or ""
-    head = ("stopped by Ctrl-C" if summary["interrupted"] else
+    head = (f"stopped by {signal_name(summary['signal'] or 2)}" if summary["interrupted"] else
             f"done, stopped early ({stopped_by})" if stopped_by.startswith("run.patience") else "done")
     click.echo(f"[cot-ray] {head}: {it} iterations, {summary['elapsed_s'] / 60:.1f} min of training"
                + ("; " + "  ".join(f"{k} {m[k]:.3f}" for k in _SHOWN if m.get(k) is not None) if m else
@@ -207,10 +216,15 @@ def _train_on(run_dir: str, iteration: int, stopped_by: str, stale_evals: int) -
 
 
 def _finished(cfg, run_dir: str, as_json: bool) -> bool:
-    """A resumed run that has nothing left to do: say so (without starting Ray); -> True."""
+    """A resumed run that has nothing left to do: say so (without starting Ray); -> True. Its
+    checkpoint is checked against its config.yaml here, before Ray starts."""
     from .config import stop_reason
+    from .rundir import run_checkpoint
 
-    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
+    path = os.path.join(run_dir, CHECKPOINT)
+    if not os.path.exists(path):  # stopped before its first checkpoint: it starts over
+        return False
+    state = run_checkpoint(cfg, path)
     it, stale = int(state["iteration"]), int(state.get("stale_evals", 0))
     reason = stop_reason(cfg.run, it, float(state["elapsed"]), stale)
     if reason is None:
@@ -246,11 +260,12 @@ def _data_values(data_arg: Optional[str], test_data: Optional[str]) -> dict:
             "data.test_path": os.path.abspath(test_data)}
 
 
-def _load_data(cfg):
-    """The run's data set; its remarks (truncation, a changed corpus) go to stderr."""
+def _load_data(cfg, run_dir, need):
+    """The data set of the run in ``run_dir`` for ``need`` ("eval", "sample": on text, without
+    its training file; see load_dataset); its remarks (truncation, a changed corpus) go to stderr."""
     from .data import load_dataset
 
-    data = load_dataset(cfg.data)
+    data = load_dataset(cfg.data, run_dir, need, cfg.eval.num_train)
     for note in data.notes:
         click.echo(f"[cot-ray] {note}", err=True)
     return data
@@ -297,8 +312,8 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
     click.echo(summary["table"])
     best = summary["best"]
     if summary["interrupted"]:
-        click.echo(f"[cot-ray] sweep interrupted: continue it with: cot-ray tune {sweep_path} "
-                   f"--resume {summary['experiment']}", err=True)
+        click.echo(f"[cot-ray] sweep interrupted ({signal_name(summary['signal'])}): continue it with: "
+                   f"cot-ray tune {sweep_path} --resume {summary['experiment']}", err=True)
     elif best is None:
         raise click.ClickException(f"no trial of {summary['experiment']} reported {sweep.tune.metric}: see the "
                                    "error.txt files in its trial directories")
@@ -313,6 +328,8 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
                            "metric": sweep.tune.metric, "best_metric": best.metric if best else None,
                            "best_values": best.values if best else None,
                            "best_config": summary["best_config"]}))
+    if summary["interrupted"]:
+        sys.exit(interrupted_code(summary["signal"]))
 
 
 @main.command("eval")
@@ -333,7 +350,7 @@ def eval_cmd(run_dir, as_json, samples, seed, which, temperature):
     from .rundir import checkpoint_models, load_run
 
     cfg, state = load_run(run_dir, which)
-    data = _load_data(cfg)
+    data = _load_data(cfg, run_dir, "eval")
     if samples is not None and samples < (2 if data.is_text else 1):
         raise click.UsageError(f"--samples must be >= {2 if data.is_text else 1}")
     cfg.run.threads = 0  # this machine's free CPUs now, not the ones the run had
@@ -375,7 +392,7 @@ def sample(run_dir, num, ids, seed, which, temperature):
     from .rundir import checkpoint_models, load_run
 
     cfg, state = load_run(run_dir, which)
-    data = _load_data(cfg)
+    data = _load_data(cfg, run_dir, "sample")
     g, _ = checkpoint_models(cfg, {"g": state["g"]}, data.vocab_size)
     seqs = g.sample(num, data.seq_len, torch.Generator().manual_seed(seed), temperature=temperature,
                     stop_id=data.eos_id)

@@ -27,11 +27,11 @@ import textwrap
 import time
 from typing import Callable, Optional
 
-from .checkpoint import BEST, CHECKPOINT, load_checkpoint
-from .config import Config, ConfigError
+from .checkpoint import BEST, CHECKPOINT
+from .config import Config, ConfigError, flat_keys
 from .data import load_dataset
 from .metrics import make_evaluator
-from .rundir import checkpoint_models, resume_config
+from .rundir import checkpoint_models, resume_config, run_checkpoint
 
 # Keys that say how or where a run was made, not what was trained: runs that differ only in
 # these (and the seed) are repetitions of one configuration.
@@ -99,20 +99,10 @@ def configuration(cfg: Config) -> dict:
     return d
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def group_labels(configs: list[dict]) -> list[str]:
     """A short label per configuration: its algorithm, and the keys in which the compared
     configurations that have them differ (an MLE run has no mediator keys to name)."""
-    flats = [_flat(c) for c in configs]
+    flats = [flat_keys(c) for c in configs]
     differing = sorted(k for k in set().union(*flats)
                        if k != "cot.algo" and len({repr(f[k]) for f in flats if k in f}) > 1)
     labels = []
@@ -152,7 +142,7 @@ def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("b
         k = json.dumps(conf, sort_keys=True)
         keys.append(k)
         labels.setdefault(k, label)
-    data = load_dataset(cfgs[0].data)
+    data = load_dataset(cfgs[0].data, run_dirs[0], "eval", max(c.eval.num_train for c in cfgs))
     runs = []
     for i, (run_dir, cfg) in enumerate(zip(run_dirs, cfgs)):
         ev = make_evaluator(data, cfg.eval, samples)
@@ -172,7 +162,7 @@ def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("b
                 why = "" if saved is None else f" and its {SWEEP.format(which)} holds other settings or temperatures"
                 echo(f"[compare] {run_dir}: no {which} checkpoint{why}, skipped")
                 continue
-            state = load_checkpoint(path)
+            state = run_checkpoint(cfg, path)
             g, m = checkpoint_models(cfg, state, data.vocab_size)
             t0 = time.perf_counter()
             echo(f"[compare] run {i + 1}/{len(run_dirs)} {run_dir} {which} (iteration {state['iteration']}): "

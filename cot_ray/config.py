@@ -10,7 +10,9 @@ Every field documents itself. Validation errors are one line and name the key::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -402,6 +404,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return None if value is None else _coerce(value, args[0], key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}: give a number")
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise ConfigError(
@@ -437,6 +441,17 @@ def overlay(obj: Any, data: Any, prefix: str) -> None:
             setattr(obj, key, _coerce(value, tp, full))
 
 
+def flat_keys(nested: dict, prefix: str = "") -> dict:
+    """The inverse of :func:`nest_keys`: ``{"cot": {"m_steps": 2}}`` -> ``{"cot.m_steps": 2}``."""
+    out = {}
+    for k, v in nested.items():
+        if isinstance(v, dict):
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def nest_keys(flat: dict, what: str = "key") -> dict:
     """``{"cot.m_steps": 2, "run.name": "x"}`` -> ``{"cot": {"m_steps": 2}, "run": {"name": "x"}}``."""
     out: dict = {}
@@ -451,6 +466,26 @@ def nest_keys(flat: dict, what: str = "key") -> dict:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as people write numbers: ``1e-4`` is a float (YAML 1.1, PyYAML's, reads an exponent
+    without a dot as a string), as in YAML 1.2 and in Python."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(stream) -> Any:
+    """YAML text (or a stream of it) read safely, with ``1e-4`` a float (:class:`_Loader`)."""
+    return yaml.load(stream, Loader=_Loader)
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``["cot.m_steps=2", "run.name=x"]`` -> nested dict; values are parsed as YAML scalars."""
     flat: dict = {}
@@ -462,7 +497,7 @@ def parse_overrides(items: list[str]) -> dict:
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         flat[key] = value
@@ -475,7 +510,7 @@ def read_yaml(path: str) -> dict:
         raise ConfigError(f"config file '{path}' does not exist: check the path")
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = load_yaml(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

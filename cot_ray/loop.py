@@ -1,5 +1,6 @@
 """The Trainer: the run around the schedule (logging, evaluation, checkpoints, resume,
-recovery from lost workers, Ctrl-C), and :func:`run_trainer`, which starts or continues one.
+recovery from lost workers, stop signals, divergence), and :func:`run_trainer`, which starts
+or continues one.
 
 The Trainer talks to the learners through a :class:`cot_ray.group.LearnerGroup` and runs the
 :class:`cot_ray.schedule.Schedule`; it does not know whether the learners live in this process
@@ -9,6 +10,7 @@ or on Ray actors (README, "Determinism"). Run directories and their files are
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -17,14 +19,16 @@ from collections import defaultdict, deque
 from contextlib import contextmanager
 from typing import Callable, Optional
 
-from .checkpoint import BEST, CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
+import torch
+
+from .checkpoint import BEST, CHECKPOINT, CONFIG, save_checkpoint
 from .config import Config, save_config, selection_metric, stop_reason
 from .data import Dataset, load_dataset, save_run_data
 from .group import LearnerGroup, local_group
 from .machine import configure_process, resolve_threads
 from .metric_names import METRIC_KEYS
 from .metrics import Evaluator, eval_seed, make_evaluator
-from .rundir import RunLog, check_vocab_size, format_values, new_run_dir
+from .rundir import RunLock, RunLog, check_vocab_size, format_values, open_run, run_checkpoint
 from .schedule import Schedule, make_schedule
 
 # Called after each evaluation and the checkpoint that follows it:
@@ -39,36 +43,96 @@ def clock_text(seconds: float) -> str:
     return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
 
+# The signals that stop a run as the first Ctrl-C does: SIGTERM is what `ray job stop`,
+# Kubernetes and spot preemption send, SIGHUP what a closed terminal sends.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second stop signal: the run stops at once. ``signum``: the signal (the process exits
+    with 128 + it, as a shell reports a process killed by it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal_name(signum))
+        self.signum = signum
+
+
+def _say(echo: Callable[[str], None], line: str) -> None:
+    """``echo`` from a signal handler: a closed terminal (SIGHUP) must not turn the stop into a crash."""
+    try:
+        echo(line)
+    except (OSError, ValueError):
+        pass
+
+
 class _StopFlag:
-    """The first Ctrl-C asks the loop to stop at the end of the iteration (and checkpoint),
-    and says so at once; a second one interrupts at once (KeyboardInterrupt). It is installed
-    for the whole run, recoveries from worker failures included, so that a Ctrl-C during a
-    recovery stops the run once the learners are back."""
+    """The first stop signal (Ctrl-C, SIGTERM, SIGHUP) asks the loop to stop at the end of the
+    iteration (and checkpoint), and says so at once; a second one interrupts at once
+    (:class:`Interrupted`). It is installed for the whole run, recoveries from worker failures
+    included, so that a signal during a recovery stops the run once the learners are back.
+    ``signum``: the first signal that came (None: none)."""
 
     def __init__(self, echo: Callable[[str], None] = lambda s: None):
         self.stop = False
-        self._old = None
+        self.signum: Optional[int] = None
+        self._old: dict = {}
         self._echo = echo
 
     def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._old = None
+        for sig in STOP_SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                break
         return self
 
     def _handle(self, signum, frame):
+        name = signal_name(signum)
         if self.stop:
-            self._echo("[cot-ray] Ctrl-C again: stopping at once, without a checkpoint of this iteration")
-            raise KeyboardInterrupt
-        self.stop = True
-        self._echo("[cot-ray] Ctrl-C: stopping after this iteration and writing a checkpoint "
-                   "(Ctrl-C again stops at once, without one)")
+            _say(self._echo, f"[cot-ray] {name} again: stopping at once, without a checkpoint of this iteration")
+            raise Interrupted(signum)
+        self.stop, self.signum = True, signum
+        _say(self._echo, f"[cot-ray] {name}: stopping after this iteration and writing a checkpoint "
+                         f"({name} again stops at once, without one)")
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
         return False
+
+
+class DivergenceError(RuntimeError):
+    """A NaN or Inf loss, metric or weight: the run stops, keeping its last good checkpoints."""
+
+
+_LEARNERS = (("g_", "generator"), ("m_", "mediator"), ("inner", "inner mediator"))
+
+
+def _learner_of(key: str) -> str:
+    return next((name for prefix, name in _LEARNERS if key.startswith(prefix)), "run")
+
+
+def first_nonfinite(values: dict) -> Optional[str]:
+    """The first key of ``values`` whose number is NaN or infinite, or None."""
+    return next((k for k, v in values.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v)), None)
+
+
+def nonfinite_tensor(state, where: str = "") -> Optional[str]:
+    """The dotted key of the first floating-point tensor of ``state`` holding a NaN or Inf, or None."""
+    if isinstance(state, torch.Tensor):
+        return where if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for k, v in items:
+        found = nonfinite_tensor(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
 
 
 # ----------------------------------------------------------------------------- the run
@@ -102,7 +166,8 @@ class StatsWindow:
     schedule is asynchronous: without a bound the driver would run ahead, and a Ctrl-C would
     have to wait for everything it had queued); :meth:`collect` waits for every submitted
     iteration, :meth:`flush` returns the per-key means and iterations/second on the training
-    clock and starts a new window.
+    clock and starts a new window. A NaN or Inf among an iteration's stats stops the run
+    (:class:`DivergenceError`, naming the learner and the iteration).
     """
 
     def __init__(self, iteration: int, clock: Stopwatch, in_flight: int = 1):
@@ -112,28 +177,33 @@ class StatsWindow:
         self._counts: dict = defaultdict(int)
         self._start = (iteration, clock.seconds())
 
-    def add(self, w: LearnerGroup, stats: list) -> None:
-        self._pending.append(stats)
+    def add(self, w: LearnerGroup, stats: list, iteration: int) -> None:
+        """``stats``: the values or futures of ``iteration`` (counted from 1)."""
+        self._pending.append((iteration, stats))
         while len(self._pending) > self._in_flight:
-            self._take(w.get(self._pending.popleft()))
+            self._resolve(w)
 
     def drop(self) -> list:
         """Forget the unresolved iterations (a failure made them void); -> their futures."""
-        out = [x for stats in self._pending for x in stats]
+        out = [x for _, stats in self._pending for x in stats]
         self._pending.clear()
         return out
 
-    def _take(self, stats: list) -> None:
-        for s in stats:
+    def _resolve(self, w: LearnerGroup) -> None:
+        iteration, stats = self._pending.popleft()
+        for s in w.get(stats):
             if s is None:  # a call without stats (a weight sync): waited for, nothing to count
                 continue
+            bad = first_nonfinite(s)
+            if bad is not None:
+                raise DivergenceError(f"the {_learner_of(bad)}'s {bad} is {s[bad]} at iteration {iteration}")
             for k, v in s.items():
                 self._sums[k] += v
                 self._counts[k] += 1
 
     def collect(self, w: LearnerGroup) -> None:
         while self._pending:
-            self._take(w.get(self._pending.popleft()))
+            self._resolve(w)
 
     def flush(self, w: LearnerGroup, iteration: int, clock: Stopwatch) -> tuple[dict, float]:
         self.collect(w)
@@ -170,7 +240,7 @@ class Trainer:
         self._evaluator: Optional[Evaluator] = None
         self._last: tuple = ({}, True)  # (last checkpoint state, whether it is a fresh start)
         self._window: Optional[StatsWindow] = None  # the stats of the iterations in flight
-        self._flag = _StopFlag()  # Ctrl-C; installed by run()
+        self._flag = _StopFlag()  # the stop signals; installed by run()
 
     # -- state
     def checkpoint_state(self) -> dict:
@@ -183,9 +253,29 @@ class Trainer:
         return state
 
     def save(self) -> None:
-        state = self.checkpoint_state()
+        state = self._finite_state()
         save_checkpoint(self.ckpt_path, state)
         self._last = (state, False)
+
+    def _finite_state(self) -> dict:
+        """The checkpoint state, when all its weights and optimizer moments are finite: a
+        diverged state never overwrites a checkpoint (:class:`DivergenceError` instead)."""
+        state = self.checkpoint_state()
+        bad = nonfinite_tensor({k: state[k] for k in ("g", "m") if state.get(k) is not None})
+        if bad is not None:
+            raise DivergenceError(f"the {'generator' if bad.startswith('g.') else 'mediator'}'s {bad} holds NaN or "
+                                  f"Inf at iteration {self.iteration}")
+        return state
+
+    def diverged(self, exc: DivergenceError) -> DivergenceError:
+        """``exc`` with what is left on disk and what to do, as one line."""
+        state, unsaved = self._last
+        kept = ("no checkpoint was written yet" if unsaved else
+                f"the last good checkpoint ({CHECKPOINT}) is at iteration {state['iteration']}")
+        if self.best:
+            kept += f", {BEST} at iteration {self.best['iteration']}"
+        return DivergenceError(f"the run diverged: {exc}; it stopped, and {kept} in {self.run_dir}; start a new "
+                               "run with a smaller learning rate (g_optim.lr, m_optim.lr) or another seed")
 
     def restore(self, state: dict) -> None:
         self.w.load_state(state)
@@ -221,6 +311,8 @@ class Trainer:
                 while True:
                     try:
                         return self._run(fresh)
+                    except DivergenceError as exc:
+                        raise self.diverged(exc) from None
                     except Exception as exc:  # noqa: BLE001 - re-raised unless the learners call it a failure
                         if not self.w.is_failure(exc):
                             raise
@@ -228,7 +320,7 @@ class Trainer:
                         self.echo(f"[cot-ray] worker failure ({type(exc).__name__}): restoring both learners "
                                   f"from iteration {state['iteration']}")
                         self._recover(state)
-            except KeyboardInterrupt:  # the second Ctrl-C: say what is left on disk, then stop
+            except KeyboardInterrupt:  # a second stop signal: say what is left on disk, then stop
                 state, unsaved = self._last
                 self.echo("[cot-ray] stopped at once: " + (
                     "no checkpoint was written yet" if unsaved else
@@ -252,19 +344,22 @@ class Trainer:
                 self.echo(f"[cot-ray] another worker failure during the recovery ({type(exc).__name__}): "
                           "recovering again")
 
-    def _start(self, log: RunLog, fresh: bool) -> None:
+    def _start(self, fresh: bool) -> RunLog:
+        """Write a fresh run's files (before any log file: a directory killed in between holds no
+        run) and open the log; forget the log rows the checkpoint does not hold."""
         cfg = self.cfg
         if fresh:
-            save_run_data(self.run_dir, cfg.data, self.data)  # text: vocab.json, recorded in the config
+            save_run_data(self.run_dir, cfg.data, self.data, cfg.eval.num_train)  # text: vocab.json, eval_data.npz
             save_config(cfg, os.path.join(self.run_dir, CONFIG))
             self.w.sync_mediator()
-        else:
-            log.truncate_after(self.iteration)
+        log = RunLog(self.run_dir, self.echo)
+        log.truncate_after(self.iteration)
         self.echo(f"[cot-ray] {cfg.cot.algo} run in {self.run_dir} from iteration {self.iteration}"
                   + (f" to {cfg.run.iters}" if cfg.run.iters else "")
                   + (f" (at most {cfg.run.minutes:g} min)" if cfg.run.minutes else ""))
         for note in ([self.data.summary] if self.data.summary else []) + self.data.notes:
             self.echo(f"[cot-ray] {note}")
+        return log
 
     def _progress(self, log: RunLog, train: dict, rate: float) -> None:
         it, run = self.iteration, self.cfg.run
@@ -288,7 +383,11 @@ class Trainer:
         self.echo(f"[{self.cfg.cot.algo}] evaluating iteration {self.iteration} ({what})...")
         t0 = time.perf_counter()
         with clock.paused():  # evaluation time is not training time
-            self.last_eval = self.w.evaluate(self.evaluator(), eval_seed(self.cfg.run.seed, self.iteration))
+            metrics = self.w.evaluate(self.evaluator(), eval_seed(self.cfg.run.seed, self.iteration))
+        bad = first_nonfinite(metrics)
+        if bad is not None:  # neither logged nor a candidate for best.pt
+            raise DivergenceError(f"the evaluation's {bad} is {metrics[bad]} at iteration {self.iteration}")
+        self.last_eval = metrics
         eval_s = time.perf_counter() - t0
         self.elapsed = clock.seconds()
         log.eval_row(self.iteration, self.elapsed, self.last_eval)
@@ -305,35 +404,35 @@ class Trainer:
         if self.best and value >= self.best["value"]:
             self.stale_evals += 1
             return
+        state = self._finite_state()
         self.stale_evals = 0
         self.best = {"iteration": self.iteration, "metric": self.select, "value": float(value)}
-        save_checkpoint(os.path.join(self.run_dir, BEST), self.checkpoint_state())
+        save_checkpoint(os.path.join(self.run_dir, BEST), {**state, "best": self.best, "stale_evals": 0})
         self.echo(f"[{self.cfg.cot.algo}] best so far by {self.select}: {value:.4f} at iteration {self.iteration} "
                   f"({BEST})")
 
     def _run(self, fresh: bool) -> dict:
         cfg, w = self.cfg, self.w
-        log = RunLog(self.run_dir, self.echo)
-        self._start(log, fresh)
+        log = self._start(fresh)
         clock = Stopwatch(before=self.elapsed)
         window = self._window = StatsWindow(self.iteration, clock)
         flag = self._flag
         saved = -1  # the iteration of this session's last checkpoint
-        # decided once per iteration: the final one always evaluates and saves; a Ctrl-C that came
+        # decided once per iteration: the final one always evaluates and saves; a signal that came
         # while the run started or recovered from a worker failure stops it before any iteration
         last = self._stop_reason(clock) is not None or flag.stop
         try:
             while not last:
                 stats, self.m_updates = self.schedule.iteration(w, cfg, self.iteration, self.m_updates)
-                window.add(w, stats)
                 self.iteration += 1
+                window.add(w, stats, self.iteration)
                 it = self.iteration
                 last = self._stop_reason(clock) is not None or flag.stop
                 if it % cfg.run.log_every == 0 or last:
                     train, rate = window.flush(w, it, clock)
                     self.elapsed = clock.seconds()
                     self._progress(log, train, rate)
-                # the final iteration evaluates, unless it ends because of a Ctrl-C
+                # the final iteration evaluates, unless it ends because of a stop signal
                 evaluated = not flag.stop and (bool(cfg.eval.every and it % cfg.eval.every == 0) or last)
                 if evaluated:
                     window.collect(w)  # the iteration is complete before its weights are read
@@ -355,33 +454,40 @@ class Trainer:
         finally:
             log.close()
         return {"run_dir": self.run_dir, "iteration": self.iteration, "elapsed_s": self.elapsed,
-                "metrics": self.last_eval, "interrupted": flag.stop,
+                "metrics": self.last_eval, "interrupted": flag.stop, "signal": flag.signum,
                 "stopped_by": None if flag.stop else self._stop_reason(clock)}
 
 
 def run_trainer(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,
                 make_learners: Callable[[Config, Dataset], LearnerGroup] = local_group,
                 on_eval: Optional[EvalHook] = None, data: Optional[Dataset] = None,
-                threads_note: Optional[str] = None) -> dict:
+                threads_note: Optional[str] = None, claim: Optional[RunLock] = None) -> dict:
     """Start (or, with ``resume_dir``, continue) a run with the learners that ``make_learners``
     gives (default: in this process); return its summary. ``on_eval``: see :class:`Trainer`;
     ``data``: the run's data set when the caller has loaded it already; ``threads_note``: what
-    :func:`resolve_threads` said when the caller resolved the threads already."""
+    :func:`resolve_threads` said when the caller resolved the threads already; ``claim``: the
+    run directory when the caller holds it already (:func:`cot_ray.rundir.open_run`; it stays
+    the caller's to release). The run holds its directory until it ends; a resumed run with no
+    checkpoint yet starts over from iteration 0."""
     say = echo or (lambda s: print(s, file=sys.stderr, flush=True))
     note = threads_note or resolve_threads(cfg)
     configure_process(cfg.run.threads)
     data = data if data is not None else load_dataset(cfg.data)  # unusable data leaves no run directory behind
-    if resume_dir is not None:
-        state = load_checkpoint(os.path.join(resume_dir, CHECKPOINT))
-        run_dir = resume_dir
-    else:
-        state = None
-        run_dir = new_run_dir(cfg)
-    if state is not None:
-        check_vocab_size(state["g"]["model"], cfg.generator, data.vocab_size)
-    learners = make_learners(cfg, data)
-    say(f"[cot-ray] {learners.where}; this process: {note}")
-    trainer = Trainer(cfg, run_dir, data, learners, echo=say, on_eval=on_eval)
-    if state is not None:
-        trainer.restore(state)
-    return trainer.run(fresh=state is None)
+    own = claim is None
+    claim = claim if claim is not None else open_run(cfg, resume_dir)
+    try:
+        state = None if claim.fresh else run_checkpoint(cfg, os.path.join(claim.run_dir, CHECKPOINT))
+        if resume_dir is not None and state is None:
+            say(f"[cot-ray] {claim.run_dir} has no checkpoint: it stopped before its first one; starting it over "
+                "from iteration 0 with its saved config")
+        if state is not None:
+            check_vocab_size(state["g"]["model"], cfg.generator, data.vocab_size)
+        learners = make_learners(cfg, data)
+        say(f"[cot-ray] {learners.where}; this process: {note}")
+        trainer = Trainer(cfg, claim.run_dir, data, learners, echo=say, on_eval=on_eval)
+        if state is not None:
+            trainer.restore(state)
+        return trainer.run(fresh=state is None)
+    finally:
+        if own:
+            claim.release()

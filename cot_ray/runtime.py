@@ -45,6 +45,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
 import ray
@@ -62,6 +63,7 @@ from .loop import EvalHook, run_trainer
 from .machine import configure_process, cpu_count, resolve_threads
 from .metrics import Evaluator
 from .placement import create_placement_group, given_bundle, wait_timeout, worker_bundle, worker_threads
+from .rundir import open_run
 
 
 class DeviceError(ConfigError):
@@ -436,11 +438,41 @@ def code_runtime_env() -> Optional[dict]:
     return {"py_modules": [package]}
 
 
+LOOPBACK = "127.0.0.1"
+
+
+@contextmanager
+def _loopback_node():
+    """Ray binds every server of a node (GCS, raylet, object manager, workers, the driver) to the
+    node's IP address, and to loopback only when that address is 127.0.0.1; but it turns a
+    requested 127.0.0.1 into the machine's network address, except where it does not support
+    multi-node clusters (its constant ``ENABLE_RAY_CLUSTER``, $RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER,
+    read once at import). A private local Ray has no other node: it starts as it does on macOS."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def local_ray_lost() -> bool:
+    """Whether a process of the private local Ray this driver started has died: a stop signal
+    sent to the whole process group (a terminal's Ctrl-C is not, Ray's servers ignore it; but
+    systemd's or a container's stop sends SIGTERM to every process) ends Ray's GCS and raylet
+    too, and asking them to remove the actors would wait a minute for a GCS that is gone."""
+    node = ray._private.worker._global_node
+    return node is not None and bool(node.dead_processes())
+
+
 def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
     """Connect to Ray as :func:`cluster_address` says; -> whether this call started a local Ray.
 
     An already connected driver (tests, notebooks) is used as it is. "" starts a private local
-    Ray in this process (never joining another cluster by accident), with at least ``min_cpus``
+    Ray in this process (never joining another cluster by accident), every server of it bound
+    to 127.0.0.1 (Ray has no authentication: nothing else on the network may reach it), with at least ``min_cpus``
     logical CPUs (a sweep asks for one trial's worth, so that it runs even on a 2-core machine),
     and keeps Ray quiet. "auto" joins the cluster of this machine; "HOST:PORT" a cluster's
     head; "ray://HOST:PORT" joins through Ray Client; each ships this package to the cluster
@@ -454,9 +486,11 @@ def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
         cpus = cpu_count()  # this process's CPUs: its affinity mask and its container's CPU quota
         # Ray runs its workers at niceness 15 by default; here the workers are the training
         # itself, so they get the priority that the in-process loop would have.
-        ray.init(address="local", include_dashboard=False, _system_config={"worker_niceness": 0},
-                 num_cpus=max(cpus, int(math.ceil(min_cpus))), log_to_driver=False, logging_level=logging.ERROR,
-                 configure_logging=True)
+        with _loopback_node():
+            ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False,
+                     _system_config={"worker_niceness": 0},
+                     num_cpus=max(cpus, int(math.ceil(min_cpus))), log_to_driver=False, logging_level=logging.ERROR,
+                     configure_logging=True)
         return True
     runtime_env = code_runtime_env()
     try:
@@ -488,17 +522,19 @@ def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable
     say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
     data = load_dataset(cfg.data)
     note = resolve_threads(cfg)
-    if not ray.is_initialized():
-        address = cluster_address(cfg.runtime)
-        say("[cot-ray] starting a local Ray..." if not address else
-            f"[cot-ray] joining the Ray cluster at {address}"
-            + (" ($RAY_ADDRESS)" if not cfg.runtime.address else "") + "...")
-    started = connect(cfg.runtime)
-    rt = ActorRuntime(cfg.runtime, say, placement=placement, bundle_offset=bundle_offset)
-    try:
-        return run_trainer(cfg, resume_dir, echo, make_learners=rt.make_learners, on_eval=on_eval,
-                                data=data, threads_note=note)
-    finally:
-        rt.shutdown()
-        if started:
-            ray.shutdown()
+    with open_run(cfg, resume_dir) as claim:  # a run directory in use is refused before Ray starts
+        if not ray.is_initialized():
+            address = cluster_address(cfg.runtime)
+            say("[cot-ray] starting a local Ray (listening on 127.0.0.1 only)..." if not address else
+                f"[cot-ray] joining the Ray cluster at {address}"
+                + (" ($RAY_ADDRESS)" if not cfg.runtime.address else "") + "...")
+        started = connect(cfg.runtime)
+        rt = ActorRuntime(cfg.runtime, say, placement=placement, bundle_offset=bundle_offset)
+        try:
+            return run_trainer(cfg, resume_dir, echo, make_learners=rt.make_learners, on_eval=on_eval,
+                               data=data, threads_note=note, claim=claim)
+        finally:
+            if not (started and local_ray_lost()):  # else there is no Ray left to ask
+                rt.shutdown()
+            if started:
+                ray.shutdown()

@@ -256,8 +256,11 @@ def test_resuming_a_finished_run_says_so_without_training(cli, monkeypatch):
     assert _summary(cli("train", "--resume", out["run_dir"], tiny=False))["iteration"] == 2
 
 
-def test_ctrl_c_is_acknowledged_checkpoints_and_exits_130(tmp_path, data_cache):
-    """The real thing: a SIGINT to the `cot-ray train` process during its progress lines."""
+@pytest.mark.parametrize("signame,code,said", [("SIGINT", 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM"),
+                                               ("SIGHUP", 129, "SIGHUP")])
+def test_a_stop_signal_is_acknowledged_checkpoints_and_exits_128_plus_it(tmp_path, data_cache, signame, code, said):
+    """The real thing: a signal to the `cot-ray train` process during its progress lines, as
+    Ctrl-C, `ray job stop` and Kubernetes (SIGTERM) or a closed terminal (SIGHUP) send it."""
     import signal
     import subprocess
     import sys
@@ -270,16 +273,16 @@ def test_ctrl_c_is_acknowledged_checkpoints_and_exits_130(tmp_path, data_cache):
     for line in proc.stdout:
         lines.append(line)
         if "it 3/" in line:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(getattr(signal, signame))
             break
     rest, _ = proc.communicate(timeout=120)
     out = "".join(lines) + rest
-    assert proc.returncode == 130, out
-    assert "Ctrl-C: stopping after this iteration" in out
+    assert proc.returncode == code, out
+    assert f"{said}: stopping after this iteration" in out
     state = load_checkpoint(os.path.join(tmp_path, "stopped", CHECKPOINT))
     assert 3 <= state["iteration"] <= 5
     assert f"cot-ray train --resume {tmp_path / 'stopped'}" in out
-    assert "stopped by Ctrl-C" in out
+    assert f"stopped by {said}" in out
 
 
 # ----------------------------------------------------------------------------- selection and temperature

@@ -158,6 +158,69 @@ def test_a_second_ctrl_c_stops_at_once_with_exit_code_130(tmp_path, data_cache, 
     assert not list(tmp_path.glob("cot-*/checkpoint.pt"))
 
 
+def _listening(pids: list[int]) -> dict[int, list[str]]:
+    """The TCP addresses (``IP:PORT``) that each of ``pids`` listens on, from /proc."""
+    listen = {}  # socket inode -> address
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if f[3] != "0A":  # TCP_LISTEN
+                continue
+            hexip, port = f[1].split(":")
+            raw = bytes.fromhex(hexip)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            ip = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            import ipaddress
+
+            addr = ipaddress.ip_address(ip)
+            listen[f[9]] = f"{addr.ipv4_mapped or addr if v6 else addr}:{int(port, 16)}"
+    out = {}
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        inodes = set()
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        out[pid] = sorted(listen[i] for i in inodes if i in listen)
+    return out
+
+
+def test_actor_mode_listens_on_loopback_only_and_sigterm_saves_and_exits_143(tmp_path, data_cache):
+    """A default `cot-ray train` on its own local Ray: every TCP socket that the driver, Ray's
+    servers and the workers listen on is on 127.0.0.1; a SIGTERM to the driver (what
+    Kubernetes or `kill` sends) finishes the iteration, checkpoints and exits 143."""
+    cli = Cli(["train", "--iters", "100000", "--logdir", str(tmp_path),
+               *_sets(data_cache, ["eval.every=0", "run.name=term", "run.checkpoint_every=1000"])], tmp_path)
+    seen: dict = {}
+
+    def look_then_terminate():
+        seen.update(_listening([cli.proc.pid] + _descendants(cli.proc.pid)))
+        cli.proc.send_signal(signal.SIGTERM)
+
+    code, out = cli.wait({"it 5/": look_then_terminate})
+    assert code == 143, out[-3000:]
+    addresses = [a for found in seen.values() for a in found]
+    assert len([p for p, found in seen.items() if found]) >= 4, seen  # the driver, GCS, raylet, 2 workers
+    assert addresses and all(a.startswith("127.0.0.1:") for a in addresses), seen
+    assert "SIGTERM: stopping after this iteration" in out and "stopped by SIGTERM" in out
+    state = load_checkpoint(os.path.join(tmp_path, "term", CHECKPOINT))
+    assert state["iteration"] >= 5
+    assert f"interrupted: checkpoint at iteration {state['iteration']} written; continue with: " \
+           f"cot-ray train --resume {tmp_path / 'term'}" in out
+    assert "Traceback" not in out
+
+
 def test_a_machine_with_fewer_cpus_than_workers_shares_them_and_says_so(tmp_path, data_cache):
     """`cot-ray train --nested --inner-actor` has three workers; on one CPU (an affinity mask of
     one CPU, which the local Ray takes as its CPU count) each gets a third of it."""

@@ -184,7 +184,8 @@ def test_pbt_restores_trials_from_checkpoints_with_perturbed_values(two_nodes, t
 
 
 class _InterruptAfterFirstTrial(ray_tune.Callback):
-    """Ctrl-C for the test: SIGINT to this process once the first trial has completed."""
+    """A stop for the test: SIGTERM (stopping the sweep as Ctrl-C does) to this process once
+    the first trial has completed."""
 
     def __init__(self):
         self.sent = False
@@ -192,7 +193,7 @@ class _InterruptAfterFirstTrial(ray_tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         if not self.sent:
             self.sent = True
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(two_nodes, tmp_path, data_cache):
@@ -201,7 +202,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(two_node
     overrides = _overrides(data_cache) + ["cot.algo=mle"]  # one worker per trial: quicker
     sweep = sweep_spec.load_sweep(path, overrides, storage=str(tmp_path / "tune"), name="resume")
     first = sweeps.run_sweep(sweep, callbacks=[_InterruptAfterFirstTrial()])
-    assert first["interrupted"] and first["best_config"] is None
+    assert first["interrupted"] and first["best_config"] is None and first["signal"] == signal.SIGTERM
     exp = first["experiment"]
     statuses = sorted(r.status for r in first["rows"])
     assert statuses == ["done", "unfinished"], statuses
@@ -238,3 +239,19 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(two_node
 def _read(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_sweep_exits_128_plus_the_signal(tmp_path, data_cache, monkeypatch, signum, code):
+    """`cot-ray tune` stopped by Ctrl-C or SIGTERM exits as `cot-ray train` does (it exited 0)."""
+    from cot_ray.sweep import tune as sweep_tune
+
+    path = _write_sweep(tmp_path, "  mediator.dropout: {grid_search: [0.3, 0.5]}", "{scheduler: fifo}")
+    monkeypatch.setattr(sweep_tune, "run_sweep", lambda sweep, **kw: {
+        "experiment": str(tmp_path / "exp"), "rows": [], "table": "(table)", "best": None, "best_config": None,
+        "interrupted": True, "signal": signum})
+    sets = [a for kv in _overrides(data_cache) for a in ("--set", kv)]
+    res = CliRunner().invoke(main, ["tune", path, *sets])
+    assert res.exit_code == code, res.output
+    assert f"sweep interrupted ({'Ctrl-C' if code == 130 else 'SIGTERM'}): continue it with: cot-ray tune {path} " \
+           f"--resume {tmp_path / 'exp'}" in res.output

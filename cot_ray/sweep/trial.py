@@ -65,6 +65,7 @@ def _restore_session(ckpt_dir: str, run_dir: str, cfg: Config) -> dict:
         cfg.data.vocab_path = os.path.abspath(os.path.join(run_dir, VOCAB_FILE))
     state = load_checkpoint(os.path.join(ckpt_dir, CHECKPOINT))
     set_optimizer_hyperparameters(state, cfg)
+    state["config"] = cfg.to_dict()  # the session goes on under this trial's config (PBT's new values)
     save_checkpoint(os.path.join(run_dir, CHECKPOINT), state)
     save_config(cfg, os.path.join(run_dir, CONFIG))
     info = {}

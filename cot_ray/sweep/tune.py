@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import signal
 import sys
 import tempfile
 from datetime import datetime
@@ -31,7 +32,7 @@ import ray
 from ray import tune
 
 from .. import placement, runtime
-from ..config import ConfigError, RuntimeConfig, check_address, from_dict, nest_keys, read_yaml, write_yaml
+from ..config import ConfigError, RuntimeConfig, check_address, from_dict, load_yaml, nest_keys, read_yaml, write_yaml
 from ..data import load_dataset
 from .results import best_config, best_row, format_table, trial_rows
 from .spec import PERTURBABLE, ParamSpec, Sweep, is_uri, plain
@@ -153,11 +154,9 @@ def _write_yaml(data: dict, path: str) -> None:
 def _read_yaml(path: str) -> dict:
     if not is_uri(path):
         return read_yaml(path)
-    import yaml
-
     fs, p = _uri_fs(path)
     with fs.open_input_stream(p) as f:
-        return yaml.safe_load(f.read().decode("utf-8")) or {}
+        return load_yaml(f.read().decode("utf-8")) or {}
 
 
 def _check_resume(sweep: Sweep, exp: str) -> None:
@@ -237,6 +236,28 @@ def _tune_log(exp: str, name: str) -> str:
     return os.path.join(exp, TUNE_LOG) if not is_uri(exp) else os.path.join(tempfile.gettempdir(), f"{name}-{TUNE_LOG}")
 
 
+@contextlib.contextmanager
+def _stop_signals_as_ctrl_c(came: list):
+    """SIGTERM and SIGHUP stop the sweep as Ctrl-C does (Ray Tune handles SIGINT only: it stops
+    the trials and saves the experiment for ``--resume``); each one is appended to ``came``.
+    Outside the main thread (no signals there) it does nothing."""
+    def forward(signum, frame):
+        came.append(signum)
+        signal.raise_signal(signal.SIGINT)
+
+    old = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            old[sig] = signal.signal(sig, forward)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
               echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
               callbacks: Optional[list] = None, show_tune: bool = False) -> dict:
@@ -244,7 +265,8 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
 
     The summary holds ``experiment`` (its directory), ``rows`` (:class:`TrialRow` s), ``table``,
     ``best`` (the best row or None), ``best_config`` (the path of best_config.yaml, written
-    when every trial has finished) and ``interrupted`` (Ctrl-C: resume with ``resume_dir``).
+    when every trial has finished), ``interrupted`` (Ctrl-C, SIGTERM or SIGHUP: resume with
+    ``resume_dir``) and ``signal`` (the signal that interrupted it: SIGINT unless another came).
     ``callbacks`` are Tune callbacks (tests use them). Progress is cot-ray's own lines; Tune's
     status tables go to ``tune.log`` in the experiment directory unless ``show_tune``.
     """
@@ -256,6 +278,7 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
         storage_name = _experiment_dir(sweep, address)
         exp = _join(*storage_name)
     started = False
+    came: list = []  # stop signals other than SIGINT
     try:
         started = connect(address, DRIVER_BUNDLE["CPU"] + _max_workers(sweep) * placement.requested_cpus(
             sweep.base.runtime))
@@ -290,11 +313,13 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
                     failure_config=tune.FailureConfig(max_failures=t.max_failures)))
         log_path = _tune_log(exp, os.path.basename(exp.rstrip("/")))
         if show_tune:
-            tuner.fit()
+            with _stop_signals_as_ctrl_c(came):
+                tuner.fit()
         else:
             echo(f"[cot-ray] Ray Tune's status tables go to {log_path} (--show-tune shows them here)")
             os.makedirs(os.path.dirname(log_path), exist_ok=True)
-            with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+            with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
+                    _stop_signals_as_ctrl_c(came):
                 tuner.fit()
     finally:
         if started:
@@ -307,4 +332,5 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
         best_path = _join(exp, BEST_CONFIG)
         _write_yaml(best_config(sweep, best).to_dict(), best_path)
     return {"experiment": exp, "rows": rows, "table": format_table(rows, sweep), "best": best,
-            "best_config": best_path, "interrupted": interrupted}
+            "best_config": best_path, "interrupted": interrupted,
+            "signal": (came[0] if came else signal.SIGINT) if interrupted else None}
