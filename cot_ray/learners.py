@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from .checkpoint import CheckpointError
-from .config import Config, ModelConfig, OptimConfig
+from .config import Config, ConfigError, ModelConfig, OptimConfig
 from .data import BatchSampler
 from .models import LanguageModel, build_model, copy_weights, cpu_weights, model_from_weights
 from .models.fused import fused_cot_generator_loss, fused_mixture_loss, fused_mle_loss
@@ -153,6 +153,24 @@ def _cot_update(model: LanguageModel, optim: torch.optim.Optimizer, target: Lang
     return stats
 
 
+def check_bf16(model: LanguageModel, mcfg: ModelConfig, key: str) -> None:
+    """``run.precision`` bf16 needs the device's bfloat16 kernels for ``model``: one forward pass
+    of two tokens in autocast (no seeded generator is touched), else a one-line ConfigError
+    (oneDNN, for one, runs an LSTM in bfloat16 only on CPUs with AVX512-BF16 or AMX)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _hidden(model, torch.zeros((1, 2), dtype=torch.long, device=model.device), bf16=True)
+    except RuntimeError as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"run.precision bf16: torch cannot run the {key} ({mcfg.arch}) in bfloat16 on "
+                          f"{model.device.type} here ({reason.rstrip('.')}): use run.precision fp32"
+                          + (f", or {key}.arch transformer" if mcfg.arch == "lstm" else "")) from None
+    finally:
+        model.train(was_training)
+
+
 class _Learner:
     """What every learner shares: the configuration, the built flag, weights out."""
 
@@ -191,6 +209,8 @@ class GeneratorLearner(_Learner):
         self.device = torch.device(device)
         self.model, self.optim = _build(self.vocab_size, cfg.generator, cfg.g_optim,
                                         stream_seed(cfg.run.seed, _INIT_G), self.device)
+        if self.bf16:
+            check_bf16(self.model, cfg.generator, "generator")
         self.sample_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.run.seed, _SAMPLE_G))
         self.batches = None
         if cfg.cot.algo == "mle":
@@ -299,6 +319,8 @@ class MixtureLearner(_Learner):
         self.device = torch.device(device)
         self.model, self.optim = _build(self.vocab_size, self.mcfg, self.ocfg,
                                         stream_seed(seed, level_stream(level, _INIT_M)), self.device)
+        if self.bf16:
+            check_bf16(self.model, self.mcfg, "mediator" if level == 0 else "inner_mediator")
         self.dropout_gen = torch.Generator(device=self.device).manual_seed(
             stream_seed(seed, level_stream(level, _DROPOUT_M)))
         if self.nested:
