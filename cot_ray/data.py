@@ -40,6 +40,7 @@ LONG_LINES_RATIO = 2  # ... warned when the longest sentence needs more than thi
 COCO_FILES = ("coco_train.txt", "coco_test.txt")  # in cot_ray/assets
 SHIPPED_SETS = (88, 9984, 9984)  # (seed, num_train, num_test) of the oracle sets shipped in cot_ray/assets
 SHIPPED_FILE = "oracle_seed88_train9984_test9984.npz"
+SHIPPED_TORCH = "2.13.0"  # the torch release whose sampler drew the shipped sets (another draws other bits)
 ORACLE_VALID = 2048  # validation sequences of the oracle when data.num_valid is -1
 TEXT_VALID_MAX = 2048  # text: at most this many training sentences held out when data.num_valid is -1
 

@@ -273,19 +273,39 @@ def test_cluster_yaml_has_a_cpu_head_and_autoscaled_gpu_workers_that_install_cot
     assert "IamInstanceProfile" in gpu[0]["node_config"]  # trials write their checkpoints to S3
 
 
-def test_cluster_yaml_pins_the_tested_ray_python_and_torch():
-    """The nodes run Ray's image of the Ray release and Python this project is tested with, and
-    install the tested torch; the code itself comes with each job (--working-dir)."""
-    import sys
+def _requirement(name: str):
+    """pyproject.toml's requirement on ``name`` (a packaging Requirement)."""
+    import tomllib
 
-    import torch
+    from packaging.requirements import Requirement
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    return next(r for r in reqs if r.name == name), project["requires-python"]
+
+
+def test_cluster_yaml_pins_releases_the_project_allows_and_ci_tests():
+    """The nodes run Ray's image of a Ray release and a Python that pyproject.toml allows, and
+    install the torch release that .ci/run's pinned leg tests (also allowed); the code itself
+    comes with each job (--working-dir). What is installed here plays no part."""
+    import re
+
+    from packaging.specifiers import SpecifierSet
 
     c = _cluster()
-    py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    assert c["docker"]["head_image"] == f"rayproject/ray:{ray.__version__}-{py}"
-    assert c["docker"]["worker_image"] == f"rayproject/ray:{ray.__version__}-{py}-gpu"
-    torch_pin = f'"torch=={torch.__version__.split("+")[0]}"'
-    assert any(torch_pin in cmd for cmd in c["setup_commands"]), c["setup_commands"]
+    image = re.fullmatch(r"rayproject/ray:([0-9.]+)-py3([0-9]+)", c["docker"]["head_image"])
+    assert image, c["docker"]["head_image"]
+    ray_release, python = image.group(1), f"3.{image.group(2)}"
+    assert c["docker"]["worker_image"] == f"{c['docker']['head_image']}-gpu"
+    ray_req, requires_python = _requirement("ray")
+    assert ray_req.specifier.contains(ray_release), (ray_release, str(ray_req))
+    assert SpecifierSet(requires_python).contains(python), (python, requires_python)
+    pins = {m for cmd in c["setup_commands"] for m in re.findall(r'"torch==([0-9.]+)"', cmd)}
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        tested = re.findall(r"^tested_torch=([0-9.]+)$", f.read(), re.M)
+    assert pins == set(tested) and len(pins) == 1, (pins, tested)
+    assert _requirement("torch")[0].specifier.contains(pins.pop())
     assert set(c["file_mounts"]) == {"~/.ray/auth_token"}  # the cluster's token only; jobs ship the code
 
 
