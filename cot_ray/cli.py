@@ -129,6 +129,8 @@ def _run_training(cfg, resume_dir: Optional[str]) -> dict:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set cot.m_steps=2 (repeatable).")
 @click.option("--logdir", help="Parent directory of runs (config run.logdir).")
+@click.option("--name", metavar="NAME", help="The run's directory name under --logdir (config run.name); default "
+              "ALGO-DATA-ARCH-DATE-TIME, e.g. cot-oracle-lstm-20250101-120000.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--seed", type=int, help="Seed of the run (config run.seed).")
 @click.option("--data", "data_arg", metavar="coco|oracle|PATH",
@@ -144,7 +146,7 @@ def _run_training(cfg, resume_dir: Optional[str]) -> dict:
               "instead of the summary and next steps.")
 @_SMOKE_OPTION
 @_runtime_options
-def train(algo, iters, minutes, patience, config_path, overrides, logdir, resume_dir, seed, data_arg, test_data,
+def train(algo, iters, minutes, patience, config_path, overrides, logdir, name, resume_dir, seed, data_arg, test_data,
           nested, nest_depth, as_json, smoke, runtime):
     """Train a generator with CoT (default) or MLE on the oracle, COCO captions or your sentences."""
     from .config import from_dict, nest_keys, smoke_budget
@@ -152,7 +154,7 @@ def train(algo, iters, minutes, patience, config_path, overrides, logdir, resume
 
     if resume_dir:
         changed = [n for n, v in (("--algo", algo), ("--config", config_path), ("--set", overrides),
-                                  ("--logdir", logdir), ("--seed", seed), ("--data", data_arg),
+                                  ("--logdir", logdir), ("--name", name), ("--seed", seed), ("--data", data_arg),
                                   ("--test-data", test_data), ("--nested", nested),
                                   ("--nest-depth", nest_depth is not None), ("--smoke", smoke)) if v]
         if changed:
@@ -166,7 +168,7 @@ def train(algo, iters, minutes, patience, config_path, overrides, logdir, resume
         if nest_depth is not None and not nested:
             raise ConfigError("--nest-depth sets the depth of nested CoT: add --nested")
         flags = {"cot.algo": algo, "run.iters": iters, "run.minutes": minutes, "run.patience": patience,
-                 "run.logdir": logdir or None,
+                 "run.logdir": logdir or None, "run.name": name or None,
                  "run.seed": seed, "nested.enabled": True if nested else None, "nested.depth": nest_depth,
                  **_data_values(data_arg, test_data), **_runtime_values(runtime, resumed=False)}
         if minutes is not None and iters is None:
@@ -200,9 +202,18 @@ def _ending(cfg, summary: dict) -> None:
     click.echo(f"  run directory  {run_dir}\n"
                f"  evaluate       cot-ray eval {run_dir}\n"
                f"  samples        cot-ray sample {run_dir} -n 10\n"
-               f"  curves         tensorboard --logdir {logdir}\n"
+               f"  curves         {tensorboard_command(logdir)}\n"
                + (f"  continue       cot-ray train --resume {run_dir}" if summary["interrupted"] else
                   _train_on(run_dir, it, stopped_by, cfg.run.patience)))
+
+
+def tensorboard_command(logdir: str) -> str:
+    """The command that shows a logdir's curves: TensorBoard, with its install first where this
+    Python lacks it (tensorboardX, which writes the curves, does not bring it)."""
+    import importlib.util
+
+    show = f"tensorboard --logdir {logdir}"
+    return show if importlib.util.find_spec("tensorboard") is not None else f"pip install tensorboard && {show}"
 
 
 def _train_on(run_dir: str, iteration: int, stopped_by: str, stale_evals: int) -> str:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Callable, Optional
 
 from .checkpoint import BEST, CHECKPOINT, CONFIG, CheckpointError, load_checkpoint
@@ -106,13 +108,25 @@ def _holds_run(run_dir: str) -> Optional[str]:
     return None
 
 
+def default_run_name(cfg: Config) -> str:
+    """What a run is, for its default directory name: the algorithm (``nested`` added), the data
+    (oracle, coco, or the training file's name) and the architecture (G's, and M's where it
+    differs), e.g. ``cot-oracle-lstm``, ``mle-coco-transformer``, ``cot-nested-mytext-lstm``."""
+    algo = f"{cfg.cot.algo}-nested" if cfg.nested.enabled else cfg.cot.algo
+    data = cfg.data.source if cfg.data.source != "text" else Path(cfg.data.train_path).stem or "text"
+    archs = [cfg.generator.arch] + ([cfg.mediator.arch] if cfg.cot.algo == "cot" and
+                                    cfg.mediator.arch != cfg.generator.arch else [])
+    name = "-".join([algo, data, *archs])
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
 def new_run(cfg: Config) -> RunLock:
     """Make and hold ``run.logdir/run.name`` for a new run. A name that was given is refused
     in one line when its directory holds a run or is held by a running one (an empty one is
     taken); a default name (ALGO-DATE-TIME) is never shared: a second run in the same second
     gets ``-2``, ``-3``, ..."""
     explicit = bool(cfg.run.name)
-    base = cfg.run.name or f"{cfg.cot.algo}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    base = cfg.run.name or f"{default_run_name(cfg)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     os.makedirs(cfg.run.logdir or ".", exist_ok=True)
     n = 1
     while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -239,6 +240,28 @@ def test_a_run_ends_with_its_summary_and_the_next_commands(cli):
                     f"tensorboard --logdir {os.path.dirname(run_dir)}", f"cot-ray train --resume {run_dir} --iters"):
         assert command in out, command
     assert "{" not in out.splitlines()[-1]  # no JSON unless --json
+
+
+def test_the_curves_hint_installs_tensorboard_where_it_is_missing(monkeypatch):
+    import importlib.util
+
+    from cot_ray.cli import tensorboard_command
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    assert tensorboard_command("runs") == "pip install tensorboard && tensorboard --logdir runs"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert tensorboard_command("runs") == "tensorboard --logdir runs"
+
+
+def test_name_names_the_run_and_default_names_say_algo_data_and_architecture(cli, tmp_path):
+    out = _summary(cli("train", "--iters", "1", "--name", "mine"))
+    assert out["run_dir"] == str(tmp_path / "runs" / "mine")
+    out = _summary(cli("train", "--iters", "1", "--algo", "mle", "--set", "generator.arch=transformer",
+                       "--set", "generator.num_heads=2"))
+    assert re.fullmatch(r"mle-oracle-transformer-\d{8}-\d{6}", os.path.basename(out["run_dir"])), out["run_dir"]
+    res = cli("train", "--resume", out["run_dir"], "--name", "other")
+    assert res.exit_code == 2 and "--name cannot change a resumed run" in res.output
 
 
 def test_resuming_a_finished_run_says_so_without_training(cli, monkeypatch):
