@@ -151,7 +151,10 @@ class RunConfig:
     logdir: str = "runs"  # runs are created as LOGDIR/NAME
     name: str = ""  # run directory name; "" means ALGO-YYYYmmdd-HHMMSS
     checkpoint_every: int = 500  # write a checkpoint every this many iterations (and at the end)
-    log_every: int = 50  # write train/ scalars and a progress line every this many iterations
+    log_every: int = 50  # write train/ and time/ scalars every this many iterations (and at the end)
+    # print a progress line (elapsed, it/s, ETA, latest losses) every this many seconds of wall
+    # clock (and at the end); 0: one every run.log_every iterations
+    progress_s: float = 5.0
     device: str = "cpu"  # torch device of the in-process loop: "cpu", "cuda", "cuda:1", ...
     threads: int = 0  # torch intra-op threads of the run's own process; 0: the CPUs other work leaves free
     threads_host: str = ""  # set by a run that chose run.threads itself: the machine it chose on (resumed elsewhere: again)
@@ -244,6 +247,8 @@ class Config:
             check(_get(c, key) >= 0, key, f"must be >= 0, got {_get(c, key)}")
         check(c.cot.algo == "mle" or c.cot.m_steps >= 1, "cot.m_steps", "must be >= 1 for cot")
         check(c.run.minutes >= 0, "run.minutes", f"must be >= 0, got {c.run.minutes}")
+        check(c.run.progress_s >= 0, "run.progress_s", f"must be >= 0 (0: every run.log_every iterations), "
+              f"got {c.run.progress_s}")
         check(c.run.iters > 0 or c.run.minutes > 0, "run.iters",
               "and run.minutes are both 0, so the run could never stop: give --iters N or --minutes M")
         check(c.run.precision in ("fp32", "bf16"), "run.precision",
@@ -370,12 +375,49 @@ def smoke_budget(cfg: Config) -> Config:
     r.minutes = 0.0
     r.checkpoint_every = min(r.checkpoint_every, SMOKE_EVAL_EVERY)
     r.log_every = 1
+    r.progress_s = 0.0  # a line every iteration
     e.every = SMOKE_EVAL_EVERY
     e.num_samples = min(e.num_samples, SMOKE_SAMPLES)
     e.num_test = min(e.num_test, SMOKE_SAMPLES)
     e.num_train = min(e.num_train, SMOKE_SAMPLES)
     e.bleu_samples = min(e.bleu_samples, SMOKE_SAMPLES // 4)
     return cfg
+
+
+# A run with a time budget under FULL_EVAL_MINUTES (``--minutes 2``) evaluates on fewer samples and
+# sequences, in proportion to its budget (at least a tenth of the full sizes), so that a short run
+# spends seconds, not a minute, evaluating; the sizes a run used are in its config.yaml. Sizes that
+# a config, --set or a flag gives are kept as given.
+FULL_EVAL_MINUTES = 20.0
+BUDGETED_EVAL_KEYS = ("eval.num_samples", "eval.num_test", "eval.num_train", "eval.bleu_samples")
+
+
+def budgeted_eval(full: EvalConfig, minutes: float) -> EvalConfig:
+    """``full``'s evaluation sizes for a run of ``minutes`` of training: the full sizes at
+    :data:`FULL_EVAL_MINUTES` or more (or no time limit), else scaled by minutes / that, at least
+    a tenth, rounded up to a multiple of 64 (2 minutes: 1,024 of 9,984 samples)."""
+    if minutes <= 0 or minutes >= FULL_EVAL_MINUTES:
+        return dataclasses.replace(full)
+    share = max(minutes / FULL_EVAL_MINUTES, 0.1)
+    sized = {key.split(".")[1]: getattr(full, key.split(".")[1]) for key in BUDGETED_EVAL_KEYS}
+    sized = {k: min(v, -(-math.ceil(v * share) // 64) * 64) for k, v in sized.items()}
+    return dataclasses.replace(full, **sized)
+
+
+def budgeted_eval_note(cfg: Config) -> Optional[str]:
+    """What a run's evaluation sizes are, when :func:`budgeted_eval` shrank them to its time
+    budget, and how to get the full ones; None otherwise."""
+    full = EvalConfig()
+    if cfg.eval == full or dataclasses.replace(budgeted_eval(full, cfg.run.minutes), every=cfg.eval.every,
+                                               where=cfg.eval.where, select=cfg.eval.select) != cfg.eval:
+        return None
+    text = cfg.data.source in TEXT_SOURCES
+    sizes = (f"{cfg.eval.bleu_samples:,} BLEU samples" if text else f"{cfg.eval.num_samples:,} samples") + \
+        f", {cfg.eval.num_test:,} test sequences"
+    full_set = (f"eval.bleu_samples={full.bleu_samples}" if text else f"eval.num_samples={full.num_samples}") + \
+        f" --set eval.num_test={full.num_test}"
+    return (f"evaluations sized to the {cfg.run.minutes:g}-minute budget ({sizes}); the full evaluation: "
+            f"--set {full_set}")
 
 
 def check_address(address: str) -> None:
@@ -585,6 +627,11 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     cfg = base if base is not None else default_config(source_of(*layers))
     for layer in layers:
         cfg = from_dict(layer, cfg)
+    given = {key for layer in layers for key in flat_keys(layer)}
+    sized = budgeted_eval(cfg.eval, cfg.run.minutes)
+    for key in BUDGETED_EVAL_KEYS:
+        if key not in given:
+            setattr(cfg.eval, key.split(".")[1], getattr(sized, key.split(".")[1]))
     return cfg.validate()
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 
 from .checkpoint import BEST, CHECKPOINT, CONFIG, save_checkpoint
-from .config import Config, save_config, selection_metric, stop_reason
+from .config import Config, budgeted_eval_note, save_config, selection_metric, stop_reason
 from .data import Dataset, load_dataset, save_run_data
 from .group import LearnerGroup, local_group
 from .machine import configure_process, resolve_threads
@@ -158,24 +158,46 @@ class Stopwatch:
             self._start += time.perf_counter() - t0
 
 
+class _Means:
+    """Per-key means of the stats added since the last :meth:`take`, and the iterations/second
+    on the training clock over that stretch."""
+
+    def __init__(self, iteration: int, seconds: float):
+        self._sums: dict = defaultdict(float)
+        self._counts: dict = defaultdict(int)
+        self._start = (iteration, seconds)
+
+    def add(self, stats: dict) -> None:
+        for k, v in stats.items():
+            self._sums[k] += v
+            self._counts[k] += 1
+
+    def take(self, iteration: int, seconds: float) -> tuple[dict, float]:
+        rate = (iteration - self._start[0]) / max(seconds - self._start[1], 1e-9)
+        means = {k: self._sums[k] / self._counts[k] for k in self._sums}
+        self.__init__(iteration, seconds)
+        return means, rate
+
+
 class StatsWindow:
-    """The training stats of the iterations since the last progress line, and their rate.
+    """The training stats of the iterations since the last log row and since the last progress
+    line (two windows: rows come every ``run.log_every`` iterations, lines every few seconds),
+    and their rates.
 
     Stats arrive as values or futures (``LearnerGroup.get`` resolves them), one list per
     iteration. :meth:`add` keeps at most ``in_flight`` iterations unresolved (the runtime's
     schedule is asynchronous: without a bound the driver would run ahead, and a Ctrl-C would
     have to wait for everything it had queued); :meth:`collect` waits for every submitted
-    iteration, :meth:`flush` returns the per-key means and iterations/second on the training
-    clock and starts a new window. A NaN or Inf among an iteration's stats stops the run
-    (:class:`DivergenceError`, naming the learner and the iteration).
+    iteration; :meth:`flush` returns the per-key means and iterations/second on the training
+    clock of one window and starts it anew. A NaN or Inf among an iteration's stats stops the
+    run (:class:`DivergenceError`, naming the learner and the iteration).
     """
 
     def __init__(self, iteration: int, clock: Stopwatch, in_flight: int = 1):
         self._pending: deque = deque()
         self._in_flight = in_flight
-        self._sums: dict = defaultdict(float)
-        self._counts: dict = defaultdict(int)
-        self._start = (iteration, clock.seconds())
+        now = clock.seconds()
+        self._windows = {"row": _Means(iteration, now), "line": _Means(iteration, now)}
 
     def add(self, w: LearnerGroup, stats: list, iteration: int) -> None:
         """``stats``: the values or futures of ``iteration`` (counted from 1)."""
@@ -197,23 +219,18 @@ class StatsWindow:
             bad = first_nonfinite(s)
             if bad is not None:
                 raise DivergenceError(f"the {_learner_of(bad)}'s {bad} is {s[bad]} at iteration {iteration}")
-            for k, v in s.items():
-                self._sums[k] += v
-                self._counts[k] += 1
+            for window in self._windows.values():
+                window.add(s)
 
     def collect(self, w: LearnerGroup) -> None:
         while self._pending:
             self._resolve(w)
 
-    def flush(self, w: LearnerGroup, iteration: int, clock: Stopwatch) -> tuple[dict, float]:
+    def flush(self, w: LearnerGroup, iteration: int, clock: Stopwatch, window: str = "row") -> tuple[dict, float]:
+        """The means and rate of ``window`` ("row": since the last log row; "line": since the
+        last progress line), which starts anew."""
         self.collect(w)
-        now = clock.seconds()
-        rate = (iteration - self._start[0]) / max(now - self._start[1], 1e-9)
-        means = {k: self._sums[k] / self._counts[k] for k in self._sums}
-        self._sums.clear()
-        self._counts.clear()
-        self._start = (iteration, now)
-        return means, rate
+        return self._windows[window].take(iteration, clock.seconds())
 
 
 class Trainer:
@@ -357,14 +374,18 @@ class Trainer:
         self.echo(f"[cot-ray] {cfg.cot.algo} run in {self.run_dir} from iteration {self.iteration}"
                   + (f" to {cfg.run.iters}" if cfg.run.iters else "")
                   + (f" (at most {cfg.run.minutes:g} min)" if cfg.run.minutes else ""))
-        for note in ([self.data.summary] if self.data.summary else []) + self.data.notes:
+        budget_note = budgeted_eval_note(cfg)
+        for note in ([self.data.summary] if self.data.summary else []) + self.data.notes + \
+                ([budget_note] if budget_note else []):
             self.echo(f"[cot-ray] {note}")
         return log
 
-    def _progress(self, log: RunLog, train: dict, rate: float) -> None:
+    def _log_row(self, log: RunLog, train: dict, rate: float) -> None:
+        log.scalars("train", train, self.iteration)
+        log.scalars("time", {"iters_per_sec": rate, "elapsed_s": self.elapsed}, self.iteration)
+
+    def _progress(self, train: dict, rate: float) -> None:
         it, run = self.iteration, self.cfg.run
-        log.scalars("train", train, it)
-        log.scalars("time", {"iters_per_sec": rate, "elapsed_s": self.elapsed}, it)
         eta = [t for t in ((run.iters - it) / rate if run.iters and rate > 0 else None,
                            run.minutes * 60 - self.elapsed if run.minutes else None) if t is not None]
         where = f"it {it}/{run.iters}" if run.iters else f"it {it}"
@@ -418,6 +439,7 @@ class Trainer:
         window = self._window = StatsWindow(self.iteration, clock)
         flag = self._flag
         saved = -1  # the iteration of this session's last checkpoint
+        shown = time.monotonic()  # when the last progress line was printed (wall clock)
         # decided once per iteration: the final one always evaluates and saves; a signal that came
         # while the run started or recovered from a worker failure stops it before any iteration
         last = self._stop_reason(clock) is not None or flag.stop
@@ -428,10 +450,16 @@ class Trainer:
                 window.add(w, stats, self.iteration)
                 it = self.iteration
                 last = self._stop_reason(clock) is not None or flag.stop
-                if it % cfg.run.log_every == 0 or last:
-                    train, rate = window.flush(w, it, clock)
+                row_due = it % cfg.run.log_every == 0 or last
+                if row_due:
+                    train, rate = window.flush(w, it, clock, "row")
                     self.elapsed = clock.seconds()
-                    self._progress(log, train, rate)
+                    self._log_row(log, train, rate)
+                if last or (time.monotonic() - shown >= cfg.run.progress_s if cfg.run.progress_s > 0 else row_due):
+                    train, rate = window.flush(w, it, clock, "line")
+                    self.elapsed = clock.seconds()
+                    self._progress(train, rate)
+                    shown = time.monotonic()
                 # the final iteration evaluates, unless it ends because of a stop signal
                 evaluated = not flag.stop and (bool(cfg.eval.every and it % cfg.eval.every == 0) or last)
                 if evaluated:

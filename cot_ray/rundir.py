@@ -213,8 +213,8 @@ def run_checkpoint(cfg: Config, path: str) -> dict:
 # rule, how often the run logs, evaluates and checkpoints (evaluation draws from its own seed),
 # where it runs (its placement, threads and device), and where its files are (the run or its
 # corpus moved). Everything else is the run's arithmetic, which the checkpoint carries on.
-MAY_CHANGE = ("run.iters", "run.minutes", "run.patience", "run.log_every", "run.checkpoint_every", "eval.every",
-              "run.threads", "run.threads_host", "run.device", "run.logdir", "run.name", "data.vocab_path",
+MAY_CHANGE = ("run.iters", "run.minutes", "run.patience", "run.log_every", "run.progress_s", "run.checkpoint_every",
+              "eval.every", "run.threads", "run.threads_host", "run.device", "run.logdir", "run.name", "data.vocab_path",
               "data.cache_dir", "data.train_path", "data.test_path", "eval.where", "runtime.")
 FIXED_RUNTIME = ("runtime.schedule", "runtime.staleness")  # the schedule's math: part of the checkpoint's state
 

@@ -19,7 +19,7 @@ TINY = [
     "cot.batch_size=16",
     "data.num_train=256", "data.num_test=64", "data.num_valid=64",
     "eval.num_samples=64", "eval.num_test=64",
-    "run.log_every=1", "run.threads=1",
+    "run.log_every=1", "run.progress_s=0", "run.threads=1",  # a progress line every iteration
     "runtime.gpus_per_worker=0",  # CPU tests stay on the CPU on a machine with GPUs (gpu_check.sh runs them all)
 ]
 

@@ -150,7 +150,8 @@ def test_a_second_ctrl_c_stops_at_once_with_exit_code_130(tmp_path, data_cache, 
     """Iterations of several seconds (large batches of the default models), so that the second
     Ctrl-C comes while the first one waits for the iteration to end."""
     cli = Cli(["train", mode, "--iters", "50", "--logdir", str(tmp_path), "--set", f"data.cache_dir={data_cache}",
-               "--set", "cot.batch_size=1024", "--set", "run.log_every=1", "--set", "run.threads=1"], tmp_path)
+               "--set", "cot.batch_size=1024", "--set", "run.log_every=1", "--set", "run.progress_s=0",
+               "--set", "run.threads=1"], tmp_path)
     code, out = cli.wait({"it 1/": cli.ctrl_c, "Ctrl-C: stopping after this iteration": cli.ctrl_c})
     assert code == 130, out[-3000:]
     assert "Ctrl-C again: stopping at once" in out and "no checkpoint was written yet" in out

@@ -328,3 +328,21 @@ def test_ray_client_sweeps_need_storage_the_cluster_can_name(tmp_path, monkeypat
     with pytest.raises(ConfigError, match=r"'runs/tune' is relative to this machine, but with --address "
                                           r"ray://head:10001 the sweep's driver runs on the cluster"):
         tune.run_sweep(sweep, address="ray://head:10001")
+
+
+# ----------------------------------------------------------------------------- evaluation budget
+
+def test_a_short_time_budget_sizes_the_evaluation_and_given_sizes_are_kept():
+    from cot_ray.config import budgeted_eval_note
+
+    two = load_config(None, values={"run.minutes": 2.0, "run.iters": 0})
+    assert (two.eval.num_samples, two.eval.num_test, two.eval.num_train, two.eval.bleu_samples) == (1024, 1024, 256, 128)
+    assert budgeted_eval_note(two) == ("evaluations sized to the 2-minute budget (1,024 samples, 1,024 test "
+                                       "sequences); the full evaluation: --set eval.num_samples=9984 --set "
+                                       "eval.num_test=9984")
+    ten = load_config(None, ["eval.num_test=512"], values={"run.minutes": 10.0, "run.iters": 0})
+    assert (ten.eval.num_samples, ten.eval.num_test, ten.eval.num_train) == (4992, 512, 1024)
+    for full in (load_config(None, values={"run.minutes": 20.0, "run.iters": 0}), load_config(None, ["run.iters=100"])):
+        assert full.eval.num_samples == full.eval.num_test == 9984 and budgeted_eval_note(full) is None
+    tiny = load_config(None, values={"run.minutes": 0.01, "run.iters": 0})
+    assert tiny.eval.num_samples == 1024 and tiny.eval.num_train == 256  # at least a tenth, a multiple of 64

@@ -84,6 +84,17 @@ def test_run_directory_holds_config_checkpoint_metrics_and_namespaced_scalars(ti
     assert all(t.split("/")[0] in ("train", "eval", "time") for t in tags)
 
 
+@pytest.mark.parametrize("progress_s,lines", [(1e-9, ["1/4", "2/4", "3/4", "4/4"]), (1e6, ["4/4"]), (0, ["2/4", "4/4"])])
+def test_progress_lines_come_by_wall_clock_and_scalar_rows_by_iteration(tiny, progress_s, lines):
+    """A line at least every run.progress_s seconds and at the end (0: with every log row);
+    the train/ and time/ scalars every run.log_every iterations whatever the clock says."""
+    said = []
+    out = run_trainer(tiny("run.iters=4", "run.log_every=2", f"run.progress_s={progress_s}", "eval.every=0",
+                           f"run.name=p{len(lines)}"), echo=said.append)
+    assert [line.split()[2] for line in said if line.startswith("[cot] it ")] == lines
+    assert [step for step, _ in event_scalars(out["run_dir"])["train/g_kl"]] == [2, 4]
+
+
 def test_existing_run_is_never_overwritten(tiny):
     cfg = tiny("run.iters=1", "run.name=taken")
     out = run_trainer(cfg, echo=_quiet)
