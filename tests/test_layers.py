@@ -22,6 +22,8 @@ ORDER = [
     # models and their losses
     "models.sampler", "models.interface", "models.lstm", "models.transformer", "models", "models.losses",
     "models.fused", "models.oracle",
+    # the config reference (docs/config.md): may list the architectures' own configs
+    "config_docs",
     # data and evaluation
     "text", "corpus", "data", "bleu", "metrics",
     # training, in one process
