@@ -31,7 +31,17 @@ COMMAND = "python -m cot_ray.config_docs > docs/config.md"
 
 def field_comments(cls: type) -> dict[str, str]:
     """Field name -> its help text: the comment lines directly above the field (no blank line
-    between) followed by its trailing comment, joined into one paragraph."""
+    between) followed by its trailing comment, joined into one paragraph. Fields inherited from
+    dataclass bases keep their base's text unless the class declares them again."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            out.update(_own_field_comments(klass))
+    return out
+
+
+def _own_field_comments(cls: type) -> dict[str, str]:
+    """:func:`field_comments` of the fields that ``cls``'s own source declares."""
     source = textwrap.dedent(inspect.getsource(cls))
     lines = source.splitlines()
     comments: dict[int, str] = {}  # line number (1-based) -> comment text
@@ -190,6 +200,9 @@ def variant_markdown(label: str, base: Any, other: Any) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    """Print docs/config.md. Configs that the tree does not hold as fields (one per
+    architecture, say, selected by name) are documented by passing ``extra=[(title, cls), ...]``
+    to :func:`reference`."""
     from .config import Config, default_config
 
     print(reference(Config(), variants=[("text (`data.source: coco` or `text`)", default_config("coco"))]),

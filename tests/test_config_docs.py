@@ -82,6 +82,22 @@ def test_comments_above_and_trailing_belong_to_their_field_only():
     }
 
 
+@dataclass
+class _Wider(_Leaf):
+    """A leaf with one more key."""
+
+    plain: int = 4  # declared again, with its own text
+    extra: int = 1  # the subclass's own
+
+
+def test_inherited_fields_keep_their_base_classes_text_unless_declared_again():
+    helps = config_docs.field_comments(_Wider)
+    assert helps["above"] == "above only, on two lines" and helps["plain"] == "declared again, with its own text"
+    assert helps["extra"] == "the subclass's own"
+    assert "| `wide.above` | str | `\"x\"` | above only, on two lines |" in \
+        config_docs.section_markdown("wide.", _Wider, _Wider())
+
+
 def test_the_tree_is_walked_recursively_with_each_instances_defaults_and_extra_sections():
     page = config_docs.reference(_Root(), extra=[("Extra: `_Mid`", _Mid)])
     assert "| `leaf.plain` | int | `7` | trailing only |" in page  # the instance's default, not the class's
