@@ -31,7 +31,7 @@ so ``improving`` is true (the same recipe on the code before the learner refacto
 differ in the last bits: 9.455 / 7.450 at 7,500 and 9.267 / 7.380 at 20,000); the old recipe
 (``--set mediator.emb_dropout=0``) turns after 7,500 (9.573 / 7.458, then 9.825 / 7.593 at
 12,500). Every arm's curve is in docs/long_horizon/ and
-README's "Long horizon" results.
+docs/results.md's "Long horizon".
 """
 
 from __future__ import annotations

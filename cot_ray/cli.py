@@ -307,7 +307,7 @@ _TEMPERATURE_OPTION = click.option(
 @_SMOKE_OPTION
 def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_concurrent, overrides, show_tune,
              smoke):
-    """Sweep training hyperparameters with Ray Tune (ASHA, PBT); see the sweep file format in the README."""
+    """Sweep training hyperparameters with Ray Tune (ASHA, PBT); the sweep file format is in docs/sweeps.md."""
     from .sweep.spec import is_uri, load_sweep
 
     if resume_dir:

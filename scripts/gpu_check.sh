@@ -15,7 +15,7 @@
 #      resumes the run and finishes it; evaluation ran in the generator's process, on its GPU;
 #   2a. determinism: two runs with the same seed on the same GPU(s) must end with the same
 #      numbers: bitwise, or (GPU kernels that add in varying order) within 0.05 nats, reported;
-#   2b. README's GPU commands (its AWS section) with --smoke;
+#   2b. the GPU commands of docs/cluster.md (its AWS section) with --smoke;
 #   3. benchmarks/iteration_cost.py --device cuda, benchmarks/runtime_overhead.py and
 #      benchmarks/arch_cost.py (LSTM and Transformer, float32 and bf16 autocast) on the GPUs.
 #
@@ -118,18 +118,18 @@ EOF
 ) || fail "two runs with the same seed on the same GPU disagree"
 say "determinism: $determinism"
 
-say "2b. README's GPU commands (its AWS section), with --smoke, on this check's Ray"
+say "2b. the GPU commands of docs/cluster.md (its AWS section), with --smoke, on this check's Ray"
 if [ "$NGPU" -ge 2 ]; then  # as written: one GPU per worker
     "$PY" -m cot_ray.cli train --gpus-per-worker 1 --minutes 60 --smoke --logdir "$W/readme" \
-        >"$W/readme_train.log" 2>&1 || { tail -30 "$W/readme_train.log" >&2; fail "README's GPU train command"; }
+        >"$W/readme_train.log" 2>&1 || { tail -30 "$W/readme_train.log" >&2; fail "docs/cluster.md's GPU train command"; }
     "$PY" -m cot_ray.cli tune tune_configs/ratios_dropout.yaml --set runtime.gpus_per_worker=1 --smoke \
-        --storage "$W/readme_tune" >"$W/readme_tune.log" 2>&1 || { tail -30 "$W/readme_tune.log" >&2; fail "README's GPU sweep"; }
+        --storage "$W/readme_tune" >"$W/readme_tune.log" 2>&1 || { tail -30 "$W/readme_tune.log" >&2; fail "docs/cluster.md's GPU sweep"; }
     readme_gpu="as written"
 else  # one GPU: two workers of one GPU each cannot be placed, so they share it
     "$PY" -m cot_ray.cli train --gpus-per-worker 0.5 --minutes 60 --smoke --logdir "$W/readme" \
-        >"$W/readme_train.log" 2>&1 || { tail -30 "$W/readme_train.log" >&2; fail "README's GPU train command (0.5 GPU each)"; }
+        >"$W/readme_train.log" 2>&1 || { tail -30 "$W/readme_train.log" >&2; fail "docs/cluster.md's GPU train command (0.5 GPU each)"; }
     "$PY" -m cot_ray.cli tune tune_configs/ratios_dropout.yaml --set runtime.gpus_per_worker=0.5 --smoke \
-        --storage "$W/readme_tune" >"$W/readme_tune.log" 2>&1 || { tail -30 "$W/readme_tune.log" >&2; fail "README's GPU sweep (0.5 GPU each)"; }
+        --storage "$W/readme_tune" >"$W/readme_tune.log" 2>&1 || { tail -30 "$W/readme_tune.log" >&2; fail "docs/cluster.md's GPU sweep (0.5 GPU each)"; }
     readme_gpu="with 0.5 GPU per worker (one GPU)"
 fi
 unset RAY_ADDRESS

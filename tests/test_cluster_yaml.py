@@ -8,7 +8,7 @@
 * The dashboard, which accepts jobs (code to run), is not exposed without that authentication:
   a --dashboard-host other than loopback needs token mode on every node. This cluster keeps it on
   127.0.0.1 as well (reached through `ray dashboard`'s SSH tunnel, on the port that command
-  forwards), and README tells job clients the cluster's mode.
+  forwards), and docs/cluster.md tells job clients the cluster's mode.
 * Every node type pins its machine image (not Ray's default AMI), and the GPU type's ImageId
   comes with a comment that names the torch release setup_commands installs, its CUDA version
   and an NVIDIA driver minimum that CUDA version accepts.
@@ -29,7 +29,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster.yaml"
-README = ROOT / "README.md"
+CLUSTER_DOC = ROOT / "docs" / "cluster.md"
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 DEFAULT_TOKEN_FILE = "~/.ray/auth_token"  # where Ray looks without $RAY_AUTH_TOKEN(_PATH)
@@ -242,13 +242,13 @@ def test_the_dashboard_stays_on_loopback_behind_ray_dashboards_tunnel(text):
     check_dashboard_on_loopback_behind_ray_dashboard(parse(text))
 
 
-def test_readme_tells_job_clients_the_clusters_auth_mode(text):
+def test_the_docs_tell_job_clients_the_clusters_auth_mode(text):
     head, workers = starts(parse(text))
     modes = {s["env"].get("RAY_AUTH_MODE", "unset") for s in head + workers}
     told = set(re.findall(rf"RAY_ADDRESS=http://127\.0\.0\.1:{DEFAULT_DASHBOARD_PORT}\s+RAY_AUTH_MODE=(\w+)",
-                          README.read_text(encoding="utf-8")))
-    assert told, "README's AWS commands no longer set RAY_AUTH_MODE for `ray job submit`"
-    assert told == modes, f"README tells clients RAY_AUTH_MODE={told}, the cluster's nodes run {modes}"
+                          CLUSTER_DOC.read_text(encoding="utf-8")))
+    assert told, "docs/cluster.md's AWS commands do not set RAY_AUTH_MODE for `ray job submit`"
+    assert told == modes, f"docs/cluster.md tells clients RAY_AUTH_MODE={told}, the cluster's nodes run {modes}"
 
 
 def test_node_images_are_pinned_and_the_gpu_ami_states_its_cuda_and_driver(text):

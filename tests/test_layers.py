@@ -1,13 +1,14 @@
 """The layout: every module imports only modules below it, and the plain-Python ones import
 neither torch nor Ray, so that bad input is checked before anything heavy starts.
 
-``ORDER`` is the architecture of README's table, bottom first: a module may import (at module
+``ORDER`` is the layout of docs/architecture.md's module table, bottom first: a module may import (at module
 level or inside a function) only modules listed before it. A new module must be placed here.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ ORDER = [
     # models and their losses
     "models.sampler", "models.interface", "models.lstm", "models.transformer", "models", "models.losses",
     "models.fused", "models.oracle",
+    # the config reference (docs/config.md): may list the architectures' own configs
+    "config_docs",
     # data and evaluation
     "text", "corpus", "data", "bleu", "metrics",
     # training, in one process
@@ -96,3 +99,19 @@ def test_modules_below_the_runtime_do_not_import_ray():
     code = ("import sys; " + "; ".join(f"import cot_ray.{m}" for m in RAY_FREE)
             + "; sys.exit(1 if 'ray' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_docs_architecture_table_names_every_module_and_only_modules():
+    """docs/architecture.md's module table is the layout a reader sees: it names every module
+    (a package as `name/`, a module as `name.py`) and no file that does not exist."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = "\n".join(line for line in text.splitlines() if line.startswith("| `"))
+    files = {p.name for p in MODULES}
+    for path in MODULES:
+        name = module_name(path)
+        if not name:
+            continue
+        shown = f"`{name.split('.')[-1]}/`" if path.name == "__init__.py" else f"`{path.name}`"
+        assert shown in table, f"docs/architecture.md's module table does not name {name} ({shown}): add it"
+    named = set(re.findall(r"`(\w+\.py)`", table))
+    assert named <= files, f"docs/architecture.md's module table names files that do not exist: {sorted(named - files)}"

@@ -4,6 +4,7 @@ batch order, each against a direct computation, and the long-horizon benchmark's
 from __future__ import annotations
 
 import copy
+import glob
 import importlib.util
 import json
 import math
@@ -280,22 +281,32 @@ def test_equal_budget_sets_the_costlier_arm_against_the_other_at_equal_iteration
     assert gap[0]["m_gap"] == pytest.approx(0.4) and "m_gap" not in gap[1]
 
 
-# ----------------------------------------------------------------------------- README's figures from committed files
+# ----------------------------------------------------------------------------- the docs' figures from committed files
 
-def _readme_block(name: str) -> str:
-    """README's text between ``<!-- name -->`` and ``<!-- /name -->``, without the newlines around it."""
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    return readme.split(f"<!-- {name} -->\n")[1].split(f"<!-- /{name} -->")[0].rstrip("\n")
+def _doc_blocks(name: str) -> list[str]:
+    """The text between ``<!-- name -->`` and ``<!-- /name -->``, without the newlines around it,
+    in README.md and every docs/**/*.md that has it (at least one does)."""
+    pages = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
+                                                                 recursive=True))
+    found = []
+    for page in pages:
+        text = open(page, encoding="utf-8").read()
+        for part in text.split(f"<!-- {name} -->\n")[1:]:
+            assert f"<!-- /{name} -->" in part, f"{page}: <!-- {name} --> is not closed"
+            found.append(part.split(f"<!-- /{name} -->")[0].rstrip("\n"))
+    assert found, f"no page of README.md or docs/ holds the table <!-- {name} -->"
+    return found
 
 
-def test_readme_long_horizon_table_is_the_one_the_committed_curves_give():
+def test_the_long_horizon_table_is_the_one_the_committed_curves_give():
     lh = _long_horizon()
     root = os.path.join(ROOT, "docs", "long_horizon")
     arms = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     table = lh.markdown_table([lh.summarize(a, os.path.join(root, a), lh.arm_overrides(os.path.join(root, a)), 0.0)
                                for a in arms])
-    assert _readme_block("long-horizon-table") == table, "README's long-horizon table is stale: python benchmarks/long_horizon.py " \
-                           "--dir docs/long_horizon --table"
+    for shown in _doc_blocks("long-horizon-table"):
+        assert shown == table, "the long-horizon table is stale: python benchmarks/long_horizon.py " \
+                               "--dir docs/long_horizon --table"
 
 
 def test_the_committed_cot_vs_mle_comparison_is_what_compare_gives_from_the_committed_sweeps():
@@ -313,17 +324,19 @@ def test_the_committed_cot_vs_mle_comparison_is_what_compare_gives_from_the_comm
         os.chdir(cwd)
     assert again["groups"] == committed["groups"] and again["runs"] == committed["runs"]
     assert again["references"] == committed["references"]
-    assert _readme_block("cot-vs-mle-table") == curves_table(committed).rstrip("\n"), "README's CoT-vs-MLE table is stale: docs/cot_vs_mle/compare.md has it"
+    for shown in _doc_blocks("cot-vs-mle-table"):
+        assert shown == curves_table(committed).rstrip("\n"), "the CoT-vs-MLE table is stale: docs/cot_vs_mle/compare.md has it"
 
 
-def test_readme_nested_table_is_the_one_equal_budget_gives_from_the_committed_curves():
+def test_the_nested_table_is_the_one_equal_budget_gives_from_the_committed_curves():
     eb = _long_horizon("equal_budget")
     plain, nested = (os.path.join(ROOT, "docs", *d) for d in (("long_horizon", "default_s0"),
                                                             ("nested_long", "nested_d1")))
     cost = json.load(open(os.path.join(ROOT, "docs", "nested_long", "iteration_cost.json"), encoding="utf-8"))
     ratio = round(cost["nested"]["ms_per_iter"] / cost["mle_mediator"]["ms_per_iter"], 2)
-    assert ratio == 1.99  # the conversion README states is the measured one
+    assert ratio == 1.99  # the conversion docs/results.md states is the measured one
     rows = eb.pair_rows(eb.with_gap(read_metrics(plain)), eb.with_gap(read_metrics(nested)), ratio)
-    assert _readme_block("nested-long-table") == eb.markdown(rows, "default_s0", "nested_d1", ratio), \
-        "README's nested table is stale: python benchmarks/equal_budget.py docs/long_horizon/default_s0 " \
-        "docs/nested_long/nested_d1 --cost-ratio 1.99"
+    for shown in _doc_blocks("nested-long-table"):
+        assert shown == eb.markdown(rows, "default_s0", "nested_d1", ratio), \
+            "the nested table is stale: python benchmarks/equal_budget.py docs/long_horizon/default_s0 " \
+            "docs/nested_long/nested_d1 --cost-ratio 1.99"
