@@ -208,7 +208,7 @@ class NestedConfig:
 def _default_mediator() -> ModelConfig:
     # Dropout on the LSTM's inputs (0.25) as well as its outputs (0.5): with output dropout alone
     # M memorises the 9,984 training sequences and G turns with it after ~7,500 iterations
-    # (README, "Long horizon"; benchmarks/long_horizon.py).
+    # (docs/results.md, "Long horizon"; benchmarks/long_horizon.py).
     return ModelConfig(emb_dim=64, hidden_dim=64, dropout=0.5, emb_dropout=0.25)
 
 

@@ -134,7 +134,7 @@ EOF
 
 # ---------------------------------------------------------------- the cluster
 # Token mode needs a token on the head before it starts (Ray generates none for `ray start`):
-# ~/.ray/auth_token, made here unless one exists, as README tells users to before `ray up`.
+# ~/.ray/auth_token, made here unless one exists, as docs/cluster.md tells users to before `ray up`.
 [ "$RAY_AUTH_MODE" != token ] || ray get-auth-token --generate >/dev/null
 say "ray up"
 ray up -y "$WORK/cluster.yaml" >"$WORK/up.log" 2>&1 || { tail -30 "$WORK/up.log" >&2; exit 1; }
