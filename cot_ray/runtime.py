@@ -61,6 +61,7 @@ from .group import LearnerGroup
 from .learners import GeneratorLearner, LearnerNotBuiltError, MediatorLearner, MixtureLearner
 from .loop import EvalHook, run_trainer
 from .machine import configure_process, cpu_count, resolve_threads
+from .stopping import StopRequest
 from .metrics import Evaluator
 from .placement import create_placement_group, given_bundle, wait_timeout, worker_bundle, worker_threads
 from .rundir import open_run
@@ -506,7 +507,7 @@ def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
 
 def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,
           on_eval: Optional[EvalHook] = None, placement: Optional[PlacementGroup] = None,
-          bundle_offset: int = 0) -> dict:
+          bundle_offset: int = 0, stop: Optional[StopRequest] = None) -> dict:
     """Run (or resume) training as ``cfg.runtime`` says; -> the summary of :func:`cot_ray.loop.run_trainer`.
 
     ``runtime.mode`` "local" runs both learners in this process without Ray (the async
@@ -515,13 +516,15 @@ def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable
     and the thread count are settled before Ray starts (bad input fails in a second, not after
     Ray's start-up, and Ray's own start does not count as other work).
     ``on_eval`` is the Trainer's hook after each evaluation; ``placement``/``bundle_offset``
-    put the workers into an existing placement group (see :class:`ActorRuntime`).
+    put the workers into an existing placement group (see :class:`ActorRuntime`); ``stop``: see
+    :func:`cot_ray.loop.run_trainer`. Like it, this changes neither ``cfg`` nor this process's
+    state (the actors' processes are set up by the runtime, in them).
     """
     if cfg.runtime.mode == "local":
-        return run_trainer(cfg, resume_dir, echo, on_eval=on_eval)
+        return run_trainer(cfg, resume_dir, echo, on_eval=on_eval, stop=stop)
     say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
     data = load_dataset(cfg.data)
-    note = resolve_threads(cfg)
+    cfg, note = resolve_threads(cfg)
     with open_run(cfg, resume_dir) as claim:  # a run directory in use is refused before Ray starts
         if not ray.is_initialized():
             address = cluster_address(cfg.runtime)
@@ -532,7 +535,7 @@ def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable
         rt = ActorRuntime(cfg.runtime, say, placement=placement, bundle_offset=bundle_offset)
         try:
             return run_trainer(cfg, resume_dir, echo, make_learners=rt.make_learners, on_eval=on_eval,
-                               data=data, threads_note=note, claim=claim)
+                               data=data, threads_note=note, claim=claim, stop=stop)
         finally:
             if not (started and local_ray_lost()):  # else there is no Ray left to ask
                 rt.shutdown()
