@@ -139,11 +139,11 @@ class StatsWindow:
         now = clock.seconds()
         self._windows = {"row": _Means(iteration, now), "line": _Means(iteration, now)}
 
-    def add(self, w: LearnerGroup, stats: list, iteration: int) -> None:
+    def add(self, learners: LearnerGroup, stats: list, iteration: int) -> None:
         """``stats``: the values or futures of ``iteration`` (counted from 1)."""
         self._pending.append((iteration, stats))
         while len(self._pending) > self._in_flight:
-            self._resolve(w)
+            self._resolve(learners)
 
     def drop(self) -> list:
         """Forget the unresolved iterations (a failure made them void); -> their futures."""
@@ -151,9 +151,9 @@ class StatsWindow:
         self._pending.clear()
         return out
 
-    def _resolve(self, w: LearnerGroup) -> None:
+    def _resolve(self, learners: LearnerGroup) -> None:
         iteration, stats = self._pending.popleft()
-        for s in w.get(stats):
+        for s in learners.get(stats):
             if s is None:  # a call without stats (a weight sync): waited for, nothing to count
                 continue
             bad = first_nonfinite(s)
@@ -162,14 +162,14 @@ class StatsWindow:
             for window in self._windows.values():
                 window.add(s)
 
-    def collect(self, w: LearnerGroup) -> None:
+    def collect(self, learners: LearnerGroup) -> None:
         while self._pending:
-            self._resolve(w)
+            self._resolve(learners)
 
-    def flush(self, w: LearnerGroup, iteration: int, clock: Stopwatch, window: str = "row") -> tuple[dict, float]:
+    def flush(self, learners: LearnerGroup, iteration: int, clock: Stopwatch, window: str = "row") -> tuple[dict, float]:
         """The means and rate of ``window`` ("row": since the last log row; "line": since the
         last progress line), which starts anew."""
-        self.collect(w)
+        self.collect(learners)
         return self._windows[window].take(iteration, clock.seconds())
 
 
@@ -186,7 +186,7 @@ class Trainer:
                  echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
                  on_eval: Optional[EvalHook] = None, schedule: Optional[Schedule] = None,
                  stop: Optional[StopRequest] = None):
-        self.cfg, self.run_dir, self.data, self.w, self.echo = cfg, run_dir, data, learners, echo
+        self.cfg, self.run_dir, self.data, self.learners, self.echo = cfg, run_dir, data, learners, echo
         self.schedule = schedule if schedule is not None else make_schedule(cfg)
         self.on_eval = on_eval
         self.ckpt_path = os.path.join(run_dir, CHECKPOINT)
@@ -198,7 +198,7 @@ class Trainer:
         self.best: dict = {}  # {"iteration", "metric", "value"} of best.pt
         self.stale_evals = 0  # evaluations since the selection metric last improved (run.patience)
         self._evaluator: Optional[Evaluator] = None
-        self._last: tuple = ({}, True)  # (last checkpoint state, whether it is a fresh start)
+        self._restore_point: tuple = ({}, True)  # (last checkpoint state, whether it is a fresh start)
         self._window: Optional[StatsWindow] = None  # the stats of the iterations in flight
         self.stop = stop if stop is not None else StopRequest()
 
@@ -206,8 +206,8 @@ class Trainer:
     def checkpoint_state(self) -> dict:
         state = {"iteration": self.iteration, "m_updates": self.m_updates, "elapsed": self.elapsed,
                  "last_eval": self.last_eval, "best": self.best, "stale_evals": self.stale_evals,
-                 "config": self.cfg.to_dict(), **self.w.state()}
-        pipeline = self.schedule.state(self.w)
+                 "config": self.cfg.to_dict(), **self.learners.state()}
+        pipeline = self.schedule.state(self.learners)
         if pipeline is not None:
             state["schedule"] = pipeline
         return state
@@ -215,7 +215,7 @@ class Trainer:
     def save(self) -> None:
         state = self._finite_state()
         save_checkpoint(self.ckpt_path, state)
-        self._last = (state, False)
+        self._restore_point = (state, False)
 
     def _finite_state(self) -> dict:
         """The checkpoint state, when all its weights and optimizer moments are finite: a
@@ -229,7 +229,7 @@ class Trainer:
 
     def diverged(self, exc: DivergenceError) -> DivergenceError:
         """``exc`` with what is left on disk and what to do, as one line."""
-        state, unsaved = self._last
+        state, unsaved = self._restore_point
         kept = ("no checkpoint was written yet" if unsaved else
                 f"the last good checkpoint ({CHECKPOINT}) is at iteration {state['iteration']}")
         if self.best:
@@ -238,8 +238,8 @@ class Trainer:
                                "run with a smaller learning rate (g_optim.lr, m_optim.lr) or another seed")
 
     def restore(self, state: dict) -> None:
-        self.w.load_state(state)
-        self.schedule.load_state(self.w, state.get("schedule"))
+        self.learners.load_state(state)
+        self.schedule.load_state(self.learners, state.get("schedule"))
         self.iteration = int(state["iteration"])
         self.m_updates = int(state["m_updates"])
         self.elapsed = float(state["elapsed"])
@@ -265,7 +265,7 @@ class Trainer:
         the last checkpoint (kept in memory; the start of the run before the first one) is
         loaded back, so the run goes on from there and loses at most one checkpoint interval.
         """
-        self._last = (self.checkpoint_state(), fresh)
+        self._restore_point = (self.checkpoint_state(), fresh)
         try:
             while True:
                 try:
@@ -273,14 +273,14 @@ class Trainer:
                 except DivergenceError as exc:
                     raise self.diverged(exc) from None
                 except Exception as exc:  # noqa: BLE001 - re-raised unless the learners call it a failure
-                    if not self.w.is_failure(exc):
+                    if not self.learners.is_failure(exc):
                         raise
-                    state, fresh = self._last
+                    state, fresh = self._restore_point
                     self.echo(f"[cot-ray] worker failure ({type(exc).__name__}): restoring both learners "
                               f"from iteration {state['iteration']}")
                     self._recover(state)
         except KeyboardInterrupt:  # a second stop signal, or Ctrl-C with no handler: say what is left, stop
-            state, unsaved = self._last
+            state, unsaved = self._restore_point
             self.echo("[cot-ray] stopped at once: " + (
                 "no checkpoint was written yet" if unsaved else
                 f"the last checkpoint is at iteration {state['iteration']}; continue with: "
@@ -291,14 +291,14 @@ class Trainer:
         """Make the learners callable again and load ``state``; a failure during the recovery
         (another worker lost) starts it over, until the runtime gives up (no restarts left)."""
         if self._window is not None:
-            self.w.discard(self._window.drop())
+            self.learners.discard(self._window.drop())
         while True:
             try:
-                self.w.recover()
+                self.learners.recover()
                 self.restore(state)
                 return
             except Exception as exc:  # noqa: BLE001 - as in run()
-                if not self.w.is_failure(exc):
+                if not self.learners.is_failure(exc):
                     raise
                 self.echo(f"[cot-ray] another worker failure during the recovery ({type(exc).__name__}): "
                           "recovering again")
@@ -311,7 +311,7 @@ class Trainer:
             # text: vocab.json, eval_data.npz, and the data config that names them
             cfg = self.cfg = replace(cfg, data=save_run_data(self.run_dir, cfg.data, self.data, cfg.eval.num_train))
             save_config(cfg, os.path.join(self.run_dir, CONFIG))
-            self.w.sync_mediator()
+            self.learners.sync_mediator()
         log = RunLog(self.run_dir, self.echo)
         log.truncate_after(self.iteration)
         self.echo(f"[cot-ray] {cfg.cot.algo} run in {self.run_dir} from iteration {self.iteration}"
@@ -347,7 +347,7 @@ class Trainer:
         self.echo(f"[{self.cfg.cot.algo}] evaluating iteration {self.iteration} ({what})...")
         t0 = time.perf_counter()
         with clock.paused():  # evaluation time is not training time
-            metrics = self.w.evaluate(self.evaluator(), eval_seed(self.cfg.run.seed, self.iteration))
+            metrics = self.learners.evaluate(self.evaluator(), eval_seed(self.cfg.run.seed, self.iteration))
         bad = first_nonfinite(metrics)
         if bad is not None:  # neither logged nor a candidate for best.pt
             raise DivergenceError(f"the evaluation's {bad} is {metrics[bad]} at iteration {self.iteration}")
@@ -376,7 +376,7 @@ class Trainer:
                   f"({BEST})")
 
     def _run(self, fresh: bool) -> dict:
-        cfg, w = self.cfg, self.w
+        cfg, learners = self.cfg, self.learners
         log = self._start(fresh)
         clock = Stopwatch(before=self.elapsed)
         window = self._window = StatsWindow(self.iteration, clock)
@@ -388,29 +388,29 @@ class Trainer:
         last = self._stop_reason(clock) is not None or stop.requested
         try:
             while not last:
-                stats, self.m_updates = self.schedule.iteration(w, cfg, self.iteration, self.m_updates)
+                stats, self.m_updates = self.schedule.iteration(learners, cfg, self.iteration, self.m_updates)
                 self.iteration += 1
-                window.add(w, stats, self.iteration)
+                window.add(learners, stats, self.iteration)
                 it = self.iteration
                 last = self._stop_reason(clock) is not None or stop.requested
                 row_due = it % cfg.run.log_every == 0 or last
                 if row_due:
-                    train, rate = window.flush(w, it, clock, "row")
+                    train, rate = window.flush(learners, it, clock, "row")
                     self.elapsed = clock.seconds()
                     self._log_row(log, train, rate)
                 if last or (time.monotonic() - shown >= cfg.run.progress_s if cfg.run.progress_s > 0 else row_due):
-                    train, rate = window.flush(w, it, clock, "line")
+                    train, rate = window.flush(learners, it, clock, "line")
                     self.elapsed = clock.seconds()
                     self._progress(train, rate)
                     shown = time.monotonic()
                 # the final iteration evaluates, unless it ends because of a stop signal
                 evaluated = not stop.requested and (bool(cfg.eval.every and it % cfg.eval.every == 0) or last)
                 if evaluated:
-                    window.collect(w)  # the iteration is complete before its weights are read
+                    window.collect(learners)  # the iteration is complete before its weights are read
                     self._evaluate(log, clock)
                     last = last or self._stop_reason(clock) is not None  # early stopping
                 if it % cfg.run.checkpoint_every == 0 or last or stop.requested or (evaluated and self.on_eval):
-                    window.collect(w)
+                    window.collect(learners)
                     self.elapsed = clock.seconds()
                     self.save()
                     saved = it

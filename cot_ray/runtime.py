@@ -11,7 +11,7 @@ of N in-process iterations on the CPU; the async pipeline is as deterministic.
 
 Nested CoT
     The mediator's inner mediators (``--nested``) live inside the mediator's actor, unless
-    ``runtime.inner_actor`` gives them a third actor (a ``MixtureLearner`` of level 1, with the
+    ``runtime.inner_actor`` gives them a third actor (a ``InnerMediatorLearner`` of level 1, with the
     levels below it in its process) and bundle; the mediator is then built with an
     :class:`InnerHandle` to it, sending its own samples and the mixture batch and receiving the
     inner weights, with the same numbers as in one process.
@@ -58,7 +58,7 @@ from .checkpoint import CheckpointError
 from .config import Config, ConfigError, RuntimeConfig
 from .data import Dataset, load_dataset
 from .group import LearnerGroup
-from .learners import GeneratorLearner, LearnerNotBuiltError, MediatorLearner, MixtureLearner
+from .learners import GeneratorLearner, LearnerNotBuiltError, MediatorLearner, InnerMediatorLearner
 from .loop import EvalHook, run_trainer
 from .machine import configure_process, cpu_count, resolve_threads
 from .stopping import StopRequest
@@ -140,7 +140,7 @@ class InnerHandle:
         ray.get(self.actor.load_state.remote(state))
 
 
-LEARNER_CLASSES = {"generator": GeneratorLearner, "mediator": MediatorLearner, "inner": MixtureLearner}
+LEARNER_CLASSES = {"generator": GeneratorLearner, "mediator": MediatorLearner, "inner": InnerMediatorLearner}
 
 
 def learner_names(cfg: Config) -> list[str]:
