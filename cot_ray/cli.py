@@ -13,7 +13,8 @@ import click
 from .checkpoint import CHECKPOINT, CheckpointError
 from .config import ConfigError, load_config
 from .files import DiskFullError
-from .loop import DivergenceError, signal_name
+from .loop import DivergenceError
+from .stopping import signal_name
 
 INTERRUPTED = 130  # the shell's exit code for a command stopped by Ctrl-C (SIGINT)
 
@@ -109,12 +110,20 @@ def _runtime_values(runtime: dict, resumed: bool) -> dict:
 
 
 def _run_training(cfg, resume_dir: Optional[str]) -> dict:
-    """The in-process loop for ``--local``; else the Ray runtime (imports Ray)."""
+    """The in-process loop for ``--local``; else the Ray runtime (imports Ray). This command owns
+    its process, so it sets it up for training: glibc's malloc keeps freed memory (memory.py),
+    and Ctrl-C, SIGTERM and SIGHUP ask the run to stop after the iteration with a checkpoint (a
+    second one stops at once); the library itself touches neither."""
+    from .memory import retain_freed_memory
+    from .stopping import StopRequest, stop_on_signals
+
     if cfg.runtime.mode == "local":
         from .loop import run_trainer as run_train
     else:
         from .runtime import train as run_train
-    return run_train(cfg, resume_dir=resume_dir)
+    retain_freed_memory()
+    with stop_on_signals(StopRequest(), lambda s: print(s, file=sys.stderr, flush=True)) as stop:
+        return run_train(cfg, resume_dir=resume_dir, stop=stop)
 
 
 @main.command()
@@ -319,7 +328,12 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
     sweep = load_sweep(sweep_path, overrides, num_samples, max_concurrent, storage, name, smoke)  # before Ray
     from .sweep.tune import run_sweep  # imports Ray Tune: only this command needs it
 
-    summary = run_sweep(sweep, address=address, resume_dir=resume_dir, show_tune=show_tune)
+    from .stopping import stop_signals_as_ctrl_c
+
+    with stop_signals_as_ctrl_c([]) as came:  # this command owns its process: SIGTERM, SIGHUP stop as Ctrl-C
+        summary = run_sweep(sweep, address=address, resume_dir=resume_dir, show_tune=show_tune)
+    if summary["interrupted"] and came:
+        summary["signal"] = came[0]
     click.echo(summary["table"])
     best = summary["best"]
     if summary["interrupted"]:
@@ -365,7 +379,7 @@ def eval_cmd(run_dir, as_json, samples, seed, which, temperature):
     if samples is not None and samples < (2 if data.is_text else 1):
         raise click.UsageError(f"--samples must be >= {2 if data.is_text else 1}")
     cfg.run.threads = 0  # this machine's free CPUs now, not the ones the run had
-    note = resolve_threads(cfg)
+    cfg, note = resolve_threads(cfg)
     configure_process(cfg.run.threads)
     g, m = checkpoint_models(cfg, state, data.vocab_size)
     ev = make_evaluator(data, cfg.eval, samples)
@@ -442,8 +456,7 @@ def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, ref
         if not any(os.path.exists(os.path.join(r, f)) for f in kept):
             raise click.UsageError(f"{r} is not a run with a checkpoint or a saved sweep ({SWEEP.format('best')}): "
                                    "give directories that `cot-ray train` made")
-    cfg = load_config(None, [])
-    note = resolve_threads(cfg)
+    cfg, note = resolve_threads(load_config(None, []))
     configure_process(cfg.run.threads)
     click.echo(f"[compare] {len(run_dirs)} run(s) x {len(which)} checkpoint(s) x {len(temps)} temperature(s) "
                f"({', '.join(f'{t:g}' for t in temps)}); {note}", err=True)

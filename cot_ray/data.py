@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Callable, Optional
 
@@ -319,31 +319,31 @@ def _ragged_rows(parts: dict, name: str, max_len: int) -> TokenRows:
     return TokenRows(tokens.astype(np.int32), np.cumsum(lengths) - lengths, lengths, max_len)
 
 
-def save_run_data(run_dir: str, cfg: DataConfig, data: Dataset, num_train: int = 0) -> None:
+def save_run_data(run_dir: str, cfg: DataConfig, data: Dataset, num_train: int = 0) -> DataConfig:
     """Keep what decodes and evaluates a text run: RUN_DIR/vocab.json and RUN_DIR/eval_data.npz
     (the validation sentences and the first ``num_train`` training ones, ragged int32: what
-    ``cot-ray eval`` and ``compare`` need besides the test file), both atomically, and record
-    the vocabulary in ``cfg``.
+    ``cot-ray eval`` and ``compare`` need besides the test file), both atomically; -> ``cfg``
+    with the vocabulary recorded (a new config: ``cfg`` is left as it was).
 
-    ``cfg.vocab_path`` then names the saved vocabulary and ``cfg.max_len`` the resolved length,
-    so the saved config rebuilds exactly this data set; ``cfg.num_valid`` becomes the number of
-    validation sequences it holds.
+    ``vocab_path`` then names the saved vocabulary and ``max_len`` the resolved length, so the
+    saved config rebuilds exactly this data set; ``num_valid`` is the number of validation
+    sequences it holds.
     """
-    cfg.num_valid = 0 if data.valid is None else len(data.valid)
+    cfg = replace(cfg, num_valid=0 if data.valid is None else len(data.valid))
     if data.vocab is None:
-        return
+        return cfg
     path = os.path.abspath(os.path.join(run_dir, VOCAB_FILE))
     data.vocab.save(path)
-    cfg.vocab_path = path
-    cfg.max_len = data.seq_len
+    cfg = replace(cfg, vocab_path=path, max_len=data.seq_len)
     if not isinstance(data.train, TokenRows):
-        return
+        return cfg
     parts = {"num_train": np.int64(len(data.train)), "vocab_size": np.int64(len(data.vocab))}
     head = data.train.take(np.arange(max(0, min(num_train, len(data.train)))))
     for name, rows in (("train", head), ("valid", data.valid_rows if data.valid_rows is not None else head.take([]))):
         parts[f"{name}_tokens"], parts[f"{name}_lengths"] = rows.ragged()
     with atomic_file(os.path.join(run_dir, EVAL_FILE), "wb") as f:
         np.savez(f, **parts)
+    return cfg
 
 
 def run_vocab_path(run_dir: str) -> Optional[str]:

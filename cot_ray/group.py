@@ -2,7 +2,7 @@
 
 A :class:`LearnerGroup` holds the generator learner and the mediator learner (None for MLE) and
 is what the schedules (:mod:`cot_ray.schedule`) and the Trainer (:mod:`cot_ray.loop`) talk to:
-``w.sample(n)``, ``w.m_step(fake, start, size)``, ``w.g_step_cot(...)``... Each method names
+``learners.sample(n)``, ``learners.m_step(fake, start, size)``, ``learners.g_step_cot(...)``... Each method names
 the learner method it runs (``GeneratorLearner.sample``), and every call goes through one
 dispatch point, :meth:`LearnerGroup.call`: here a plain method call whose result is the value;
 in :class:`cot_ray.runtime.ActorGroup` a remote call on an actor whose result is an object ref

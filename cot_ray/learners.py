@@ -283,7 +283,7 @@ class GeneratorLearner(_Learner):
         self.steps = int(state["steps"])
 
 
-class MixtureLearner(_Learner):
+class InnerMediatorLearner(_Learner):
     """A model fitted to a weighted mixture of groups of sequences: by MLE, or by nested CoT.
 
     ``fit(groups)`` takes one step towards ``sum_k w_k * D_k``, where ``groups`` is
@@ -312,7 +312,7 @@ class MixtureLearner(_Learner):
         """Fresh model, optimizer and RNG streams on ``device``.
 
         A nested level needs ``inner``, the learner one level down (an object with ``fit``,
-        ``get_weights``, ``state`` and ``load_state``: a built :class:`MixtureLearner`, or a
+        ``get_weights``, ``state`` and ``load_state``: a built :class:`InnerMediatorLearner`, or a
         handle to one in another process); :func:`build_inner` builds the in-process chain.
         """
         seed, level = self.cfg.run.seed, self.level
@@ -367,12 +367,12 @@ class MixtureLearner(_Learner):
         return _to_floats(stats, level_prefix(self.level))
 
     def _cot_fit(self, groups: list) -> dict:
-        B, n = self.cfg.cot.batch_size, self.cfg.nested
-        own = self.sample((n.m_steps + 1) * B)
+        B, nested = self.cfg.cot.batch_size, self.cfg.nested
+        own = self.sample((nested.m_steps + 1) * B)
         halved = [(x, 0.5 * w) for x, w in groups]
-        inner_stats = [self.inner.fit(halved + [(own[i * B:(i + 1) * B], 0.5)]) for i in range(n.m_steps)]
+        inner_stats = [self.inner.fit(halved + [(own[i * B:(i + 1) * B], 0.5)]) for i in range(nested.m_steps)]
         copy_weights(self.inner_model, self.inner.get_weights())
-        chunks = [own[n.m_steps * B:]] + [self.sample(B) for _ in range(n.g_steps - 1)]
+        chunks = [own[nested.m_steps * B:]] + [self.sample(B) for _ in range(nested.g_steps - 1)]
         own_stats = []
         for x in chunks:
             x, = trim_padding([x.to(self.device)], self.eos_id)
@@ -405,18 +405,18 @@ class MixtureLearner(_Learner):
             self.inner.load_state(state["inner"])
 
 
-class MediatorLearner(MixtureLearner):
+class MediatorLearner(InnerMediatorLearner):
     """M: fitted to the balanced mixture of real sequences and G's samples.
 
     By MLE (``L_M``) by default; with ``nested.enabled`` by an inner CoT game (see
-    :class:`MixtureLearner`) on the same two halves.
+    :class:`InnerMediatorLearner`) on the same two halves.
     """
 
     def __init__(self, cfg: Config, vocab_size: int, seq_len: int, eos_id: Optional[int] = None):
         super().__init__(cfg, vocab_size, seq_len, eos_id, level=0)
 
     def build(self, device: str = "cpu", train: Optional[torch.Tensor] = None, inner=None) -> None:
-        """As :meth:`MixtureLearner.build`, plus the training set ``train`` for the real batches."""
+        """As :meth:`InnerMediatorLearner.build`, plus the training set ``train`` for the real batches."""
         if train is None:
             raise ValueError("the mediator needs the training set: build(device, train)")
         super().build(device, inner)
@@ -443,11 +443,11 @@ class MediatorLearner(MixtureLearner):
 
 
 def build_inner(cfg: Config, vocab_size: int, seq_len: int, eos_id: Optional[int], device: str,
-                level: int = 1) -> Optional[MixtureLearner]:
+                level: int = 1) -> Optional[InnerMediatorLearner]:
     """The built chain of inner mediators from ``level`` down to the innermost, all on ``device``
     in this process; None when the mediator at ``level - 1`` is not nested."""
     if not (cfg.nested.enabled and level - 1 < cfg.nested.depth):
         return None
-    learner = MixtureLearner(cfg, vocab_size, seq_len, eos_id, level)
+    learner = InnerMediatorLearner(cfg, vocab_size, seq_len, eos_id, level)
     learner.build(device, build_inner(cfg, vocab_size, seq_len, eos_id, device, level + 1))
     return learner

@@ -1,22 +1,24 @@
 """The Trainer: the run around the schedule (logging, evaluation, checkpoints, resume,
-recovery from lost workers, stop signals, divergence), and :func:`run_trainer`, which starts
+recovery from lost workers, stop requests, divergence), and :func:`run_trainer`, which starts
 or continues one.
 
 The Trainer talks to the learners through a :class:`cot_ray.group.LearnerGroup` and runs the
 :class:`cot_ray.schedule.Schedule`; it does not know whether the learners live in this process
 or on Ray actors (README, "Determinism"). Run directories and their files are
-:mod:`cot_ray.rundir`'s; the process set-up (threads, malloc) is :mod:`cot_ray.machine`'s.
+:mod:`cot_ray.rundir`'s. The library changes no process state: the process set-up (malloc,
+signal handlers) is the command line's (:mod:`cot_ray.machine`, :mod:`cot_ray.stopping`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
-import signal
 import sys
 import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
@@ -25,11 +27,12 @@ from .checkpoint import BEST, CHECKPOINT, CONFIG, save_checkpoint
 from .config import Config, budgeted_eval_note, save_config, selection_metric, stop_reason
 from .data import Dataset, load_dataset, save_run_data
 from .group import LearnerGroup, local_group
-from .machine import configure_process, resolve_threads
+from .machine import resolve_threads, torch_threads
 from .metric_names import METRIC_KEYS
 from .metrics import Evaluator, eval_seed, make_evaluator
 from .rundir import RunLock, RunLog, check_vocab_size, format_values, open_run, run_checkpoint
 from .schedule import Schedule, make_schedule
+from .stopping import StopRequest
 
 # Called after each evaluation and the checkpoint that follows it:
 # (iteration, metrics, run directory, training seconds so far).
@@ -41,69 +44,6 @@ def clock_text(seconds: float) -> str:
     s = int(round(max(seconds, 0.0)))
     h, m = divmod(s // 60, 60)
     return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
-
-
-# The signals that stop a run as the first Ctrl-C does: SIGTERM is what `ray job stop`,
-# Kubernetes and spot preemption send, SIGHUP what a closed terminal sends.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def signal_name(signum: int) -> str:
-    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-
-
-class Interrupted(KeyboardInterrupt):
-    """A second stop signal: the run stops at once. ``signum``: the signal (the process exits
-    with 128 + it, as a shell reports a process killed by it)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal_name(signum))
-        self.signum = signum
-
-
-def _say(echo: Callable[[str], None], line: str) -> None:
-    """``echo`` from a signal handler: a closed terminal (SIGHUP) must not turn the stop into a crash."""
-    try:
-        echo(line)
-    except (OSError, ValueError):
-        pass
-
-
-class _StopFlag:
-    """The first stop signal (Ctrl-C, SIGTERM, SIGHUP) asks the loop to stop at the end of the
-    iteration (and checkpoint), and says so at once; a second one interrupts at once
-    (:class:`Interrupted`). It is installed for the whole run, recoveries from worker failures
-    included, so that a signal during a recovery stops the run once the learners are back.
-    ``signum``: the first signal that came (None: none)."""
-
-    def __init__(self, echo: Callable[[str], None] = lambda s: None):
-        self.stop = False
-        self.signum: Optional[int] = None
-        self._old: dict = {}
-        self._echo = echo
-
-    def __enter__(self):
-        for sig in STOP_SIGNALS:
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                break
-        return self
-
-    def _handle(self, signum, frame):
-        name = signal_name(signum)
-        if self.stop:
-            _say(self._echo, f"[cot-ray] {name} again: stopping at once, without a checkpoint of this iteration")
-            raise Interrupted(signum)
-        self.stop, self.signum = True, signum
-        _say(self._echo, f"[cot-ray] {name}: stopping after this iteration and writing a checkpoint "
-                         f"({name} again stops at once, without one)")
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old = {}
-        return False
 
 
 class DivergenceError(RuntimeError):
@@ -199,11 +139,11 @@ class StatsWindow:
         now = clock.seconds()
         self._windows = {"row": _Means(iteration, now), "line": _Means(iteration, now)}
 
-    def add(self, w: LearnerGroup, stats: list, iteration: int) -> None:
+    def add(self, learners: LearnerGroup, stats: list, iteration: int) -> None:
         """``stats``: the values or futures of ``iteration`` (counted from 1)."""
         self._pending.append((iteration, stats))
         while len(self._pending) > self._in_flight:
-            self._resolve(w)
+            self._resolve(learners)
 
     def drop(self) -> list:
         """Forget the unresolved iterations (a failure made them void); -> their futures."""
@@ -211,9 +151,9 @@ class StatsWindow:
         self._pending.clear()
         return out
 
-    def _resolve(self, w: LearnerGroup) -> None:
+    def _resolve(self, learners: LearnerGroup) -> None:
         iteration, stats = self._pending.popleft()
-        for s in w.get(stats):
+        for s in learners.get(stats):
             if s is None:  # a call without stats (a weight sync): waited for, nothing to count
                 continue
             bad = first_nonfinite(s)
@@ -222,14 +162,14 @@ class StatsWindow:
             for window in self._windows.values():
                 window.add(s)
 
-    def collect(self, w: LearnerGroup) -> None:
+    def collect(self, learners: LearnerGroup) -> None:
         while self._pending:
-            self._resolve(w)
+            self._resolve(learners)
 
-    def flush(self, w: LearnerGroup, iteration: int, clock: Stopwatch, window: str = "row") -> tuple[dict, float]:
+    def flush(self, learners: LearnerGroup, iteration: int, clock: Stopwatch, window: str = "row") -> tuple[dict, float]:
         """The means and rate of ``window`` ("row": since the last log row; "line": since the
         last progress line), which starts anew."""
-        self.collect(w)
+        self.collect(learners)
         return self._windows[window].take(iteration, clock.seconds())
 
 
@@ -238,12 +178,15 @@ class Trainer:
 
     ``on_eval`` (a Tune trial's reporter) is called after every evaluation, once the checkpoint
     of that iteration is written: with a hook, every evaluation is followed by a checkpoint.
+    ``stop`` (:class:`cot_ray.stopping.StopRequest`) is checked between iterations: once it
+    is requested the run checkpoints and ends (it is the caller's to set, e.g. from signals).
     """
 
     def __init__(self, cfg: Config, run_dir: str, data: Dataset, learners: LearnerGroup,
                  echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-                 on_eval: Optional[EvalHook] = None, schedule: Optional[Schedule] = None):
-        self.cfg, self.run_dir, self.data, self.w, self.echo = cfg, run_dir, data, learners, echo
+                 on_eval: Optional[EvalHook] = None, schedule: Optional[Schedule] = None,
+                 stop: Optional[StopRequest] = None):
+        self.cfg, self.run_dir, self.data, self.learners, self.echo = cfg, run_dir, data, learners, echo
         self.schedule = schedule if schedule is not None else make_schedule(cfg)
         self.on_eval = on_eval
         self.ckpt_path = os.path.join(run_dir, CHECKPOINT)
@@ -255,16 +198,16 @@ class Trainer:
         self.best: dict = {}  # {"iteration", "metric", "value"} of best.pt
         self.stale_evals = 0  # evaluations since the selection metric last improved (run.patience)
         self._evaluator: Optional[Evaluator] = None
-        self._last: tuple = ({}, True)  # (last checkpoint state, whether it is a fresh start)
+        self._restore_point: tuple = ({}, True)  # (last checkpoint state, whether it is a fresh start)
         self._window: Optional[StatsWindow] = None  # the stats of the iterations in flight
-        self._flag = _StopFlag()  # the stop signals; installed by run()
+        self.stop = stop if stop is not None else StopRequest()
 
     # -- state
     def checkpoint_state(self) -> dict:
         state = {"iteration": self.iteration, "m_updates": self.m_updates, "elapsed": self.elapsed,
                  "last_eval": self.last_eval, "best": self.best, "stale_evals": self.stale_evals,
-                 "config": self.cfg.to_dict(), **self.w.state()}
-        pipeline = self.schedule.state(self.w)
+                 "config": self.cfg.to_dict(), **self.learners.state()}
+        pipeline = self.schedule.state(self.learners)
         if pipeline is not None:
             state["schedule"] = pipeline
         return state
@@ -272,7 +215,7 @@ class Trainer:
     def save(self) -> None:
         state = self._finite_state()
         save_checkpoint(self.ckpt_path, state)
-        self._last = (state, False)
+        self._restore_point = (state, False)
 
     def _finite_state(self) -> dict:
         """The checkpoint state, when all its weights and optimizer moments are finite: a
@@ -286,7 +229,7 @@ class Trainer:
 
     def diverged(self, exc: DivergenceError) -> DivergenceError:
         """``exc`` with what is left on disk and what to do, as one line."""
-        state, unsaved = self._last
+        state, unsaved = self._restore_point
         kept = ("no checkpoint was written yet" if unsaved else
                 f"the last good checkpoint ({CHECKPOINT}) is at iteration {state['iteration']}")
         if self.best:
@@ -295,8 +238,8 @@ class Trainer:
                                "run with a smaller learning rate (g_optim.lr, m_optim.lr) or another seed")
 
     def restore(self, state: dict) -> None:
-        self.w.load_state(state)
-        self.schedule.load_state(self.w, state.get("schedule"))
+        self.learners.load_state(state)
+        self.schedule.load_state(self.learners, state.get("schedule"))
         self.iteration = int(state["iteration"])
         self.m_updates = int(state["m_updates"])
         self.elapsed = float(state["elapsed"])
@@ -322,41 +265,40 @@ class Trainer:
         the last checkpoint (kept in memory; the start of the run before the first one) is
         loaded back, so the run goes on from there and loses at most one checkpoint interval.
         """
-        self._last = (self.checkpoint_state(), fresh)
-        with _StopFlag(self.echo) as self._flag:
-            try:
-                while True:
-                    try:
-                        return self._run(fresh)
-                    except DivergenceError as exc:
-                        raise self.diverged(exc) from None
-                    except Exception as exc:  # noqa: BLE001 - re-raised unless the learners call it a failure
-                        if not self.w.is_failure(exc):
-                            raise
-                        state, fresh = self._last
-                        self.echo(f"[cot-ray] worker failure ({type(exc).__name__}): restoring both learners "
-                                  f"from iteration {state['iteration']}")
-                        self._recover(state)
-            except KeyboardInterrupt:  # a second stop signal: say what is left on disk, then stop
-                state, unsaved = self._last
-                self.echo("[cot-ray] stopped at once: " + (
-                    "no checkpoint was written yet" if unsaved else
-                    f"the last checkpoint is at iteration {state['iteration']}; continue with: "
-                    f"cot-ray train --resume {self.run_dir}"))
-                raise
+        self._restore_point = (self.checkpoint_state(), fresh)
+        try:
+            while True:
+                try:
+                    return self._run(fresh)
+                except DivergenceError as exc:
+                    raise self.diverged(exc) from None
+                except Exception as exc:  # noqa: BLE001 - re-raised unless the learners call it a failure
+                    if not self.learners.is_failure(exc):
+                        raise
+                    state, fresh = self._restore_point
+                    self.echo(f"[cot-ray] worker failure ({type(exc).__name__}): restoring both learners "
+                              f"from iteration {state['iteration']}")
+                    self._recover(state)
+        except KeyboardInterrupt:  # a second stop signal, or Ctrl-C with no handler: say what is left, stop
+            state, unsaved = self._restore_point
+            self.echo("[cot-ray] stopped at once: " + (
+                "no checkpoint was written yet" if unsaved else
+                f"the last checkpoint is at iteration {state['iteration']}; continue with: "
+                f"cot-ray train --resume {self.run_dir}"))
+            raise
 
     def _recover(self, state: dict) -> None:
         """Make the learners callable again and load ``state``; a failure during the recovery
         (another worker lost) starts it over, until the runtime gives up (no restarts left)."""
         if self._window is not None:
-            self.w.discard(self._window.drop())
+            self.learners.discard(self._window.drop())
         while True:
             try:
-                self.w.recover()
+                self.learners.recover()
                 self.restore(state)
                 return
             except Exception as exc:  # noqa: BLE001 - as in run()
-                if not self.w.is_failure(exc):
+                if not self.learners.is_failure(exc):
                     raise
                 self.echo(f"[cot-ray] another worker failure during the recovery ({type(exc).__name__}): "
                           "recovering again")
@@ -366,9 +308,10 @@ class Trainer:
         run) and open the log; forget the log rows the checkpoint does not hold."""
         cfg = self.cfg
         if fresh:
-            save_run_data(self.run_dir, cfg.data, self.data, cfg.eval.num_train)  # text: vocab.json, eval_data.npz
+            # text: vocab.json, eval_data.npz, and the data config that names them
+            cfg = self.cfg = replace(cfg, data=save_run_data(self.run_dir, cfg.data, self.data, cfg.eval.num_train))
             save_config(cfg, os.path.join(self.run_dir, CONFIG))
-            self.w.sync_mediator()
+            self.learners.sync_mediator()
         log = RunLog(self.run_dir, self.echo)
         log.truncate_after(self.iteration)
         self.echo(f"[cot-ray] {cfg.cot.algo} run in {self.run_dir} from iteration {self.iteration}"
@@ -404,7 +347,7 @@ class Trainer:
         self.echo(f"[{self.cfg.cot.algo}] evaluating iteration {self.iteration} ({what})...")
         t0 = time.perf_counter()
         with clock.paused():  # evaluation time is not training time
-            metrics = self.w.evaluate(self.evaluator(), eval_seed(self.cfg.run.seed, self.iteration))
+            metrics = self.learners.evaluate(self.evaluator(), eval_seed(self.cfg.run.seed, self.iteration))
         bad = first_nonfinite(metrics)
         if bad is not None:  # neither logged nor a candidate for best.pt
             raise DivergenceError(f"the evaluation's {bad} is {metrics[bad]} at iteration {self.iteration}")
@@ -433,48 +376,48 @@ class Trainer:
                   f"({BEST})")
 
     def _run(self, fresh: bool) -> dict:
-        cfg, w = self.cfg, self.w
+        cfg, learners = self.cfg, self.learners
         log = self._start(fresh)
         clock = Stopwatch(before=self.elapsed)
         window = self._window = StatsWindow(self.iteration, clock)
-        flag = self._flag
+        stop = self.stop
         saved = -1  # the iteration of this session's last checkpoint
         shown = time.monotonic()  # when the last progress line was printed (wall clock)
         # decided once per iteration: the final one always evaluates and saves; a signal that came
         # while the run started or recovered from a worker failure stops it before any iteration
-        last = self._stop_reason(clock) is not None or flag.stop
+        last = self._stop_reason(clock) is not None or stop.requested
         try:
             while not last:
-                stats, self.m_updates = self.schedule.iteration(w, cfg, self.iteration, self.m_updates)
+                stats, self.m_updates = self.schedule.iteration(learners, cfg, self.iteration, self.m_updates)
                 self.iteration += 1
-                window.add(w, stats, self.iteration)
+                window.add(learners, stats, self.iteration)
                 it = self.iteration
-                last = self._stop_reason(clock) is not None or flag.stop
+                last = self._stop_reason(clock) is not None or stop.requested
                 row_due = it % cfg.run.log_every == 0 or last
                 if row_due:
-                    train, rate = window.flush(w, it, clock, "row")
+                    train, rate = window.flush(learners, it, clock, "row")
                     self.elapsed = clock.seconds()
                     self._log_row(log, train, rate)
                 if last or (time.monotonic() - shown >= cfg.run.progress_s if cfg.run.progress_s > 0 else row_due):
-                    train, rate = window.flush(w, it, clock, "line")
+                    train, rate = window.flush(learners, it, clock, "line")
                     self.elapsed = clock.seconds()
                     self._progress(train, rate)
                     shown = time.monotonic()
                 # the final iteration evaluates, unless it ends because of a stop signal
-                evaluated = not flag.stop and (bool(cfg.eval.every and it % cfg.eval.every == 0) or last)
+                evaluated = not stop.requested and (bool(cfg.eval.every and it % cfg.eval.every == 0) or last)
                 if evaluated:
-                    window.collect(w)  # the iteration is complete before its weights are read
+                    window.collect(learners)  # the iteration is complete before its weights are read
                     self._evaluate(log, clock)
                     last = last or self._stop_reason(clock) is not None  # early stopping
-                if it % cfg.run.checkpoint_every == 0 or last or flag.stop or (evaluated and self.on_eval):
-                    window.collect(w)
+                if it % cfg.run.checkpoint_every == 0 or last or stop.requested or (evaluated and self.on_eval):
+                    window.collect(learners)
                     self.elapsed = clock.seconds()
                     self.save()
                     saved = it
                 if evaluated and self.on_eval is not None:
                     self.on_eval(it, dict(self.last_eval), self.run_dir, self.elapsed)
-                last = last or flag.stop
-            if flag.stop:
+                last = last or stop.requested
+            if stop.requested:
                 if saved != self.iteration:
                     self.save()
                 self.echo(f"[cot-ray] interrupted: checkpoint at iteration {self.iteration} written; "
@@ -482,40 +425,51 @@ class Trainer:
         finally:
             log.close()
         return {"run_dir": self.run_dir, "iteration": self.iteration, "elapsed_s": self.elapsed,
-                "metrics": self.last_eval, "interrupted": flag.stop, "signal": flag.signum,
-                "stopped_by": None if flag.stop else self._stop_reason(clock)}
+                "metrics": self.last_eval, "interrupted": stop.requested, "signal": stop.signum,
+                "stopped_by": None if stop.requested else self._stop_reason(clock)}
 
 
 def run_trainer(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,
                 make_learners: Callable[[Config, Dataset], LearnerGroup] = local_group,
                 on_eval: Optional[EvalHook] = None, data: Optional[Dataset] = None,
-                threads_note: Optional[str] = None, claim: Optional[RunLock] = None) -> dict:
+                threads_note: Optional[str] = None, claim: Optional[RunLock] = None,
+                stop: Optional[StopRequest] = None) -> dict:
     """Start (or, with ``resume_dir``, continue) a run with the learners that ``make_learners``
     gives (default: in this process); return its summary. ``on_eval``: see :class:`Trainer`;
     ``data``: the run's data set when the caller has loaded it already; ``threads_note``: what
     :func:`resolve_threads` said when the caller resolved the threads already; ``claim``: the
     run directory when the caller holds it already (:func:`cot_ray.rundir.open_run`; it stays
     the caller's to release). The run holds its directory until it ends; a resumed run with no
-    checkpoint yet starts over from iteration 0."""
+    checkpoint yet starts over from iteration 0.
+
+    It changes no process state and not ``cfg``: torch's thread count is ``run.threads`` while
+    the run trains and what it was before afterwards; no signal handler is installed. ``stop``
+    (:class:`cot_ray.stopping.StopRequest`) asks for a stop after the current iteration, with a
+    checkpoint (``cot-ray train`` sets it from Ctrl-C, SIGTERM and SIGHUP with
+    :func:`cot_ray.stopping.stop_on_signals`); without it, Ctrl-C (in a notebook: interrupt the
+    kernel) raises KeyboardInterrupt as anywhere in Python, after a line saying where the last
+    checkpoint is, from which ``resume_dir`` continues."""
     say = echo or (lambda s: print(s, file=sys.stderr, flush=True))
-    note = threads_note or resolve_threads(cfg)
-    configure_process(cfg.run.threads)
-    data = data if data is not None else load_dataset(cfg.data)  # unusable data leaves no run directory behind
-    own = claim is None
-    claim = claim if claim is not None else open_run(cfg, resume_dir)
-    try:
-        state = None if claim.fresh else run_checkpoint(cfg, os.path.join(claim.run_dir, CHECKPOINT))
-        if resume_dir is not None and state is None:
-            say(f"[cot-ray] {claim.run_dir} has no checkpoint: it stopped before its first one; starting it over "
-                "from iteration 0 with its saved config")
-        if state is not None:
-            check_vocab_size(state["g"]["model"], cfg.generator, data.vocab_size)
-        learners = make_learners(cfg, data)
-        say(f"[cot-ray] {learners.where}; this process: {note}")
-        trainer = Trainer(cfg, claim.run_dir, data, learners, echo=say, on_eval=on_eval)
-        if state is not None:
-            trainer.restore(state)
-        return trainer.run(fresh=state is None)
-    finally:
-        if own:
-            claim.release()
+    cfg = copy.deepcopy(cfg)  # the run's own config: what it resolves and records is not the caller's
+    if threads_note is None:
+        cfg, threads_note = resolve_threads(cfg)
+    with torch_threads(cfg.run.threads):  # the run's float sums depend on it; data sets included
+        data = data if data is not None else load_dataset(cfg.data)  # unusable data leaves no run directory behind
+        own = claim is None
+        claim = claim if claim is not None else open_run(cfg, resume_dir)
+        try:
+            state = None if claim.fresh else run_checkpoint(cfg, os.path.join(claim.run_dir, CHECKPOINT))
+            if resume_dir is not None and state is None:
+                say(f"[cot-ray] {claim.run_dir} has no checkpoint: it stopped before its first one; starting it over "
+                    "from iteration 0 with its saved config")
+            if state is not None:
+                check_vocab_size(state["g"]["model"], cfg.generator, data.vocab_size)
+            learners = make_learners(cfg, data)
+            say(f"[cot-ray] {learners.where}; this process: {threads_note}")
+            trainer = Trainer(cfg, claim.run_dir, data, learners, echo=say, on_eval=on_eval, stop=stop)
+            if state is not None:
+                trainer.restore(state)
+            return trainer.run(fresh=state is None)
+        finally:
+            if own:
+                claim.release()

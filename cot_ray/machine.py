@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import socket
 import time
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 
@@ -173,25 +175,39 @@ def host_name() -> str:
 
 def configure_process(threads: int) -> int:
     """Process-wide settings for training in this process: torch's intra-op threads and glibc's
-    malloc keeping freed memory (memory.py); -> the thread count."""
+    malloc keeping freed memory (memory.py); -> the thread count. For a process that trains
+    and nothing else (the command line, a Ray worker): the library never calls it on a
+    caller's process."""
     torch.set_num_threads(threads)
     retain_freed_memory()
     return threads
 
 
-def resolve_threads(cfg: Config) -> str:
-    """Set ``run.threads`` when it is 0: the CPUs that other work leaves free now (at least one),
-    so that evaluation and the in-process loop do not oversubscribe the cores. The choice and
-    the machine it was made on (``run.threads_host``) are recorded in the run's config: a run
-    resumed on the same machine keeps it (the float sums, and so the bits, depend on it), one
-    resumed on another machine chooses again for that hardware; -> a line saying which."""
+@contextmanager
+def torch_threads(threads: int) -> Iterator[int]:
+    """torch's intra-op thread count is ``threads`` while inside (the run's float sums, and so
+    its bits, depend on it) and what it was before once outside."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def resolve_threads(cfg: Config) -> Tuple[Config, str]:
+    """-> (``cfg`` with ``run.threads`` set when it is 0, a line saying which); ``cfg`` itself
+    is left as it was. The choice: the CPUs that other work leaves free now (at least one), so
+    that evaluation and the in-process loop do not oversubscribe the cores. It and the machine
+    it was made on (``run.threads_host``) are recorded in the run's config: a run resumed on
+    the same machine keeps it (the float sums, and so the bits, depend on it), one resumed on
+    another machine chooses again for that hardware."""
     cpus = cpu_count()
     run, host = cfg.run, host_name()
     if run.threads and run.threads_host in ("", host):
-        return f"{run.threads} torch thread(s) (run.threads), {cpus} CPU(s)"
-    before = (run.threads, run.threads_host)
+        return cfg, f"{run.threads} torch thread(s) (run.threads), {cpus} CPU(s)"
     busy = busy_cpus()
-    run.threads, run.threads_host = pick_threads(cpus, busy), host
-    return (f"{run.threads} torch thread(s): {cpus} CPU(s), {busy:.1f} busy with other work (set run.threads to "
-            "choose)" + (f"; chosen again: the run chose {before[0]} on another machine ({before[1]})"
-                         if before[0] else ""))
+    chosen = replace(cfg, run=replace(run, threads=pick_threads(cpus, busy), threads_host=host))
+    return chosen, (f"{chosen.run.threads} torch thread(s): {cpus} CPU(s), {busy:.1f} busy with other work (set "
+                    "run.threads to choose)" + (f"; chosen again: the run chose {run.threads} on another machine "
+                                                f"({run.threads_host})" if run.threads else ""))

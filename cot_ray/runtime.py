@@ -11,7 +11,7 @@ of N in-process iterations on the CPU; the async pipeline is as deterministic.
 
 Nested CoT
     The mediator's inner mediators (``--nested``) live inside the mediator's actor, unless
-    ``runtime.inner_actor`` gives them a third actor (a ``MixtureLearner`` of level 1, with the
+    ``runtime.inner_actor`` gives them a third actor (a ``InnerMediatorLearner`` of level 1, with the
     levels below it in its process) and bundle; the mediator is then built with an
     :class:`InnerHandle` to it, sending its own samples and the mixture batch and receiving the
     inner weights, with the same numbers as in one process.
@@ -58,9 +58,10 @@ from .checkpoint import CheckpointError
 from .config import Config, ConfigError, RuntimeConfig
 from .data import Dataset, load_dataset
 from .group import LearnerGroup
-from .learners import GeneratorLearner, LearnerNotBuiltError, MediatorLearner, MixtureLearner
+from .learners import GeneratorLearner, LearnerNotBuiltError, MediatorLearner, InnerMediatorLearner
 from .loop import EvalHook, run_trainer
 from .machine import configure_process, cpu_count, resolve_threads
+from .stopping import StopRequest
 from .metrics import Evaluator
 from .placement import create_placement_group, given_bundle, wait_timeout, worker_bundle, worker_threads
 from .rundir import open_run
@@ -139,7 +140,7 @@ class InnerHandle:
         ray.get(self.actor.load_state.remote(state))
 
 
-LEARNER_CLASSES = {"generator": GeneratorLearner, "mediator": MediatorLearner, "inner": MixtureLearner}
+LEARNER_CLASSES = {"generator": GeneratorLearner, "mediator": MediatorLearner, "inner": InnerMediatorLearner}
 
 
 def learner_names(cfg: Config) -> list[str]:
@@ -506,7 +507,7 @@ def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
 
 def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,
           on_eval: Optional[EvalHook] = None, placement: Optional[PlacementGroup] = None,
-          bundle_offset: int = 0) -> dict:
+          bundle_offset: int = 0, stop: Optional[StopRequest] = None) -> dict:
     """Run (or resume) training as ``cfg.runtime`` says; -> the summary of :func:`cot_ray.loop.run_trainer`.
 
     ``runtime.mode`` "local" runs both learners in this process without Ray (the async
@@ -515,13 +516,15 @@ def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable
     and the thread count are settled before Ray starts (bad input fails in a second, not after
     Ray's start-up, and Ray's own start does not count as other work).
     ``on_eval`` is the Trainer's hook after each evaluation; ``placement``/``bundle_offset``
-    put the workers into an existing placement group (see :class:`ActorRuntime`).
+    put the workers into an existing placement group (see :class:`ActorRuntime`); ``stop``: see
+    :func:`cot_ray.loop.run_trainer`. Like it, this changes neither ``cfg`` nor this process's
+    state (the actors' processes are set up by the runtime, in them).
     """
     if cfg.runtime.mode == "local":
-        return run_trainer(cfg, resume_dir, echo, on_eval=on_eval)
+        return run_trainer(cfg, resume_dir, echo, on_eval=on_eval, stop=stop)
     say = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
     data = load_dataset(cfg.data)
-    note = resolve_threads(cfg)
+    cfg, note = resolve_threads(cfg)
     with open_run(cfg, resume_dir) as claim:  # a run directory in use is refused before Ray starts
         if not ray.is_initialized():
             address = cluster_address(cfg.runtime)
@@ -532,7 +535,7 @@ def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable
         rt = ActorRuntime(cfg.runtime, say, placement=placement, bundle_offset=bundle_offset)
         try:
             return run_trainer(cfg, resume_dir, echo, make_learners=rt.make_learners, on_eval=on_eval,
-                               data=data, threads_note=note, claim=claim)
+                               data=data, threads_note=note, claim=claim, stop=stop)
         finally:
             if not (started and local_ray_lost()):  # else there is no Ray left to ask
                 rt.shutdown()

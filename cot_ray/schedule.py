@@ -53,52 +53,52 @@ class Schedule:
         self.weights: deque = deque()  # (M version, weights or their ref), oldest first
         self.g_weights_version = 0  # the M version of G's copy of M (0: the initial sync)
 
-    def iteration(self, w: LearnerGroup, cfg: Config, t: int, m_updates: int) -> tuple[list, int]:
+    def iteration(self, learners: LearnerGroup, cfg: Config, t: int, m_updates: int) -> tuple[list, int]:
         """Submit iteration ``t``; -> (stats or their refs, the new mediator update count)."""
         c = cfg.cot
-        if c.algo == "mle" or w.m is None:
-            return [w.g_step_mle() for _ in range(c.g_steps)], m_updates
+        if c.algo == "mle" or learners.m is None:
+            return [learners.g_step_mle() for _ in range(c.g_steps)], m_updates
         B, S = c.batch_size, c.m_steps
         while len(self.samples) < self.k:  # priming, at a fresh start only
-            self.samples.append((t, w.sample(S * B)))
-        fake = w.sample((S + 1) * B)
+            self.samples.append((t, learners.sample(S * B)))
+        fake = learners.sample((S + 1) * B)
         self.samples.append((t, fake))
         sample_version, m_fake = self.samples.popleft()
         stats = []
         due = [i for i in range(S) if (m_updates + i + 1) % c.sync_every == 0]  # one snapshot: the last due
         for i in range(S):
-            stats.append(w.m_step(m_fake, i * B, B))
+            stats.append(learners.m_step(m_fake, i * B, B))
             if due and i == due[-1]:
-                self.weights.append((t + 1, w.m_weights()))
+                self.weights.append((t + 1, learners.m_weights()))
         m_updates += S
         newest = None
         while self.weights and self.weights[0][0] <= t + 1 - self.k:
             newest = self.weights.popleft()
         if newest is not None:
             self.g_weights_version = newest[0]
-            stats.append(w.g_set_mediator(newest[1]))
-        stats.append(w.g_step_cot(fake, S * B, B))
+            stats.append(learners.g_set_mediator(newest[1]))
+        stats.append(learners.g_step_cot(fake, S * B, B))
         for _ in range(c.g_steps - 1):
-            stats.append(w.g_step_cot(w.sample(B)))
+            stats.append(learners.g_step_cot(learners.sample(B)))
         if self.k:
             stats.append({"staleness_samples": float(t - sample_version),
                           "staleness_weights": float(t + 1 - self.g_weights_version)})
         return stats, m_updates
 
-    def state(self, w: LearnerGroup) -> Optional[dict]:
+    def state(self, learners: LearnerGroup) -> Optional[dict]:
         """The pipeline's in-flight batches and snapshots, fetched (call between iterations);
         None with K = 0, where nothing is ever in flight between iterations."""
         if not self.k:
             return None
-        samples = w.get([x for _, x in self.samples])
-        weights = w.get([x for _, x in self.weights])
+        samples = learners.get([x for _, x in self.samples])
+        weights = learners.get([x for _, x in self.weights])
         return {"staleness": self.k, "g_weights_version": self.g_weights_version,
                 "samples": [[v, x] for (v, _), x in zip(self.samples, samples)],
                 "weights": [[v, x] for (v, _), x in zip(self.weights, weights)]}
 
-    def load_state(self, w: LearnerGroup, state: Optional[dict]) -> None:
+    def load_state(self, learners: LearnerGroup, state: Optional[dict]) -> None:
         """Restore the pipeline of a checkpoint (None or empty: an empty pipeline, fresh start)."""
-        w.discard([x for _, x in self.samples] + [x for _, x in self.weights])  # in-flight work made void
+        learners.discard([x for _, x in self.samples] + [x for _, x in self.weights])  # in-flight work made void
         if not state:
             self.samples.clear()
             self.weights.clear()

@@ -21,7 +21,7 @@ ORDER = [
     # foundation: files, settings, processes
     "files", "memory", "metric_names", "config", "checkpoint", "machine",
     # models and their losses
-    "models.sampler", "models.interface", "models.lstm", "models.transformer", "models", "models.losses",
+    "stopping", "models.sampler", "models.interface", "models.lstm", "models.transformer", "models", "models.losses",
     "models.fused", "models.oracle",
     # the config reference (docs/config.md): may list the architectures' own configs
     "config_docs",
@@ -36,7 +36,7 @@ ORDER = [
     # commands
     "compare", "cli",
 ]
-PLAIN = ["files", "metric_names", "config", "sweep.spec"]  # neither torch nor Ray
+PLAIN = ["files", "metric_names", "config", "stopping", "sweep.spec"]  # neither torch nor Ray
 RAY_FREE = ORDER[:ORDER.index("placement")]
 
 

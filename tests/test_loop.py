@@ -15,6 +15,7 @@ from cot_ray.metric_names import metric_keys
 from cot_ray.metrics import eval_seed, make_evaluator
 from cot_ray.models import model_from_weights
 from cot_ray.rundir import METRICS_FILE, read_metrics, resume_config
+from cot_ray.stopping import StopRequest, stop_on_signals
 from tests.conftest import assert_same_tree, event_scalars
 
 
@@ -55,13 +56,30 @@ def test_ctrl_c_checkpoints_and_resume_completes_exactly(tiny):
         if msg.startswith("[cot] it 2/"):
             os.kill(os.getpid(), signal.SIGINT)  # the handler asks the loop to stop after this iteration
 
-    stopped = run_trainer(cfg, echo=interrupt_at_2)
+    with stop_on_signals(StopRequest()) as stop:  # the process set-up of `cot-ray train`
+        stopped = run_trainer(cfg, echo=interrupt_at_2, stop=stop)
     assert stopped["interrupted"] and stopped["iteration"] in (2, 3)
     run_dir = stopped["run_dir"]
     assert load_checkpoint(os.path.join(run_dir, CHECKPOINT))["iteration"] == stopped["iteration"]
     resumed = run_trainer(resume_config(run_dir), resume_dir=run_dir, echo=_quiet)
     assert resumed["iteration"] == 5
     assert_same_tree(_learner_state(full["run_dir"]), _learner_state(run_dir))
+
+
+def test_ctrl_c_without_a_stop_request_raises_keyboard_interrupt_and_says_where_to_resume(tiny):
+    """A library caller (a notebook) sets up nothing: Ctrl-C is Python's KeyboardInterrupt, after
+    a line naming the last checkpoint."""
+    cfg = tiny("run.iters=5", "run.name=plain", "run.checkpoint_every=1", "run.log_every=1")
+    lines: list = []
+
+    def interrupt_at_2(msg):
+        lines.append(msg)
+        if msg.startswith("[cot] it 2/"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trainer(cfg, echo=interrupt_at_2)
+    assert any(line.startswith("[cot-ray] stopped at once: the last checkpoint is at iteration ") for line in lines)
 
 
 def test_run_directory_holds_config_checkpoint_metrics_and_namespaced_scalars(tiny):

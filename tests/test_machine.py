@@ -112,25 +112,36 @@ def test_a_run_without_run_threads_takes_the_free_cpus_and_records_them(monkeypa
     monkeypatch.setattr(machine, "cpu_count", lambda: 2)
     monkeypatch.setattr(machine, "busy_cpus", lambda: 1.1)
     cfg = load_config(None, [])
-    note = machine.resolve_threads(cfg)
-    assert cfg.run.threads == 1  # saved with the run's config: a resumed run keeps it
+    chosen, note = machine.resolve_threads(cfg)
+    assert chosen.run.threads == 1  # saved with the run's config: a resumed run keeps it
+    assert cfg.run.threads == 0 and cfg.run.threads_host == ""  # a new config: the given one is left as it was
     assert note == "1 torch thread(s): 2 CPU(s), 1.1 busy with other work (set run.threads to choose)"
     given = load_config(None, ["run.threads=3"])
-    assert machine.resolve_threads(given) == "3 torch thread(s) (run.threads), 2 CPU(s)" and given.run.threads == 3
+    kept, note = machine.resolve_threads(given)
+    assert note == "3 torch thread(s) (run.threads), 2 CPU(s)" and kept.run.threads == 3
 
 
 def test_an_automatic_thread_count_is_chosen_again_on_another_machine_only(monkeypatch):
     monkeypatch.setattr(machine, "cpu_count", lambda: 64)
     monkeypatch.setattr(machine, "busy_cpus", lambda: 0.0)
     monkeypatch.setattr(machine, "host_name", lambda: "laptop")
-    cfg = load_config(None, [])
-    machine.resolve_threads(cfg)
+    cfg, _ = machine.resolve_threads(load_config(None, []))
     assert (cfg.run.threads, cfg.run.threads_host) == (64, "laptop")
-    assert machine.resolve_threads(cfg) == "64 torch thread(s) (run.threads), 64 CPU(s)"  # resumed here: kept
+    assert machine.resolve_threads(cfg)[1] == "64 torch thread(s) (run.threads), 64 CPU(s)"  # resumed here: kept
     monkeypatch.setattr(machine, "cpu_count", lambda: 2)
     monkeypatch.setattr(machine, "host_name", lambda: "pod-7")
-    note = machine.resolve_threads(cfg)  # resumed in a 2-CPU pod
-    assert cfg.run.threads == 2 and cfg.run.threads_host == "pod-7"
+    moved, note = machine.resolve_threads(cfg)  # resumed in a 2-CPU pod
+    assert moved.run.threads == 2 and moved.run.threads_host == "pod-7"
     assert note.endswith("; chosen again: the run chose 64 on another machine (laptop)")
     given = load_config(None, ["run.threads=8"])  # a count the user gave is theirs, wherever it runs
-    assert machine.resolve_threads(given).startswith("8 torch thread(s) (run.threads)") and given.run.threads == 8
+    kept, note = machine.resolve_threads(given)
+    assert note.startswith("8 torch thread(s) (run.threads)") and kept.run.threads == 8
+
+
+def test_torch_threads_sets_the_count_inside_and_puts_it_back_after():
+    import torch
+
+    before = torch.get_num_threads()
+    with machine.torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before

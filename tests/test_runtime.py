@@ -24,6 +24,7 @@ from cot_ray import loop, placement, rundir, runtime  # noqa: E402
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint  # noqa: E402
 from cot_ray.cli import main  # noqa: E402
 from cot_ray.data import load_dataset  # noqa: E402
+from cot_ray.stopping import StopRequest, stop_on_signals  # noqa: E402
 from tests.conftest import CPU_ONLY_WORKERS, assert_same_tree, event_scalars  # noqa: E402
 
 # Same thread count in the driver as in each worker, so the in-process reference does the
@@ -254,7 +255,8 @@ def test_ctrl_c_in_actor_mode_checkpoints_and_async_resume_is_exact(tiny):
     common = ("runtime.schedule=async", "runtime.staleness=1", "run.iters=6", "run.checkpoint_every=100", ONE_THREAD)
     full = runtime.train(tiny(*common, "runtime.mode=local", "run.name=full"), echo=_quiet)
     echo, lines = _hook("it 3/", lambda: os.kill(os.getpid(), signal.SIGINT))
-    stopped = runtime.train(tiny(*common, "run.name=stopped"), echo=echo)
+    with stop_on_signals(StopRequest()) as stop:  # as the CLI sets up its process
+        stopped = runtime.train(tiny(*common, "run.name=stopped"), echo=echo, stop=stop)
     assert stopped["interrupted"] and stopped["iteration"] == 3
     assert any("--resume" in line for line in lines)
     assert len(_states(stopped["run_dir"])["schedule"]["samples"]) == 1

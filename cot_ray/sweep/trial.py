@@ -25,6 +25,7 @@ from ..checkpoint import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
 from ..config import Config, save_config, stop_reason
 from ..data import VOCAB_FILE
 from ..files import read_jsonl
+from ..memory import retain_freed_memory
 from ..rundir import METRICS_FILE
 from .spec import Sweep, is_uri
 
@@ -127,6 +128,7 @@ def run_trial(sweep: Sweep, values: dict, exp: str) -> None:
     a file system path (local, or NFS on a cluster); with cloud storage they stay in the
     trial's working directory on its node, and only Tune's checkpoints are uploaded.
     """
+    retain_freed_memory()  # this process is the trial's (a Ray worker): set it up as the CLI sets up its own
     cfg = sweep.trial_config(values)
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()

@@ -236,28 +236,6 @@ def _tune_log(exp: str, name: str) -> str:
     return os.path.join(exp, TUNE_LOG) if not is_uri(exp) else os.path.join(tempfile.gettempdir(), f"{name}-{TUNE_LOG}")
 
 
-@contextlib.contextmanager
-def _stop_signals_as_ctrl_c(came: list):
-    """SIGTERM and SIGHUP stop the sweep as Ctrl-C does (Ray Tune handles SIGINT only: it stops
-    the trials and saves the experiment for ``--resume``); each one is appended to ``came``.
-    Outside the main thread (no signals there) it does nothing."""
-    def forward(signum, frame):
-        came.append(signum)
-        signal.raise_signal(signal.SIGINT)
-
-    old = {}
-    try:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            old[sig] = signal.signal(sig, forward)
-    except ValueError:  # not the main thread
-        pass
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
 def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
               echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
               callbacks: Optional[list] = None, show_tune: bool = False) -> dict:
@@ -265,8 +243,10 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
 
     The summary holds ``experiment`` (its directory), ``rows`` (:class:`TrialRow` s), ``table``,
     ``best`` (the best row or None), ``best_config`` (the path of best_config.yaml, written
-    when every trial has finished), ``interrupted`` (Ctrl-C, SIGTERM or SIGHUP: resume with
-    ``resume_dir``) and ``signal`` (the signal that interrupted it: SIGINT unless another came).
+    when every trial has finished), ``interrupted`` (Ctrl-C: resume with ``resume_dir``) and
+    ``signal`` (SIGINT when interrupted). No signal handler is installed: Ray Tune stops the
+    trials on SIGINT; ``cot-ray tune`` turns SIGTERM and SIGHUP into it
+    (:func:`cot_ray.stopping.stop_signals_as_ctrl_c`) and reports the signal that came.
     ``callbacks`` are Tune callbacks (tests use them). Progress is cot-ray's own lines; Tune's
     status tables go to ``tune.log`` in the experiment directory unless ``show_tune``.
     """
@@ -278,7 +258,6 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
         storage_name = _experiment_dir(sweep, address)
         exp = _join(*storage_name)
     started = False
-    came: list = []  # stop signals other than SIGINT
     try:
         started = connect(address, DRIVER_BUNDLE["CPU"] + _max_workers(sweep) * placement.requested_cpus(
             sweep.base.runtime))
@@ -313,13 +292,11 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
                     failure_config=tune.FailureConfig(max_failures=t.max_failures)))
         log_path = _tune_log(exp, os.path.basename(exp.rstrip("/")))
         if show_tune:
-            with _stop_signals_as_ctrl_c(came):
-                tuner.fit()
+            tuner.fit()
         else:
             echo(f"[cot-ray] Ray Tune's status tables go to {log_path} (--show-tune shows them here)")
             os.makedirs(os.path.dirname(log_path), exist_ok=True)
-            with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
-                    _stop_signals_as_ctrl_c(came):
+            with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log):
                 tuner.fit()
     finally:
         if started:
@@ -333,4 +310,4 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
         _write_yaml(best_config(sweep, best).to_dict(), best_path)
     return {"experiment": exp, "rows": rows, "table": format_table(rows, sweep), "best": best,
             "best_config": best_path, "interrupted": interrupted,
-            "signal": (came[0] if came else signal.SIGINT) if interrupted else None}
+            "signal": signal.SIGINT if interrupted else None}
