@@ -13,7 +13,7 @@ Every learner has one shape, so that the Ray runtime makes actors of the classes
   ``state()``/``load_state()`` (everything that leaves a learner is on the CPU).
 
 Everything random a learner does comes from generators it owns, so a run is reproducible
-whichever process each learner lives in (see README, "Determinism"). Process-wide settings
+whichever process each learner lives in (see docs/runtime.md, "Determinism"). Process-wide settings
 (torch threads, glibc's malloc) belong to the process: the entry points and the runtime set
 them, never a learner.
 """

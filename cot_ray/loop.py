@@ -4,7 +4,7 @@ or continues one.
 
 The Trainer talks to the learners through a :class:`cot_ray.group.LearnerGroup` and runs the
 :class:`cot_ray.schedule.Schedule`; it does not know whether the learners live in this process
-or on Ray actors (README, "Determinism"). Run directories and their files are
+or on Ray actors (docs/runtime.md, "Determinism"). Run directories and their files are
 :mod:`cot_ray.rundir`'s. The library changes no process state: the process set-up (malloc,
 signal handlers) is the command line's (:mod:`cot_ray.machine`, :mod:`cot_ray.stopping`).
 """
