@@ -68,17 +68,8 @@ def stop_on_signals(stop: StopRequest, echo: Callable[[str], None] = lambda s: N
         _say(echo, f"[cot-ray] {name}: stopping after this iteration and writing a checkpoint "
                    f"({name} again stops at once, without one)")
 
-    old: dict = {}
-    for sig in STOP_SIGNALS:
-        try:
-            old[sig] = signal.signal(sig, handle)
-        except ValueError:  # not the main thread: leave signals alone
-            break
-    try:
+    with _handling(STOP_SIGNALS, handle):
         yield stop
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 @contextmanager
@@ -90,14 +81,22 @@ def stop_signals_as_ctrl_c(came: list) -> Iterator[list]:
         came.append(signum)
         signal.raise_signal(signal.SIGINT)
 
+    with _handling((signal.SIGTERM, signal.SIGHUP), forward):
+        yield came
+
+
+@contextmanager
+def _handling(signals: tuple, handler) -> Iterator[None]:
+    """``handler`` for ``signals`` while inside, the handlers before put back on exit; outside
+    the main thread (no signals there) it installs nothing."""
     old: dict = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in signals:
         try:
-            old[sig] = signal.signal(sig, forward)
-        except ValueError:  # not the main thread
+            old[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
             break
     try:
-        yield came
+        yield
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        for sig, before in old.items():
+            signal.signal(sig, before)
