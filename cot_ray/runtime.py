@@ -61,7 +61,7 @@ from .group import LearnerGroup
 from .learners import GeneratorLearner, LearnerNotBuiltError, MediatorLearner, InnerMediatorLearner
 from .loop import EvalHook, run_trainer
 from .machine import configure_process, cpu_count, resolve_threads
-from .stopping import StopRequest
+from .stopping import StopRequest, keeping_handlers
 from .metrics import Evaluator
 from .placement import create_placement_group, given_bundle, wait_timeout, worker_bundle, worker_threads
 from .rundir import open_run
@@ -487,7 +487,7 @@ def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
         cpus = cpu_count()  # this process's CPUs: its affinity mask and its container's CPU quota
         # Ray runs its workers at niceness 15 by default; here the workers are the training
         # itself, so they get the priority that the in-process loop would have.
-        with _loopback_node():
+        with _loopback_node(), keeping_handlers():
             ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False,
                      _system_config={"worker_niceness": 0},
                      num_cpus=max(cpus, int(math.ceil(min_cpus))), log_to_driver=False, logging_level=logging.ERROR,
@@ -495,8 +495,9 @@ def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
         return True
     runtime_env = code_runtime_env()
     try:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING,
-                 configure_logging=True)
+        with keeping_handlers():
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING,
+                     configure_logging=True)
     except ConnectionError as e:
         source = "config key 'runtime.address'" if rcfg.address else "$RAY_ADDRESS"
         raise ConfigError(f"{source} {address!r}: cannot connect to a Ray cluster "

@@ -100,3 +100,21 @@ def _handling(signals: tuple, handler) -> Iterator[None]:
     finally:
         for sig, before in old.items():
             signal.signal(sig, before)
+
+
+@contextmanager
+def keeping_handlers() -> Iterator[None]:
+    """The process's stop-signal handlers as they were before, whatever runs inside installs
+    (``ray.init`` makes SIGTERM exit the driver at once): a library call leaves them to the
+    program that owns the process."""
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            if handler is not None and signal.getsignal(sig) is not handler:
+                try:
+                    signal.signal(sig, handler)
+                except ValueError:  # not the main thread: nothing was installed here either
+                    break
+

@@ -77,8 +77,12 @@ def test_ctrl_c_without_a_stop_request_raises_keyboard_interrupt_and_says_where_
         if msg.startswith("[cot] it 2/"):
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
-        run_trainer(cfg, echo=interrupt_at_2)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a notebook's: Python's own
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_trainer(cfg, echo=interrupt_at_2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert any(line.startswith("[cot-ray] stopped at once: the last checkpoint is at iteration ") for line in lines)
 
 

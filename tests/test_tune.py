@@ -28,6 +28,7 @@ from cot_ray.placement import PlacementError  # noqa: E402
 from cot_ray.rundir import read_metrics  # noqa: E402
 from cot_ray.sweep import spec as sweep_spec  # noqa: E402
 from cot_ray.sweep import trial as sweep_trial  # noqa: E402
+from cot_ray.stopping import stop_signals_as_ctrl_c  # noqa: E402
 from cot_ray.sweep import tune as sweeps  # noqa: E402
 from tests.conftest import CPU_ONLY_WORKERS, TINY  # noqa: E402
 
@@ -201,8 +202,9 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(two_node
     path = _write_sweep(tmp_path, grid, "{scheduler: fifo, max_concurrent: 1, per_trial: {iters: 2}}")
     overrides = _overrides(data_cache) + ["cot.algo=mle"]  # one worker per trial: quicker
     sweep = sweep_spec.load_sweep(path, overrides, storage=str(tmp_path / "tune"), name="resume")
-    first = sweeps.run_sweep(sweep, callbacks=[_InterruptAfterFirstTrial()])
-    assert first["interrupted"] and first["best_config"] is None and first["signal"] == signal.SIGTERM
+    with stop_signals_as_ctrl_c([]) as came:  # what `cot-ray tune` sets up around the sweep
+        first = sweeps.run_sweep(sweep, callbacks=[_InterruptAfterFirstTrial()])
+    assert first["interrupted"] and first["best_config"] is None and came == [signal.SIGTERM]
     exp = first["experiment"]
     statuses = sorted(r.status for r in first["rows"])
     assert statuses == ["done", "unfinished"], statuses
