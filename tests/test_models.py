@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cot_ray.models as models
-from cot_ray.config import ModelConfig
+from cot_ray.model_config import LSTMConfig
 from cot_ray.models import LSTMLM, copy_weights, cpu_weights
 from cot_ray.models.sampler import draw_blocked
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(vocab=4, seed=0, init_std=1.0, hidden=8, emb=4, layers=1, dropout=0.0, start_token=0):
-    m = LSTMLM(vocab, ModelConfig(emb_dim=emb, hidden_dim=hidden, num_layers=layers, dropout=dropout,
+    m = LSTMLM(vocab, LSTMConfig(emb_dim=emb, hidden_dim=hidden, num_layers=layers, dropout=dropout,
                                   init_std=init_std), start_token=start_token)
     m.init_weights(torch.Generator().manual_seed(seed))
     return m.eval()
@@ -193,7 +193,7 @@ def test_dropout_only_in_training_mode_and_reproducible():
     m = make(vocab=5, seed=9, hidden=16, dropout=0.5)
     x = torch.randint(0, 5, (8, 6), generator=torch.Generator().manual_seed(5))
     plain = copy.deepcopy(m)
-    plain.cfg = ModelConfig(emb_dim=4, hidden_dim=16, dropout=0.0, init_std=1.0)
+    plain.cfg = LSTMConfig(emb_dim=4, hidden_dim=16, dropout=0.0, init_std=1.0)
     with torch.no_grad():
         ref = plain(x)
         # eval mode: no dropout, whatever generator is passed
@@ -223,7 +223,7 @@ def test_dropout_only_in_training_mode_and_reproducible():
 # ----------------------------------------------------------------------------- init / weights
 
 def test_init_weights_reproducible_and_normal():
-    cfg = ModelConfig(emb_dim=32, hidden_dim=32, init_std=0.1)
+    cfg = LSTMConfig(emb_dim=32, hidden_dim=32, init_std=0.1)
     a, b, c = (LSTMLM(50, cfg) for _ in range(3))
     a.init_weights(torch.Generator().manual_seed(11))
     b.init_weights(torch.Generator().manual_seed(11))
