@@ -120,8 +120,9 @@ class TransformerConfig(ModelConfig):
         if "emb_dim" not in data:
             return data
         check(data["emb_dim"] == hidden_dim, f"{section}.emb_dim",
-              f"is not a transformer key (its width is {section}.hidden_dim, {hidden_dim}), got "
-              f"{data['emb_dim']!r}: drop it, or set {section}.hidden_dim")
+              f"belongs to arch {arch_having('emb_dim')!r}, and {section}.arch is 'transformer', whose embedding "
+              f"width is {section}.hidden_dim ({hidden_dim}), got {data['emb_dim']!r}: drop it, or set "
+              f"{section}.hidden_dim")
         return {k: v for k, v in data.items() if k != "emb_dim"}
 
 

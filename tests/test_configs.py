@@ -365,8 +365,8 @@ def test_arch_selects_the_model_sections_keys_in_any_key_order():
     with pytest.raises(ConfigError, match=r"^config key 'generator.num_heads' belongs to arch 'transformer', and "
                                           r"generator.arch is 'lstm': set generator.arch=transformer, or drop the key$"):
         load_config(None, ["generator.num_heads=2"])
-    with pytest.raises(ConfigError, match=r"^config key 'generator.emb_dim' is not a transformer key \(its width is "
-                                          r"generator.hidden_dim, 8\), got 16"):
+    with pytest.raises(ConfigError, match=r"^config key 'generator.emb_dim' belongs to arch 'lstm', and generator.arch "
+                                          r"is 'transformer', whose embedding width is generator.hidden_dim \(8\), got 16"):
         load_config(None, ["generator.arch=transformer", "generator.hidden_dim=8", "generator.emb_dim=16"])
     with pytest.raises(ConfigError, match=r"^unknown config key 'mediator.heads' \(valid keys here: arch, "):
         load_config(None, ["mediator.arch=transformer", "mediator.heads=2"])
@@ -387,6 +387,6 @@ def test_a_config_yaml_of_the_flat_model_config_loads_to_the_same_models(tmp_pat
     assert load_config(str(tmp_path / "resolved.yaml")) == cfg
     assert "num_heads" not in yaml.safe_load((tmp_path / "resolved.yaml").read_text())["generator"]
     path.write_text(yaml.safe_dump({"mediator": {"arch": "transformer", **flat, "emb_dim": 8}}))
-    with pytest.raises(ConfigError, match="config key 'mediator.emb_dim' is not a transformer key"):
+    with pytest.raises(ConfigError, match="config key 'mediator.emb_dim' belongs to arch 'lstm'"):
         load_config(str(path))
     assert load_config(os.path.join(ROOT, "docs", "cot_best", "cot_s0", "config.yaml")).generator.arch == "lstm"
