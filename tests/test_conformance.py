@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 
-from cot_ray.checkpoint import load_checkpoint, save_checkpoint
+from cot_ray.checkpoint import G, learner_part, learner_weights, load_checkpoint, save_checkpoint
 from cot_ray.config import ConfigError, load_config
 from cot_ray.learners import GeneratorLearner
 from cot_ray.model_config import ARCH_CONFIGS, arch_fields
@@ -143,10 +143,10 @@ def test_a_learners_weights_come_back_from_a_checkpoint_file_bitwise(arch, tmp_p
     save_checkpoint(path, {"iteration": 1, "m_updates": 0, "elapsed": 0.0, "config": cfg.to_dict(),
                            "g": g.state()})
     state = load_checkpoint(path)
-    assert ARCHITECTURES[arch].vocab_size_of(state["g"]["model"]) == 13
+    assert ARCHITECTURES[arch].vocab_size_of(learner_weights(state, G)) == 13
     h = GeneratorLearner(cfg, 13, 5)
     h.build("cpu", x)
-    h.load_state(state["g"])
+    h.load_state(learner_part(state, G))
     for (name, a), (_, b) in zip(g.model.state_dict().items(), h.model.state_dict().items()):
         assert torch.equal(a, b), name
     assert torch.equal(g.sample(20), h.sample(20))  # the sampling stream came back too
