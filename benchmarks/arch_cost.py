@@ -47,8 +47,10 @@ def sizes(arch: str, scale: int) -> list[str]:
     g = WIDTHS[arch][scale]
     out = []
     for name, w in (("generator", g), ("mediator", 2 * g)):
-        out += [f"{name}.arch={arch}", f"{name}.emb_dim={w}", f"{name}.hidden_dim={w}"]
-        if arch == "transformer":
+        out += [f"{name}.arch={arch}", f"{name}.hidden_dim={w}"]
+        if arch == "lstm":
+            out += [f"{name}.emb_dim={w}"]
+        else:
             out += [f"{name}.num_layers=2", f"{name}.num_heads=4"]
     return out
 

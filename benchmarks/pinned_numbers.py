@@ -38,6 +38,8 @@ CASES = {
     "async": ["runtime.schedule=async", "runtime.staleness=2"],
     "coco": ["data.source=coco", "generator.emb_dim=8", "generator.hidden_dim=8", "mediator.emb_dim=16",
              "mediator.hidden_dim=16", "eval.bleu_samples=16"],
+    "transformer": ["generator.arch=transformer", "generator.num_heads=2", "mediator.arch=transformer",
+                    "mediator.num_heads=2"],
 }
 
 

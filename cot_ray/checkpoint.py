@@ -30,9 +30,27 @@ BEST = "best.pt"  # the checkpoint with the best selection metric so far (eval.s
 CONFIG = "config.yaml"
 
 # The keys of a cot-ray/1 checkpoint: the run's, then each learner's (G's; M's when it has one).
-RUN_KEYS = ("iteration", "m_updates", "elapsed", "config", "g")
-GENERATOR_KEYS = ("model", "optim", "gen", "steps")
-MEDIATOR_KEYS = ("model", "optim", "dropout_gen", "steps", "batches")
+G, M = "g", "m"  # the learners' parts of the state: G's, and M's (None in an MLE run)
+WEIGHTS = "model"  # a learner part's model weights (a state dict)
+RUN_KEYS = ("iteration", "m_updates", "elapsed", "config", G)
+GENERATOR_KEYS = (WEIGHTS, "optim", "gen", "steps")
+MEDIATOR_KEYS = (WEIGHTS, "optim", "dropout_gen", "steps", "batches")
+
+
+def learner_part(state: dict, learner: str) -> Optional[dict]:
+    """The part of a checkpoint's ``state`` that learner :data:`G` or :data:`M` wrote (its model,
+    optimizer and RNG streams); None for a learner the run has not (an MLE run's M). With
+    :func:`learner_weights`, the one way code outside the learners reads a checkpoint's parts."""
+    if learner not in (G, M):
+        raise KeyError(f"a checkpoint has learner parts {G!r} and {M!r}, not {learner!r}")
+    return state.get(learner)
+
+
+def learner_weights(state: dict, learner: str) -> Optional[dict]:
+    """The model weights (a state dict) of learner :data:`G` or :data:`M` in a checkpoint's
+    ``state``; None for a learner the run has not."""
+    part = learner_part(state, learner)
+    return None if part is None else part[WEIGHTS]
 
 # Exactly these types (a numpy.float64 is a float, but unpickles through numpy: not plain data).
 _PLAIN = (str, int, float, bool, type(None))
@@ -113,7 +131,7 @@ def _missing_keys(state: dict) -> list[str]:
     """The dotted keys of the format that ``state`` lacks (a learner's part that is not a mapping
     counts as lacking all of its keys)."""
     missing = [k for k in RUN_KEYS if k not in state]
-    parts = [("g", GENERATOR_KEYS)] + ([("m", MEDIATOR_KEYS)] if state.get("m") is not None else [])
+    parts = [(G, GENERATOR_KEYS)] + ([(M, MEDIATOR_KEYS)] if state.get(M) is not None else [])
     for name, keys in parts:
         part = state.get(name)
         if name in state and not isinstance(part, dict):

@@ -414,11 +414,12 @@ def sample(run_dir, num, ids, seed, which, temperature):
     """Print samples of RUN_DIR's generator, one per line (text: words up to <eos>, no padding)."""
     import torch
 
-    from .rundir import checkpoint_models, load_run
+    from .checkpoint import G, learner_weights
+    from .rundir import build_models, load_run
 
     cfg, state = load_run(run_dir, which)
     data = _load_data(cfg, run_dir, "sample")
-    g, _ = checkpoint_models(cfg, {"g": state["g"]}, data.vocab_size)
+    g = build_models(cfg, data.vocab_size, learner_weights(state, G))[0]
     seqs = g.sample(num, data.seq_len, torch.Generator().manual_seed(seed), temperature=temperature,
                     stop_id=data.eos_id)
     for row in seqs.tolist():

@@ -19,15 +19,9 @@ from typing import Any, Optional
 
 import yaml
 
+from .errors import ConfigError, check
 from .files import atomic_file
-
-
-class ConfigError(ValueError):
-    """A bad configuration: the message is one line naming the key and the fix."""
-
-
-MODEL_INITS = ("normal", "orthogonal")
-MODEL_ARCHS = ("lstm", "transformer")
+from .model_config import LSTMConfig, ModelConfig, model_section
 
 # Rows per chunk of the fused losses (models/fused.py), the default of ``run.chunk_rows``. The
 # chunk size fixes the order of the sums over rows (the weight and bias gradients), so it is part
@@ -37,29 +31,6 @@ MODEL_ARCHS = ("lstm", "transformer")
 # beat 131 by 5-15% and tied with 524 (fewer, larger chunks mean fewer parallel regions, each of
 # which can stall on a descheduled thread when the cores are shared).
 DEFAULT_CHUNK_ROWS = 256
-
-
-@dataclass
-class ModelConfig:
-    """An autoregressive language model (G, M and inner mediators): an LSTM, or a decoder-only
-    causal Transformer (pre-LayerNorm blocks, rotary positions; cot_ray/models/transformer.py)."""
-
-    arch: str = "lstm"  # "lstm" or "transformer"
-    emb_dim: int = 32  # token embedding width (transformer: equal to hidden_dim, its width)
-    hidden_dim: int = 32  # LSTM state width; transformer: the width of its residual stream (d_model)
-    num_layers: int = 1  # stacked LSTM layers, or Transformer blocks
-    # drop probability in the model's own training step only: LSTM on its outputs; transformer on
-    # attention probabilities and on each residual branch (attention and feed-forward outputs)
-    dropout: float = 0.0
-    emb_dropout: float = 0.0  # drop probability on the token embeddings fed to the first layer (own training step only)
-    num_heads: int = 4  # transformer: attention heads (hidden_dim / num_heads even, for the rotary positions)
-    ff_dim: int = 0  # transformer: feed-forward width; 0: 4 x hidden_dim
-    tie_output: bool = True  # transformer: the output layer is the token embedding, without a bias (LSTM: its own)
-    # "normal": every parameter N(0, init_std) (transformer: LayerNorms 1 and 0, biases 0, the
-    # residual branches' output projections scaled by 1/sqrt(2 layers)); "orthogonal" (LSTM only):
-    # the authors' cuDNN mediator, LSTM kernels orthogonal per gate and LSTM biases 0
-    init: str = "normal"
-    init_std: float = 0.1  # standard deviation of the N(0, init_std) parameters
 
 
 @dataclass
@@ -209,7 +180,7 @@ def _default_mediator() -> ModelConfig:
     # Dropout on the LSTM's inputs (0.25) as well as its outputs (0.5): with output dropout alone
     # M memorises the 9,984 training sequences and G turns with it after ~7,500 iterations
     # (docs/results.md, "Long horizon"; benchmarks/long_horizon.py).
-    return ModelConfig(emb_dim=64, hidden_dim=64, dropout=0.5, emb_dropout=0.25)
+    return LSTMConfig(emb_dim=64, hidden_dim=64, dropout=0.5, emb_dropout=0.25)
 
 
 @dataclass
@@ -218,8 +189,10 @@ class Config:
     (text data sources start from wider models: see :func:`default_config`)."""
 
     cot: CoTConfig = field(default_factory=CoTConfig)
-    generator: ModelConfig = field(default_factory=ModelConfig)
-    mediator: ModelConfig = field(default_factory=_default_mediator)
+    # G's model: the keys of the architecture its arch names, here the default's (an LSTM); every
+    # architecture's keys are in the sections "Architecture ..." at the end
+    generator: ModelConfig = field(default_factory=LSTMConfig)
+    mediator: ModelConfig = field(default_factory=_default_mediator)  # M's model (keys: as the generator's)
     g_optim: OptimConfig = field(default_factory=OptimConfig)
     m_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3))
     nested: NestedConfig = field(default_factory=NestedConfig)
@@ -272,23 +245,7 @@ class Config:
         self._validate_text_data()
         self._validate_nested()
         for name in ("generator", "mediator", "inner_mediator"):
-            m: ModelConfig = getattr(c, name)
-            for f in ("emb_dim", "hidden_dim", "num_layers"):
-                check(getattr(m, f) >= 1, f"{name}.{f}", f"must be >= 1, got {getattr(m, f)}")
-            for f in ("dropout", "emb_dropout"):
-                check(0.0 <= getattr(m, f) < 1.0, f"{name}.{f}", f"must be in [0, 1), got {getattr(m, f)}")
-            check(m.init in MODEL_INITS, f"{name}.init", f"must be 'normal' or 'orthogonal', got {m.init!r}")
-            check(m.arch in MODEL_ARCHS, f"{name}.arch", f"must be one of {', '.join(MODEL_ARCHS)}, got {m.arch!r}")
-            if m.arch == "transformer":
-                check(m.emb_dim == m.hidden_dim, f"{name}.emb_dim",
-                      f"must equal {name}.hidden_dim ({m.hidden_dim}) for a transformer (its width), got {m.emb_dim}")
-                check(m.num_heads >= 1 and m.hidden_dim % m.num_heads == 0 and (m.hidden_dim // m.num_heads) % 2 == 0,
-                      f"{name}.num_heads", f"must divide {name}.hidden_dim ({m.hidden_dim}) into heads of an even "
-                      f"width (rotary positions), got {m.num_heads}")
-                check(m.ff_dim >= 0, f"{name}.ff_dim", f"must be >= 0 (0: 4 x hidden_dim), got {m.ff_dim}")
-                check(m.init == "normal", f"{name}.init", "must be 'normal' for a transformer ('orthogonal' is the "
-                      "LSTM's per-gate initialisation)")
-            check(m.init_std > 0, f"{name}.init_std", f"must be > 0, got {m.init_std}")
+            getattr(c, name).validate(name)  # the architecture checks its own keys
         for name in ("g_optim", "m_optim", "inner_optim"):
             o: OptimConfig = getattr(c, name)
             check(o.lr > 0, f"{name}.lr", f"must be > 0, got {o.lr}")
@@ -426,12 +383,6 @@ def check_address(address: str) -> None:
           "runtime.address", f"must be '', 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got {address!r}")
 
 
-def check(ok: bool, key: str, msg: str) -> None:
-    """Raise the one-line ConfigError "config key 'KEY' MSG" unless ``ok``."""
-    if not ok:
-        raise ConfigError(f"config key '{key}' {msg}")
-
-
 def _get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
@@ -477,7 +428,11 @@ def overlay(obj: Any, data: Any, prefix: str) -> None:
         if key not in names:
             raise ConfigError(f"unknown config key '{full}' (valid keys here: {', '.join(names)})")
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and issubclass(tp, ModelConfig) and isinstance(value, dict):
+            model, rest = model_section(getattr(obj, key), value, full)
+            setattr(obj, key, model)
+            overlay(model, rest, full + ".")
+        elif dataclasses.is_dataclass(tp):
             overlay(getattr(obj, key), value, full + ".")
         else:
             setattr(obj, key, _coerce(value, tp, full))
@@ -596,7 +551,7 @@ def default_config(source: str = "oracle") -> Config:
     cfg = Config()
     cfg.data.source = source
     if source in TEXT_SOURCES:
-        cfg.generator = ModelConfig(emb_dim=64, hidden_dim=64)
+        cfg.generator = LSTMConfig(emb_dim=64, hidden_dim=64)
         cfg.mediator = dataclasses.replace(_default_mediator(), emb_dim=128, hidden_dim=128)
     return cfg
 

@@ -32,11 +32,11 @@ COMMAND = "python -m cot_ray.config_docs > docs/config.md"
 def field_comments(cls: type) -> dict[str, str]:
     """Field name -> its help text: the comment lines directly above the field (no blank line
     between) followed by its trailing comment, joined into one paragraph. Fields inherited from
-    dataclass bases keep their base's text unless the class declares them again."""
+    dataclass bases keep their base's text unless the class declares them again with a comment."""
     out: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if dataclasses.is_dataclass(klass):
-            out.update(_own_field_comments(klass))
+            out.update({k: v for k, v in _own_field_comments(klass).items() if v or k not in out})
     return out
 
 
@@ -200,13 +200,15 @@ def variant_markdown(label: str, base: Any, other: Any) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Print docs/config.md. Configs that the tree does not hold as fields (one per
-    architecture, say, selected by name) are documented by passing ``extra=[(title, cls), ...]``
-    to :func:`reference`."""
+    """Print docs/config.md: the config tree (its model sections as their defaults' architecture
+    has them), then the keys of every registered architecture (a model section holds those of the
+    one its ``arch`` names)."""
     from .config import Config, default_config
+    from .model_config import ARCH_CONFIGS
 
-    print(reference(Config(), variants=[("text (`data.source: coco` or `text`)", default_config("coco"))]),
-          end="")
+    archs = [(f"Architecture `{name}`", cls) for name, cls in ARCH_CONFIGS.items()]
+    print(reference(Config(), extra=archs,
+                    variants=[("text (`data.source: coco` or `text`)", default_config("coco"))]), end="")
 
 
 if __name__ == "__main__":

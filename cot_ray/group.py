@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from .checkpoint import G, M, learner_part
 from .config import Config
 from .data import Dataset
 from .learners import GeneratorLearner, MediatorLearner
@@ -84,12 +85,12 @@ class LearnerGroup:
         refs = [self.call(self.g, GeneratorLearner.state),
                 self.call(self.m, MediatorLearner.state) if self.m is not None else None]
         g, m = self.get(refs)
-        return {"g": g, "m": m}
+        return {G: g, M: m}
 
     def load_state(self, state: dict) -> None:
-        refs = [self.call(self.g, GeneratorLearner.load_state, state["g"])]
+        refs = [self.call(self.g, GeneratorLearner.load_state, learner_part(state, G))]
         if self.m is not None:
-            refs.append(self.call(self.m, MediatorLearner.load_state, state["m"]))
+            refs.append(self.call(self.m, MediatorLearner.load_state, learner_part(state, M)))
         self.get(refs)
 
     # -- what a runtime adds

@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import WEIGHTS, CheckpointError
 from .config import Config, ConfigError, ModelConfig, OptimConfig
 from .data import BatchSampler
 from .models import LanguageModel, build_model, copy_weights, cpu_weights, model_from_weights
@@ -265,7 +265,7 @@ class GeneratorLearner(_Learner):
 
     def state(self) -> dict:
         self._need_built()
-        return {"model": cpu_weights(self.model), "optim": _cpu_state(self.optim),
+        return {WEIGHTS: cpu_weights(self.model), "optim": _cpu_state(self.optim),
                 "mediator": cpu_weights(self.mediator) if self.mediator is not None else None,
                 "gen": self.sample_gen.get_state().cpu(), "rng_device": self.device.type,
                 "batches": self.batches.state() if self.batches else None, "steps": self.steps}
@@ -273,7 +273,7 @@ class GeneratorLearner(_Learner):
     def load_state(self, state: dict) -> None:
         self._need_built()
         check_rng_device(state, self.device, "generator")
-        copy_weights(self.model, state["model"])
+        copy_weights(self.model, state[WEIGHTS])
         self.optim.load_state_dict(state["optim"])
         if self.mediator is not None:
             copy_weights(self.mediator, state["mediator"])
@@ -383,7 +383,7 @@ class InnerMediatorLearner(_Learner):
 
     def state(self) -> dict:
         self._need_built()
-        out = {"model": cpu_weights(self.model), "optim": _cpu_state(self.optim),
+        out = {WEIGHTS: cpu_weights(self.model), "optim": _cpu_state(self.optim),
                "dropout_gen": self.dropout_gen.get_state().cpu(), "rng_device": self.device.type, "steps": self.steps}
         if self.nested:
             out["gen"] = self.sample_gen.get_state().cpu()
@@ -393,7 +393,7 @@ class InnerMediatorLearner(_Learner):
     def load_state(self, state: dict) -> None:
         self._need_built()
         check_rng_device(state, self.device, "mediator" if self.level == 0 else f"inner mediator (level {self.level})")
-        copy_weights(self.model, state["model"])
+        copy_weights(self.model, state[WEIGHTS])
         self.optim.load_state_dict(state["optim"])
         self.dropout_gen.set_state(state["dropout_gen"])
         self.steps = int(state["steps"])

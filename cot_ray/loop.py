@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .checkpoint import BEST, CHECKPOINT, CONFIG, save_checkpoint
+from .checkpoint import BEST, CHECKPOINT, CONFIG, G, M, learner_part, learner_weights, save_checkpoint
 from .config import Config, budgeted_eval_note, save_config, selection_metric, stop_reason
 from .data import Dataset, load_dataset, save_run_data
 from .group import LearnerGroup, local_group
@@ -221,9 +221,9 @@ class Trainer:
         """The checkpoint state, when all its weights and optimizer moments are finite: a
         diverged state never overwrites a checkpoint (:class:`DivergenceError` instead)."""
         state = self.checkpoint_state()
-        bad = nonfinite_tensor({k: state[k] for k in ("g", "m") if state.get(k) is not None})
+        bad = nonfinite_tensor({k: learner_part(state, k) for k in (G, M) if learner_part(state, k) is not None})
         if bad is not None:
-            raise DivergenceError(f"the {'generator' if bad.startswith('g.') else 'mediator'}'s {bad} holds NaN or "
+            raise DivergenceError(f"the {'generator' if bad.startswith(G + '.') else 'mediator'}'s {bad} holds NaN or "
                                   f"Inf at iteration {self.iteration}")
         return state
 
@@ -463,7 +463,7 @@ def run_trainer(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Ca
                 say(f"[cot-ray] {claim.run_dir} has no checkpoint: it stopped before its first one; starting it over "
                     "from iteration 0 with its saved config")
             if state is not None:
-                check_vocab_size(state["g"]["model"], cfg.generator, data.vocab_size)
+                check_vocab_size(learner_weights(state, G), cfg.generator, data.vocab_size)
             learners = make_learners(cfg, data)
             say(f"[cot-ray] {learners.where}; this process: {threads_note}")
             trainer = Trainer(cfg, claim.run_dir, data, learners, echo=say, on_eval=on_eval, stop=stop)

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
 
-from .checkpoint import BEST, CHECKPOINT, CONFIG, CheckpointError, load_checkpoint
+from .checkpoint import BEST, CHECKPOINT, CONFIG, G, M, CheckpointError, learner_weights, load_checkpoint
 from .config import Config, ConfigError, flat_keys, from_dict, read_yaml
 from .data import EVAL_FILE, VOCAB_FILE, run_vocab_path
 from .files import DiskFullError, atomic_file, is_disk_full, read_jsonl
@@ -264,8 +264,7 @@ def build_models(cfg: Config, vocab_size: int, g_weights: dict, m_weights: Optio
 def checkpoint_models(cfg: Config, state: dict, vocab_size: int,
                       device: str = "cpu") -> tuple[LanguageModel, Optional[LanguageModel]]:
     """G and M (None for MLE) of a checkpoint's state."""
-    return build_models(cfg, vocab_size, state["g"]["model"], state["m"]["model"] if state.get("m") else None,
-                        device)
+    return build_models(cfg, vocab_size, learner_weights(state, G), learner_weights(state, M), device)
 
 
 def read_metrics(run_dir: str) -> list[dict]:

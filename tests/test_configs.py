@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 pytest.importorskip("ray.tune")
-import ray  # noqa: E402
 
 from cot_ray.config import ConfigError, load_config, save_config  # noqa: E402
+from cot_ray.model_config import LSTMConfig, TransformerConfig  # noqa: E402
 from cot_ray.sweep import spec as sweeps  # noqa: E402
 from cot_ray.sweep import trial as sweep_trial  # noqa: E402
 from cot_ray.sweep import tune  # noqa: E402
@@ -85,9 +85,13 @@ def test_the_architecture_and_its_sizes_are_searchable_and_validated(tmp_path):
     cfg = sweep.trial_config({"generator.arch": "transformer", "mediator.arch": "lstm", "mediator.num_layers": 3,
                               "mediator.num_heads": 2})
     assert (cfg.generator.arch, cfg.mediator.arch, cfg.mediator.num_layers) == ("transformer", "lstm", 3)
-    with pytest.raises(ConfigError, match=r"search key 'mediator.num_heads'.*must divide mediator.hidden_dim"):
-        sweeps.load_sweep(_write(tmp_path, "base: {mediator: {arch: transformer}}\n"
-                                           "search: {mediator.num_heads: {choice: [4, 5]}}\ntune: {scheduler: fifo}\n"))
+    assert isinstance(cfg.mediator, LSTMConfig)  # the LSTM trial leaves out the transformer's num_heads
+    cfg = sweep.trial_config({"generator.arch": "lstm", "mediator.arch": "transformer", "mediator.num_heads": 2})
+    assert (cfg.mediator.num_heads, cfg.mediator.hidden_dim) == (2, 64)
+    for base in ("base: {mediator: {arch: transformer}}\n", ""):  # an LSTM base: checked on a transformer
+        with pytest.raises(ConfigError, match=r"search key 'mediator.num_heads'.*must divide mediator.hidden_dim"):
+            sweeps.load_sweep(_write(tmp_path, base + "search: {mediator.num_heads: {choice: [4, 5]}}\n"
+                                                      "tune: {scheduler: fifo}\n"))
     with pytest.raises(ConfigError, match=r"search key 'generator.arch'.*must be one of lstm, transformer"):
         sweeps.load_sweep(_write(tmp_path, "search: {generator.arch: {choice: [lstm, gpt]}}\ntune: {scheduler: fifo}\n"))
 
@@ -346,3 +350,42 @@ def test_a_short_time_budget_sizes_the_evaluation_and_given_sizes_are_kept():
         assert full.eval.num_samples == full.eval.num_test == 9984 and budgeted_eval_note(full) is None
     tiny = load_config(None, values={"run.minutes": 0.01, "run.iters": 0})
     assert tiny.eval.num_samples == 1024 and tiny.eval.num_train == 256  # at least a tenth, a multiple of 64
+
+
+def test_arch_selects_the_model_sections_keys_in_any_key_order():
+    """``arch`` applies first in one mapping: the keys both architectures have keep their values,
+    the others take the new architecture's defaults; a key of the other one names it."""
+    for order in (["mediator.arch=transformer", "mediator.num_heads=8"], ["mediator.num_heads=8", "mediator.arch=transformer"]):
+        m = load_config(None, order).mediator
+        assert m == TransformerConfig(hidden_dim=64, dropout=0.5, emb_dropout=0.25, num_heads=8)
+    there = load_config(None, ["mediator.arch=transformer", "mediator.ff_dim=48"])
+    back = load_config(None, ["mediator.arch=lstm"], base=there).mediator
+    assert back == LSTMConfig(emb_dim=32, hidden_dim=64, dropout=0.5, emb_dropout=0.25)  # emb_dim: the default
+    with pytest.raises(ConfigError, match=r"^config key 'generator.num_heads' belongs to arch 'transformer', and "
+                                          r"generator.arch is 'lstm': set generator.arch=transformer, or drop the key$"):
+        load_config(None, ["generator.num_heads=2"])
+    with pytest.raises(ConfigError, match=r"^config key 'generator.emb_dim' belongs to arch 'lstm', and generator.arch "
+                                          r"is 'transformer', whose embedding width is generator.hidden_dim \(8\), got 16"):
+        load_config(None, ["generator.arch=transformer", "generator.hidden_dim=8", "generator.emb_dim=16"])
+    with pytest.raises(ConfigError, match=r"^unknown config key 'mediator.heads' \(valid keys here: arch, "):
+        load_config(None, ["mediator.arch=transformer", "mediator.heads=2"])
+
+
+def test_a_config_yaml_of_the_flat_model_config_loads_to_the_same_models(tmp_path):
+    """config.yaml files of earlier versions hold every key of the one flat model config in every
+    model section: an LSTM's transformer keys (which it ignored) are dropped, and a transformer's
+    emb_dim loads when it equals hidden_dim, as those versions required."""
+    flat = {"emb_dim": 16, "hidden_dim": 16, "num_layers": 2, "dropout": 0.1, "emb_dropout": 0.0, "num_heads": 2,
+            "ff_dim": 0, "tie_output": True, "init": "normal", "init_std": 0.1}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"generator": {"arch": "lstm", **flat}, "mediator": {"arch": "transformer", **flat}}))
+    cfg = load_config(str(path))
+    assert cfg.generator == LSTMConfig(emb_dim=16, hidden_dim=16, num_layers=2, dropout=0.1)
+    assert cfg.mediator == TransformerConfig(hidden_dim=16, num_layers=2, dropout=0.1, num_heads=2)
+    save_config(cfg, str(tmp_path / "resolved.yaml"))
+    assert load_config(str(tmp_path / "resolved.yaml")) == cfg
+    assert "num_heads" not in yaml.safe_load((tmp_path / "resolved.yaml").read_text())["generator"]
+    path.write_text(yaml.safe_dump({"mediator": {"arch": "transformer", **flat, "emb_dim": 8}}))
+    with pytest.raises(ConfigError, match="config key 'mediator.emb_dim' belongs to arch 'lstm'"):
+        load_config(str(path))
+    assert load_config(os.path.join(ROOT, "docs", "cot_best", "cot_s0", "config.yaml")).generator.arch == "lstm"

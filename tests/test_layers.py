@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cot_ray"
 
 ORDER = [
     # foundation: files, settings, processes
-    "files", "memory", "metric_names", "config", "checkpoint", "machine",
+    "files", "memory", "metric_names", "errors", "model_config", "config", "checkpoint", "machine",
     # models and their losses
     "stopping", "models.sampler", "models.interface", "models.lstm", "models.transformer", "models", "models.losses",
     "models.fused", "models.oracle",
@@ -36,7 +36,7 @@ ORDER = [
     # commands
     "compare", "cli",
 ]
-PLAIN = ["files", "metric_names", "config", "stopping", "sweep.spec"]  # neither torch nor Ray
+PLAIN = ["files", "metric_names", "errors", "model_config", "config", "stopping", "sweep.spec"]  # neither torch nor Ray
 RAY_FREE = ORDER[:ORDER.index("placement")]
 
 

@@ -13,9 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cot_ray.config import ModelConfig
+from cot_ray.model_config import LSTMConfig
 from cot_ray.models import LSTMLM
-from cot_ray.models.losses import cot_generator_loss, mediator_loss, mle_loss, step_kl, token_nll
+from cot_ray.models.losses import (
+    cot_generator_loss,
+    mediator_loss,
+    mle_loss,
+    step_kl,
+    token_nll,
+)
 
 V, T = 3, 3
 ALL = torch.tensor(list(itertools.product(range(V), repeat=T)))  # (27, T), lexicographic
@@ -27,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_lm(seed, init_std=1.0, hidden=8, emb=4, dtype=torch.float64):
     """A small LSTMLM; init_std 1.0 makes its distributions clearly non-uniform."""
-    m = LSTMLM(V, ModelConfig(emb_dim=emb, hidden_dim=hidden, init_std=init_std))
+    m = LSTMLM(V, LSTMConfig(emb_dim=emb, hidden_dim=hidden, init_std=init_std))
     m.init_weights(torch.Generator().manual_seed(seed))
     return m.to(dtype)
 

@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 
-from cot_ray.config import ModelConfig
 from cot_ray.metric_names import metric_keys
 from cot_ray.metrics import (
     LN2,
@@ -22,6 +21,7 @@ from cot_ray.metrics import (
     mediator_jsd,
     sample_with_log_probs,
 )
+from cot_ray.model_config import LSTMConfig
 from cot_ray.models import LSTMLM, sequence_log_probs
 
 V, T = 3, 3
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_lm(seed, init_std=1.0, hidden=8, dropout=0.0):
-    m = LSTMLM(V, ModelConfig(emb_dim=4, hidden_dim=hidden, init_std=init_std, dropout=dropout))
+    m = LSTMLM(V, LSTMConfig(emb_dim=4, hidden_dim=hidden, init_std=init_std, dropout=dropout))
     m.init_weights(torch.Generator().manual_seed(seed))
     return m.eval()
 

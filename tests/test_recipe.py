@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
-from cot_ray.config import ConfigError, ModelConfig, load_config, save_config
+from cot_ray.config import ConfigError, load_config, save_config
 from cot_ray.data import BatchSampler, load_dataset
 from cot_ray.learners import GeneratorLearner
+from cot_ray.model_config import LSTMConfig
 from cot_ray.models import LSTMLM
 from cot_ray.rundir import read_metrics
 from tests.conftest import TINY, assert_same_tree
@@ -26,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make(init="normal", emb=6, hidden=5, layers=1, vocab=40, seed=0, **kw) -> LSTMLM:
-    m = LSTMLM(vocab, ModelConfig(emb_dim=emb, hidden_dim=hidden, num_layers=layers, init=init, **kw))
+    m = LSTMLM(vocab, LSTMConfig(emb_dim=emb, hidden_dim=hidden, num_layers=layers, init=init, **kw))
     m.init_weights(torch.Generator().manual_seed(seed))
     return m
 

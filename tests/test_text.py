@@ -247,7 +247,7 @@ def test_vocab_load_errors(tmp_path):
 
 
 def test_trim_padding_cuts_every_batch_to_the_longest_counted_prefix_and_changes_no_loss():
-    from cot_ray.config import ModelConfig
+    from cot_ray.model_config import LSTMConfig
     from cot_ray.models import LSTMLM
     from cot_ray.models.fused import fused_mixture_loss
 
@@ -260,7 +260,7 @@ def test_trim_padding_cuts_every_batch_to_the_longest_counted_prefix_and_changes
     assert trim_padding([a, no_eos], EOS_ID)[0].shape == (2, 7)
     assert trim_padding([a], None)[0] is a  # fixed-length data: untouched
     # The mediator's loss and gradients on the trimmed batches equal those on the full ones.
-    model = LSTMLM(9, ModelConfig(emb_dim=4, hidden_dim=5, init_std=0.5))
+    model = LSTMLM(9, LSTMConfig(emb_dim=4, hidden_dim=5, init_std=0.5))
     model.init_weights(torch.Generator().manual_seed(0))
     model.double()
 

@@ -13,8 +13,9 @@ import copy
 import pytest
 import torch
 
-from cot_ray.config import ModelConfig, load_config
+from cot_ray.config import load_config
 from cot_ray.learners import GeneratorLearner, MediatorLearner
+from cot_ray.model_config import LSTMConfig, TransformerConfig
 from cot_ray.models import LSTMLM, TransformerLM, build_model
 from tests.test_models import all_sequences, exact_probs
 
@@ -24,8 +25,8 @@ V, T = 3, 3
 
 
 def tlm(vocab=V, seed=0, width=8, heads=2, layers=2, dropout=0.0, tied=True, init_std=1.0) -> TransformerLM:
-    cfg = ModelConfig(arch="transformer", emb_dim=width, hidden_dim=width, num_layers=layers, num_heads=heads,
-                      dropout=dropout, tie_output=tied, init_std=init_std)
+    cfg = TransformerConfig(hidden_dim=width, num_layers=layers, num_heads=heads, dropout=dropout, tie_output=tied,
+                            init_std=init_std)
     return build_model(vocab, cfg, seed=seed).eval()
 
 
@@ -63,10 +64,10 @@ def test_cached_sampling_steps_equal_the_full_forward_pass(tied):
 def test_cot_with_transformer_g_and_m_drives_the_exact_jsd_down():
     """The production learners, both Transformers, on samples of a tiny LSTM P: the exact
     JSD(P || G) falls from 0.45 to below 0.05 in 300 iterations."""
-    P = LSTMLM(V, ModelConfig(emb_dim=4, hidden_dim=8, init_std=1.5))
+    P = LSTMLM(V, LSTMConfig(emb_dim=4, hidden_dim=8, init_std=1.5))
     P.init_weights(torch.Generator().manual_seed(1))
     p = exact_probs(P.eval(), T)
-    sizes = ["arch=transformer", "emb_dim=8", "hidden_dim=8", "num_heads=2", "num_layers=2", "init_std=0.5"]
+    sizes = ["arch=transformer", "hidden_dim=8", "num_heads=2", "num_layers=2", "init_std=0.5"]
     cfg = load_config(None, [f"generator.{kv}" for kv in sizes] + [f"mediator.{kv}" for kv in sizes]
                       + ["mediator.dropout=0.0", "mediator.emb_dropout=0.0", "g_optim.lr=0.01", "m_optim.lr=0.01",
                          "cot.batch_size=64"])
@@ -87,7 +88,8 @@ def test_cot_with_transformer_g_and_m_drives_the_exact_jsd_down():
 def _bf16_runs(arch: str) -> bool:
     """Whether this CPU's torch runs ``arch`` in bfloat16 autocast (oneDNN runs an LSTM in
     bfloat16 only with AVX512-BF16 or AMX)."""
-    m = build_model(V, ModelConfig(arch=arch, emb_dim=4, hidden_dim=4, num_heads=2), seed=0)
+    m = build_model(V, LSTMConfig(emb_dim=4, hidden_dim=4) if arch == "lstm" else TransformerConfig(hidden_dim=4, num_heads=2),
+                    seed=0)
     try:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             m.hidden(torch.zeros((1, 2), dtype=torch.long))
@@ -108,7 +110,6 @@ def test_bf16_autocast_trains_like_fp32_with_float32_weights(tiny, arch, data_ca
         from click.testing import CliRunner
 
         from cot_ray.cli import main
-
         from tests.conftest import TINY
 
         sets = [a for kv in TINY + [*common, "run.precision=bf16", f"run.logdir={tiny().run.logdir}",
@@ -134,7 +135,8 @@ def test_a_transformer_needs_a_width_its_heads_divide_evenly():
 
     with pytest.raises(ConfigError, match="generator.num_heads' must divide generator.hidden_dim"):
         load_config(None, ["generator.arch=transformer", "generator.num_heads=3"])
-    with pytest.raises(ConfigError, match="generator.emb_dim' must equal generator.hidden_dim"):
+    with pytest.raises(ConfigError, match=r"generator.emb_dim' belongs to arch 'lstm', and generator.arch is 'transformer', whose embedding "
+                                         r"width is generator.hidden_dim \(32\), got 16"):
         load_config(None, ["generator.arch=transformer", "generator.emb_dim=16"])
     with pytest.raises(ConfigError, match="mediator.arch' must be one of lstm, transformer"):
         load_config(None, ["mediator.arch=gru"])

@@ -11,10 +11,11 @@ import itertools
 import pytest
 import torch
 
-from cot_ray.config import ModelConfig, load_config
+from cot_ray.config import load_config
 from cot_ray.data import load_dataset
 from cot_ray.group import LearnerGroup, local_group
 from cot_ray.learners import GeneratorLearner, MediatorLearner, build_inner
+from cot_ray.model_config import LSTMConfig
 from cot_ray.models import LSTMLM
 from cot_ray.schedule import make_schedule
 
@@ -116,7 +117,7 @@ def test_g_cot_steps_drive_its_kl_to_a_fixed_mediator_down():
                       + ["g_optim.lr=0.03", "cot.batch_size=64"])
     g = GeneratorLearner(cfg, V, T)
     g.build("cpu")
-    m = LSTMLM(V, ModelConfig(emb_dim=4, hidden_dim=8, init_std=1.0))
+    m = LSTMLM(V, LSTMConfig(emb_dim=4, hidden_dim=8, init_std=1.0))
     m.init_weights(torch.Generator().manual_seed(7))
     g.set_mediator_weights({k: v.clone() for k, v in m.state_dict().items()})
     before = _exact_kl(g.model, m)
@@ -132,7 +133,7 @@ def test_m_steps_fit_the_balanced_mixture():
     and G bring M's exact cross-entropy with (P + G) / 2 within 0.05 nats of the mixture's entropy."""
     small = ["emb_dim=8", "hidden_dim=16", "dropout=0.0", "init_std=1.0"]
     cfg = load_config(None, [f"mediator.{kv}" for kv in small] + ["m_optim.lr=0.01", "cot.batch_size=64"])
-    P, G = (LSTMLM(V, ModelConfig(emb_dim=4, hidden_dim=8, init_std=1.5)) for _ in range(2))
+    P, G = (LSTMLM(V, LSTMConfig(emb_dim=4, hidden_dim=8, init_std=1.5)) for _ in range(2))
     P.init_weights(torch.Generator().manual_seed(1))
     G.init_weights(torch.Generator().manual_seed(2))
     gen = torch.Generator().manual_seed(3)

@@ -2,7 +2,9 @@
 the reference and fused losses, and the SeqGAN oracle. Imports only :mod:`cot_ray.config`.
 
 A new architecture implements :class:`LanguageModel` (interface.py) and registers its class in
-:data:`ARCHITECTURES`; :func:`build_model` is the one place that constructs a model from a config.
+:data:`ARCHITECTURES` under the name its config dataclass is registered with
+(:data:`cot_ray.model_config.ARCH_CONFIGS`); :func:`build_model` is the one place that constructs a
+model from a config.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .interface import LanguageModel, copy_weights, cpu_weights, sequence_log_pr
 from .lstm import LSTMLM
 from .transformer import TransformerLM
 
+# arch name -> model class; the names are those of model_config.ARCH_CONFIGS (tests/test_conformance.py)
 ARCHITECTURES: dict[str, type] = {"lstm": LSTMLM, "transformer": TransformerLM}
 
 

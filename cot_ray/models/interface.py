@@ -21,6 +21,11 @@ from ..config import ModelConfig
 
 MaskFn = Callable[[torch.Tensor], Optional[torch.Tensor]]
 
+# The models' first input, before x_1, of every sequence; not part of the sequence (a model
+# never scores or samples it). Token 0, as SeqGAN's (the oracle keeps its own 0, models/oracle.py);
+# on text, id 0 is <pad>, which a model sees only as this first input: both mean "nothing yet".
+START_TOKEN = 0
+
 
 @runtime_checkable
 class LanguageModel(Protocol):

@@ -3,7 +3,8 @@
 
 Shapes: B batch, T sequence length, V vocabulary, E embedding, H hidden.
 A sequence ``x_1..x_T`` is scored as ``prod_t p(x_t | x_<t)``; the first input is
-``start_token`` (token 0, as in SeqGAN), which is not part of the sequence.
+``start_token`` (:data:`~cot_ray.models.interface.START_TOKEN`, SeqGAN's token 0), which is
+not part of the sequence.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .interface import TokenModel, seeded_dropout
+from .interface import START_TOKEN, TokenModel, seeded_dropout
 from .sampler import TokenDrawer
 
 
 class LSTMLM(TokenModel):
     """Embedding -> (dropout) -> LSTM -> (dropout) -> linear over the whole vocabulary."""
 
-    def __init__(self, vocab_size: int, cfg: ModelConfig, start_token: int = 0):
+    def __init__(self, vocab_size: int, cfg: ModelConfig, start_token: int = START_TOKEN):
         super().__init__()
         self.vocab_size = vocab_size
         self.cfg = cfg

@@ -20,7 +20,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from ..config import ModelConfig
+from ..model_config import LSTMConfig
 from .lstm import LSTMLM
 
 VOCAB_SIZE = 5000
@@ -51,8 +51,8 @@ def build_oracle(params: dict[str, np.ndarray] | None = None, device: str | torc
     """The oracle as a frozen ``LSTMLM`` (vocabulary 5000, embedding 32, hidden 32, start token 0)."""
     p = load_params() if params is None else params
     emb_dim, hidden = p["Wi"].shape
-    model = LSTMLM(p["emb"].shape[0], ModelConfig(emb_dim=emb_dim, hidden_dim=hidden, num_layers=1,
-                                                  dropout=0.0), start_token=0)
+    model = LSTMLM(p["emb"].shape[0], LSTMConfig(emb_dim=emb_dim, hidden_dim=hidden, num_layers=1,
+                                                 dropout=0.0), start_token=0)
     t = {k: torch.from_numpy(v) for k, v in p.items()}
     with torch.no_grad():
         model.embed.weight.copy_(t["emb"])

@@ -3,7 +3,7 @@
 
 Shapes: B batch, T sequence length, V vocabulary, H width (``hidden_dim``), A heads of
 D = H / A, F the feed-forward width. As the LSTM, a sequence ``x_1..x_T`` is scored left to
-right from a start token (token 0), so position t sees tokens before t only.
+right from a start token (``interface.START_TOKEN``), so position t sees tokens before t only.
 
 The architecture is GPT-2's with two modern choices:
 
@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from .interface import TokenModel, seeded_dropout
+from .interface import START_TOKEN, TokenModel, seeded_dropout
 from .sampler import TokenDrawer
 
 
@@ -110,7 +110,7 @@ class TransformerLM(TokenModel):
     """Token embedding -> (dropout) -> pre-LN blocks -> LayerNorm -> output layer (the embedding,
     transposed, unless ``tie_output`` is off)."""
 
-    def __init__(self, vocab_size: int, cfg: ModelConfig, start_token: int = 0):
+    def __init__(self, vocab_size: int, cfg: ModelConfig, start_token: int = START_TOKEN):
         super().__init__()
         if cfg.hidden_dim % cfg.num_heads or (cfg.hidden_dim // cfg.num_heads) % 2:
             raise ValueError(f"a Transformer of width {cfg.hidden_dim} cannot have {cfg.num_heads} heads: the "

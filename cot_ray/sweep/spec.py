@@ -79,6 +79,7 @@ from ..config import (
     source_of,
 )
 from ..metric_names import metric_keys
+from ..model_config import ARCH_CONFIGS, ModelConfig, arch_fields, arch_having
 
 SWEEP_SECTIONS = ("base", "search", "tune")
 SPEC_KINDS = ("uniform", "loguniform", "randint", "choice", "grid_search")
@@ -186,6 +187,7 @@ class Sweep:
         cfg = copy.deepcopy(self.base)
         known = {p.key for p in self.params}
         picked = {k: plain(v) for k, v in values.items() if k in known}
+        picked = {k: v for k, v in picked.items() if _applies(cfg, picked, k)}
         return from_dict(nest_keys(picked), cfg).validate()
 
     def to_dict(self) -> dict:
@@ -214,6 +216,9 @@ def _leaf_type(key: str) -> type:
     for i, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(obj)]
         where = ".".join(parts[:i])
+        if isinstance(obj, ModelConfig) and part not in names and arch_having(part):
+            obj = ARCH_CONFIGS[arch_having(part)]()  # a key of another architecture: its type there
+            names = [f.name for f in dataclasses.fields(obj)]
         if part not in names:
             raise ConfigError(f"unknown config key '{key}' in search (valid keys"
                               f"{' of ' + repr(where) if where else ''}: {', '.join(names)})")
@@ -229,6 +234,29 @@ def _leaf_type(key: str) -> type:
         else:
             return tp
     raise ConfigError(f"unknown config key '{key}' in search")  # pragma: no cover - empty key
+
+
+def _applies(base: Config, picked: dict, key: str) -> bool:
+    """Whether the search key ``key`` applies to the trial ``picked`` of ``base``: False for a key
+    of a model section whose architecture (``picked``'s SECTION.arch, else ``base``'s) lacks it
+    (``mediator.num_heads`` in a trial with an LSTM mediator), a key that only another
+    architecture has."""
+    section, _, name = key.rpartition(".")
+    model = getattr(base, section, None) if "." not in section else None
+    if not isinstance(model, ModelConfig) or name == "arch":
+        return True
+    arch = picked.get(f"{section}.arch", model.arch)
+    return arch not in ARCH_CONFIGS or name in arch_fields(ARCH_CONFIGS[arch]) or arch_having(name) is None
+
+
+def _checked_on(base: Config, key: str) -> Config:
+    """A copy of ``base`` on which the values of search key ``key`` can be checked: for a key
+    that only another architecture has, with that model section switched to that architecture."""
+    cfg = copy.deepcopy(base)
+    section, _, name = key.rpartition(".")
+    if not _applies(base, {}, key):
+        cfg = from_dict({section: {"arch": arch_having(name)}}, cfg)
+    return cfg
 
 
 def _is_number(v: Any) -> bool:
@@ -440,7 +468,7 @@ def load_sweep(path: str, overrides: typing.Sequence[str] = (), num_samples: Opt
         for p in params:
             for value in p.candidates():
                 try:
-                    checked.append(from_dict(nest_keys({p.key: value}), copy.deepcopy(base)).validate())
+                    checked.append(from_dict(nest_keys({p.key: value}), _checked_on(base, p.key)).validate())
                 except ConfigError as e:
                     raise ConfigError(f"search key '{p.key}' {json.dumps(p.to_yaml(), default=str)}: {e}") from None
         _check_tune(t, base, params, checked)

@@ -21,7 +21,7 @@ import ray
 from ray import tune
 
 from .. import runtime
-from ..checkpoint import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
+from ..checkpoint import CHECKPOINT, CONFIG, G, M, learner_part, load_checkpoint, save_checkpoint
 from ..config import Config, save_config, stop_reason
 from ..data import VOCAB_FILE
 from ..files import read_jsonl
@@ -38,8 +38,8 @@ DRIVER_BUNDLE = {"CPU": 1.0}  # bundle 0 of a trial: the trial driver (schedule 
 def set_optimizer_hyperparameters(state: dict, cfg: Config) -> None:
     """Give the optimizers of a checkpoint ``cfg``'s learning rates and betas (PBT's new values;
     a checkpoint's optimizer state would otherwise bring back the old ones)."""
-    for learner, ocfg in (("g", cfg.g_optim), ("m", cfg.m_optim)):
-        sub = state.get(learner)
+    for learner, ocfg in ((G, cfg.g_optim), (M, cfg.m_optim)):
+        sub = learner_part(state, learner)
         if not sub or "optim" not in sub:
             continue
         for group in sub["optim"]["param_groups"]:
