@@ -33,7 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import cot_ray.models.transformer as transformer_module
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 from cot_ray.data import load_dataset
 from cot_ray.group import local_group
 from cot_ray.machine import configure_process

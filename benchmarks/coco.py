@@ -27,7 +27,7 @@ import torch
 
 from cot_ray.bleu import BleuScorer, select_sentences, self_bleu
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 from cot_ray.data import load_dataset
 from cot_ray.loop import run_trainer
 from cot_ray.metric_names import BLEU_ORDERS

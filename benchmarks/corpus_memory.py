@@ -29,7 +29,7 @@ CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 import cot_ray
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 from cot_ray.data import BatchSampler, load_dataset
 train, test, cache, mode, run_dir = sys.argv[1:6]
 cfg = load_config(None, ["data.source=text", f"data.train_path={train}", f"data.test_path={test}",

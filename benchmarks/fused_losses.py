@@ -21,7 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from cot_ray.memory import retain_freed_memory
-from cot_ray.models.fused import chunk_rows, fused_cot_generator_loss, fused_mixture_loss, fused_mle_loss
+from cot_ray.models.fused import (
+    chunk_rows,
+    fused_cot_generator_loss,
+    fused_mixture_loss,
+    fused_mle_loss,
+)
 from cot_ray.models.losses import cot_generator_loss, mediator_loss, mle_loss
 
 V, T = 5000, 20

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 from cot_ray.data import load_dataset
 from cot_ray.group import local_group
 from cot_ray.memory import retain_freed_memory

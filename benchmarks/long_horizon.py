@@ -45,7 +45,8 @@ from typing import Optional
 from _curves import plot_curves
 
 from cot_ray.checkpoint import CHECKPOINT
-from cot_ray.config import load_config, parse_overrides, selection_metric
+from cot_ray.config import selection_metric
+from cot_ray.config_loading import load_config, parse_overrides
 from cot_ray.loop import run_trainer
 from cot_ray.rundir import open_run, read_metrics, resume_config
 

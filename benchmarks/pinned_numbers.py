@@ -22,7 +22,7 @@ import tempfile
 import torch
 
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 from cot_ray.runtime import train
 
 TINY = ["generator.emb_dim=8", "generator.hidden_dim=8", "mediator.emb_dim=16", "mediator.hidden_dim=16",

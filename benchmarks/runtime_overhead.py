@@ -36,8 +36,9 @@ import tempfile
 
 import ray
 
-from cot_ray import loop, runtime
-from cot_ray.config import RuntimeConfig, load_config
+from cot_ray import connection, loop, runtime
+from cot_ray.config import RuntimeConfig
+from cot_ray.config_loading import load_config
 
 
 def _quiet(_msg: str) -> None:
@@ -91,7 +92,7 @@ def main(argv=None) -> None:
     if args.iters < 1 or args.eval_samples < 1:
         p.error("--iters and --eval-samples must be >= 1")
 
-    runtime.connect(RuntimeConfig())  # the local Ray that `cot-ray train` starts
+    connection.connect(RuntimeConfig())  # the local Ray that `cot-ray train` starts
     try:
         with tempfile.TemporaryDirectory(prefix="cot-ray-bench-") as logdir:
             res = {}

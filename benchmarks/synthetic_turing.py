@@ -18,7 +18,7 @@ import tempfile
 
 from _curves import plot_curves
 
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 from cot_ray.loop import run_trainer
 from cot_ray.rundir import read_metrics
 

@@ -11,7 +11,8 @@ from typing import Optional
 import click
 
 from .checkpoint import CHECKPOINT, CheckpointError
-from .config import ConfigError, load_config
+from .config_loading import load_config
+from .errors import ConfigError
 from .files import DiskFullError
 from .loop import DivergenceError
 from .stopping import signal_name
@@ -158,7 +159,8 @@ def _run_training(cfg, resume_dir: Optional[str]) -> dict:
 def train(algo, iters, minutes, patience, config_path, overrides, logdir, name, resume_dir, seed, data_arg, test_data,
           nested, nest_depth, as_json, smoke, runtime):
     """Train a generator with CoT (default) or MLE on the oracle, COCO captions or your sentences."""
-    from .config import from_dict, nest_keys, smoke_budget
+    from .config_loading import from_dict, nest_keys
+    from .run_policy import smoke_budget
     from .rundir import resume_config
 
     if resume_dir:
@@ -238,7 +240,7 @@ def _train_on(run_dir: str, iteration: int, stopped_by: str, stale_evals: int) -
 def _finished(cfg, run_dir: str, as_json: bool) -> bool:
     """A resumed run that has nothing left to do: say so (without starting Ray); -> True. Its
     checkpoint is checked against its config.yaml here, before Ray starts."""
-    from .config import stop_reason
+    from .run_policy import stop_reason
     from .rundir import run_checkpoint
 
     path = os.path.join(run_dir, CHECKPOINT)
@@ -326,9 +328,8 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
             raise click.UsageError(f"{', '.join(changed)} cannot change a resumed sweep: give CONFIG.yaml "
                                    "(and --set) as when it started, and --address if needed")
     sweep = load_sweep(sweep_path, overrides, num_samples, max_concurrent, storage, name, smoke)  # before Ray
-    from .sweep.tune import run_sweep  # imports Ray Tune: only this command needs it
-
     from .stopping import stop_signals_as_ctrl_c
+    from .sweep.tune import run_sweep  # imports Ray Tune: only this command needs it
 
     with stop_signals_as_ctrl_c([]) as came:  # this command owns its process: SIGTERM, SIGHUP stop as Ctrl-C
         summary = run_sweep(sweep, address=address, resume_dir=resume_dir, show_tune=show_tune)
@@ -443,8 +444,16 @@ def sample(run_dir, num, ids, seed, which, temperature):
 def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, references, no_plot):
     """Compare runs over a temperature grid: best and last checkpoints, seeds grouped (mean ± std),
     a table and a quality-diversity plot."""
-    from .compare import (PLOT_SKIPPED, SWEEP, can_plot, compare_runs, markdown_table, parse_reference,
-                          parse_temperatures, write_outputs)
+    from .compare import (
+        PLOT_SKIPPED,
+        SWEEP,
+        can_plot,
+        compare_runs,
+        markdown_table,
+        parse_reference,
+        parse_temperatures,
+        write_outputs,
+    )
     from .machine import configure_process, resolve_threads
 
     temps = parse_temperatures(temperatures)

@@ -28,8 +28,10 @@ import time
 from typing import Callable, Optional
 
 from .checkpoint import BEST, CHECKPOINT
-from .config import Config, ConfigError, flat_keys
+from .config import Config
+from .config_loading import flat_keys
 from .data import load_dataset
+from .errors import ConfigError
 from .metrics import make_evaluator
 from .rundir import checkpoint_models, resume_config, run_checkpoint
 

@@ -1,27 +1,21 @@
-"""Typed configuration: one dataclass tree, YAML in and out, ``key=value`` overrides.
+"""The configuration's schema: one dataclass tree whose fields document themselves, and its
+validation, whose errors are one line naming the key. Reading and writing it (YAML, ``--set``
+overrides) is :mod:`cot_ray.config_loading`; the rules a run's budget follows (when to stop,
+``--smoke``, evaluations sized to the budget) are :mod:`cot_ray.run_policy`::
 
-Every field documents itself. Validation errors are one line and name the key::
-
-    >>> cfg = load_config(None, ["cot.m_steps=2", "mediator.dropout=0.3"])
+    >>> cfg = Config().validate()
     >>> cfg.cot.m_steps
-    2
+    1
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
-import re
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import yaml
-
-from .errors import ConfigError, check
-from .files import atomic_file
-from .model_config import LSTMConfig, ModelConfig, model_section
+from .errors import check
+from .model_config import LSTMConfig, ModelConfig
 
 # Rows per chunk of the fused losses (models/fused.py), the default of ``run.chunk_rows``. The
 # chunk size fixes the order of the sums over rows (the weight and bias gradients), so it is part
@@ -257,15 +251,15 @@ class Config:
         return self
 
     def _validate_nested(self) -> None:
-        n = self.nested
+        nested = self.nested
         for key in ("nested.depth", "nested.m_steps", "nested.g_steps"):
             check(_get(self, key) >= 1, key, f"must be >= 1 when given, got {_get(self, key)}"
                    + (" (turn nesting off by leaving out --nested)" if key == "nested.depth" else ""))
-        check(n.depth <= 8, "nested.depth", f"must be <= 8 (each level trains a whole model), got {n.depth}")
-        if n.enabled:
+        check(nested.depth <= 8, "nested.depth", f"must be <= 8 (each level trains a whole model), got {nested.depth}")
+        if nested.enabled:
             check(self.cot.algo == "cot", "nested.enabled",
                    "needs cot.algo 'cot' (an MLE run has no mediator): drop --nested or use --algo cot")
-        check(n.enabled or not self.runtime.inner_actor, "runtime.inner_actor",
+        check(nested.enabled or not self.runtime.inner_actor, "runtime.inner_actor",
                "places the inner mediator of a nested run: add --nested, or drop --inner-actor")
         check(not self.runtime.inner_actor or self.runtime.mode == "actors", "runtime.inner_actor",
                "needs actors (runtime.mode 'actors'): drop --local or drop --inner-actor")
@@ -303,80 +297,6 @@ class Config:
                "joins a Ray cluster, which runtime.mode 'local' does not use: drop --address or --local")
 
 
-def stop_reason(run: RunConfig, iteration: int, elapsed_s: float, stale_evals: int = 0) -> Optional[str]:
-    """Why a run with the stopping rule ``run`` stops at ``iteration`` after ``elapsed_s`` seconds
-    of training, ``stale_evals`` evaluations after its selection metric last improved; None
-    while it goes on. The one stopping rule of training runs, resumes and sweep trials."""
-    if run.iters > 0 and iteration >= run.iters:
-        return f"run.iters {run.iters}"
-    if run.minutes > 0 and elapsed_s >= run.minutes * 60:
-        return f"run.minutes {run.minutes:g}"
-    if run.patience > 0 and stale_evals >= run.patience:
-        return f"run.patience {run.patience}: {stale_evals} evaluations without a better validation metric"
-    return None
-
-
-# ``--smoke``: the budget of a run that checks a command end to end in seconds.
-SMOKE_ITERS = 4  # training iterations
-SMOKE_EVAL_EVERY = 2  # so that a smoke run evaluates (and keeps best.pt) mid-run as well as at the end
-SMOKE_SAMPLES = 256  # at most this many samples and sequences per evaluation (text: BLEU samples 64)
-
-
-def smoke_budget(cfg: Config) -> Config:
-    """Shrink ``cfg``'s budget, and only its budget, for ``--smoke``: at most :data:`SMOKE_ITERS`
-    iterations (no time limit), an evaluation, a checkpoint and a progress line every
-    :data:`SMOKE_EVAL_EVERY` iterations, and small evaluations. Models, data, algorithm and
-    where the learners run stay as given, so the smoke run takes the same code paths."""
-    r, e = cfg.run, cfg.eval
-    r.iters = min(r.iters, SMOKE_ITERS) if r.iters > 0 else SMOKE_ITERS
-    r.minutes = 0.0
-    r.checkpoint_every = min(r.checkpoint_every, SMOKE_EVAL_EVERY)
-    r.log_every = 1
-    r.progress_s = 0.0  # a line every iteration
-    e.every = SMOKE_EVAL_EVERY
-    e.num_samples = min(e.num_samples, SMOKE_SAMPLES)
-    e.num_test = min(e.num_test, SMOKE_SAMPLES)
-    e.num_train = min(e.num_train, SMOKE_SAMPLES)
-    e.bleu_samples = min(e.bleu_samples, SMOKE_SAMPLES // 4)
-    return cfg
-
-
-# A run with a time budget under FULL_EVAL_MINUTES (``--minutes 2``) evaluates on fewer samples and
-# sequences, in proportion to its budget (at least a tenth of the full sizes), so that a short run
-# spends seconds, not a minute, evaluating; the sizes a run used are in its config.yaml. Sizes that
-# a config, --set or a flag gives are kept as given.
-FULL_EVAL_MINUTES = 20.0
-BUDGETED_EVAL_KEYS = ("eval.num_samples", "eval.num_test", "eval.num_train", "eval.bleu_samples")
-
-
-def budgeted_eval(full: EvalConfig, minutes: float) -> EvalConfig:
-    """``full``'s evaluation sizes for a run of ``minutes`` of training: the full sizes at
-    :data:`FULL_EVAL_MINUTES` or more (or no time limit), else scaled by minutes / that, at least
-    a tenth, rounded up to a multiple of 64 (2 minutes: 1,024 of 9,984 samples)."""
-    if minutes <= 0 or minutes >= FULL_EVAL_MINUTES:
-        return dataclasses.replace(full)
-    share = max(minutes / FULL_EVAL_MINUTES, 0.1)
-    sized = {key.split(".")[1]: getattr(full, key.split(".")[1]) for key in BUDGETED_EVAL_KEYS}
-    sized = {k: min(v, -(-math.ceil(v * share) // 64) * 64) for k, v in sized.items()}
-    return dataclasses.replace(full, **sized)
-
-
-def budgeted_eval_note(cfg: Config) -> Optional[str]:
-    """What a run's evaluation sizes are, when :func:`budgeted_eval` shrank them to its time
-    budget, and how to get the full ones; None otherwise."""
-    full = EvalConfig()
-    if cfg.eval == full or dataclasses.replace(budgeted_eval(full, cfg.run.minutes), every=cfg.eval.every,
-                                               where=cfg.eval.where, select=cfg.eval.select) != cfg.eval:
-        return None
-    text = cfg.data.source in TEXT_SOURCES
-    sizes = (f"{cfg.eval.bleu_samples:,} BLEU samples" if text else f"{cfg.eval.num_samples:,} samples") + \
-        f", {cfg.eval.num_test:,} test sequences"
-    full_set = (f"eval.bleu_samples={full.bleu_samples}" if text else f"eval.num_samples={full.num_samples}") + \
-        f" --set eval.num_test={full.num_test}"
-    return (f"evaluations sized to the {cfg.run.minutes:g}-minute budget ({sizes}); the full evaluation: "
-            f"--set {full_set}")
-
-
 def check_address(address: str) -> None:
     """``runtime.address`` (``--address``) is '', 'auto', 'ray://HOST:PORT' or 'HOST:PORT'."""
     check(address == "" or address == "auto" or address.startswith("ray://") or ":" in address,
@@ -387,138 +307,6 @@ def _get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
     return cfg
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against a field type; ints are accepted where floats are expected."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:  # Optional[X]
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _coerce(value, args[0], key)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}: give a number")
-    if tp in (int, float, str, bool):
-        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise ConfigError(
-                f"config key '{key}' must be of type {tp.__name__}, got {type(value).__name__} {value!r}"
-            )
-        return value
-    raise ConfigError(f"config key '{key}' has an unsupported type {tp}")  # pragma: no cover
-
-
-def from_dict(data: dict, base: Optional[Config] = None, prefix: str = "") -> Config:
-    """Overlay a nested dict onto ``base`` (default: the defaults), checking keys and types."""
-    cfg = base if base is not None else Config()
-    overlay(cfg, data, prefix)
-    return cfg
-
-
-def overlay(obj: Any, data: Any, prefix: str) -> None:
-    """Set the fields of the dataclass ``obj`` from the nested dict ``data``, checking keys and
-    types; ``prefix`` ("section.") names the keys in errors."""
-    if not isinstance(data, dict):
-        where = f"section '{prefix.rstrip('.')}'" if prefix else "the top level"
-        raise ConfigError(f"config {where} must be a mapping of keys to values, got {type(data).__name__}")
-    hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown config key '{full}' (valid keys here: {', '.join(names)})")
-        tp = hints[key]
-        if isinstance(tp, type) and issubclass(tp, ModelConfig) and isinstance(value, dict):
-            model, rest = model_section(getattr(obj, key), value, full)
-            setattr(obj, key, model)
-            overlay(model, rest, full + ".")
-        elif dataclasses.is_dataclass(tp):
-            overlay(getattr(obj, key), value, full + ".")
-        else:
-            setattr(obj, key, _coerce(value, tp, full))
-
-
-def flat_keys(nested: dict, prefix: str = "") -> dict:
-    """The inverse of :func:`nest_keys`: ``{"cot": {"m_steps": 2}}`` -> ``{"cot.m_steps": 2}``."""
-    out = {}
-    for k, v in nested.items():
-        if isinstance(v, dict):
-            out.update(flat_keys(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def nest_keys(flat: dict, what: str = "key") -> dict:
-    """``{"cot.m_steps": 2, "run.name": "x"}`` -> ``{"cot": {"m_steps": 2}, "run": {"name": "x"}}``."""
-    out: dict = {}
-    for key, value in flat.items():
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{what} '{key}' conflicts with an earlier value of '{p}'")
-        node[parts[-1]] = value
-    return out
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML as people write numbers: ``1e-4`` is a float (YAML 1.1, PyYAML's, reads an exponent
-    without a dot as a string), as in YAML 1.2 and in Python."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
-def load_yaml(stream) -> Any:
-    """YAML text (or a stream of it) read safely, with ``1e-4`` a float (:class:`_Loader`)."""
-    return yaml.load(stream, Loader=_Loader)
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["cot.m_steps=2", "run.name=x"]`` -> nested dict; values are parsed as YAML scalars."""
-    flat: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value, e.g. cot.m_steps=2")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise ConfigError(f"override '{item}' has an empty key")
-        try:
-            value = load_yaml(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        flat[key] = value
-    return nest_keys(flat, "override")
-
-
-def read_yaml(path: str) -> dict:
-    """Read a YAML mapping with one-line errors for the usual mistakes."""
-    if not os.path.exists(path):
-        raise ConfigError(f"config file '{path}' does not exist: check the path")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = load_yaml(f)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file '{path}' is not valid YAML{where}: fix its syntax") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file '{path}' is not UTF-8 text: give a YAML file") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(data).__name__}")
-    return data
 
 
 def selection_metric(cfg: Config) -> Optional[str]:
@@ -554,48 +342,3 @@ def default_config(source: str = "oracle") -> Config:
         cfg.generator = LSTMConfig(emb_dim=64, hidden_dim=64)
         cfg.mediator = dataclasses.replace(_default_mediator(), emb_dim=128, hidden_dim=128)
     return cfg
-
-
-def source_of(*layers: dict) -> str:
-    """The data.source that the last layer naming one sets ("oracle" if none does)."""
-    source = "oracle"
-    for layer in layers:
-        data = layer.get("data") if isinstance(layer, dict) else None
-        if isinstance(data, dict) and isinstance(data.get("source"), str):
-            source = data["source"]
-    return source
-
-
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,
-                base: Optional[Config] = None, values: Optional[dict] = None) -> Config:
-    """Defaults <- YAML file <- ``key=value`` overrides <- ``values`` (dotted key -> typed value,
-    what command-line flags set), then validate.
-
-    Without ``base`` the defaults are :func:`default_config` of the data source that the file,
-    the overrides or the values name, so text runs start from the text model sizes.
-    """
-    layers = [read_yaml(path) if path else {}, parse_overrides(overrides) if overrides else {},
-              nest_keys(values, "flag") if values else {}]
-    if path and {"base", "search", "tune"} & set(layers[0]):
-        raise ConfigError(f"'{path}' is a sweep file (sections base, search, tune), not a training config: "
-                          f"run it with `cot-ray tune {path}`")
-    cfg = base if base is not None else default_config(source_of(*layers))
-    for layer in layers:
-        cfg = from_dict(layer, cfg)
-    given = {key for layer in layers for key in flat_keys(layer)}
-    sized = budgeted_eval(cfg.eval, cfg.run.minutes)
-    for key in BUDGETED_EVAL_KEYS:
-        if key not in given:
-            setattr(cfg.eval, key.split(".")[1], getattr(sized, key.split(".")[1]))
-    return cfg.validate()
-
-
-def write_yaml(data: dict, path: str) -> None:
-    """Write ``data`` as YAML, atomically."""
-    with atomic_file(path) as f:
-        yaml.safe_dump(data, f, sort_keys=False)
-
-
-def save_config(cfg: Config, path: str) -> None:
-    """Write the resolved config as YAML, atomically."""
-    write_yaml(cfg.to_dict(), path)

@@ -26,12 +26,21 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+from .corpus import encoded_corpus
 from .files import atomic_file
 from .models import LanguageModel, sequence_log_probs
 from .models.oracle import SEQ_LEN, build_oracle, sample_oracle
-from .corpus import encoded_corpus
-from .text import (EOS_ID, MAX_TEST_UNK_RATE, DataError, TokenRows, Vocab, encode_sentences, encoding_stats,
-                   read_corpus)
+from .seeds import VALIDATION_SET, derive_seed
+from .text import (
+    EOS_ID,
+    MAX_TEST_UNK_RATE,
+    DataError,
+    TokenRows,
+    Vocab,
+    encode_sentences,
+    encoding_stats,
+    read_corpus,
+)
 
 VOCAB_FILE = "vocab.json"  # a text run's vocabulary, in its run directory
 EVAL_FILE = "eval_data.npz"  # a text run's validation and first training sentences, in its run directory
@@ -137,7 +146,7 @@ def synthetic_valid(num_valid: int, seed: int, cache_dir: str = "") -> np.ndarra
                 return valid
         except (OSError, ValueError, KeyError):
             pass
-    valid_seed = int(np.random.SeedSequence([seed, 0x7A11D]).generate_state(1)[0])
+    valid_seed = derive_seed(seed, VALIDATION_SET)
     valid = sample_oracle(build_oracle(), num_valid, valid_seed).numpy()
     os.makedirs(cache_dir, exist_ok=True)
     with atomic_file(path, "wb") as f:

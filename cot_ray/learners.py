@@ -24,25 +24,21 @@ from typing import Optional
 
 import torch
 
+from . import seeds
 from .checkpoint import WEIGHTS, CheckpointError
-from .config import Config, ConfigError, ModelConfig, OptimConfig
+from .config import Config, ModelConfig, OptimConfig
 from .data import BatchSampler
-from .models import LanguageModel, build_model, copy_weights, cpu_weights, model_from_weights
+from .errors import ConfigError
+from .models import (
+    LanguageModel,
+    build_model,
+    copy_weights,
+    cpu_weights,
+    model_from_weights,
+)
 from .models.fused import fused_cot_generator_loss, fused_mixture_loss, fused_mle_loss
+from .seeds import derive_seed
 from .text import loss_mask, trim_padding
-
-# Offsets that give each RNG stream of a run its own seed. Mediators of nested CoT have
-# three streams per level: level L > 0 uses 10 * L + (_INIT_M, _DROPOUT_M, _SAMPLE_M).
-_INIT_G, _INIT_M, _SAMPLE_G, _BATCH_G, _BATCH_M, _DROPOUT_M, _SAMPLE_M = range(1, 8)
-
-
-def stream_seed(run_seed: int, stream: int) -> int:
-    return run_seed * 1000 + stream
-
-
-def level_stream(level: int, stream: int) -> int:
-    """The RNG stream ``stream`` of the mediator at nesting ``level`` (0: M itself)."""
-    return stream if level == 0 else 10 * level + stream
 
 
 def level_prefix(level: int) -> str:
@@ -208,15 +204,15 @@ class GeneratorLearner(_Learner):
         cfg = self.cfg
         self.device = torch.device(device)
         self.model, self.optim = _build(self.vocab_size, cfg.generator, cfg.g_optim,
-                                        stream_seed(cfg.run.seed, _INIT_G), self.device)
+                                        derive_seed(cfg.run.seed, seeds.INIT_G), self.device)
         if self.bf16:
             check_bf16(self.model, cfg.generator, "generator")
-        self.sample_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.run.seed, _SAMPLE_G))
+        self.sample_gen = torch.Generator(device=self.device).manual_seed(derive_seed(cfg.run.seed, seeds.SAMPLE_G))
         self.batches = None
         if cfg.cot.algo == "mle":
             if train is None:
                 raise ValueError("an MLE generator needs the training set: build(device, train)")
-            self.batches = BatchSampler(train, cfg.cot.batch_size, stream_seed(cfg.run.seed, _BATCH_G),
+            self.batches = BatchSampler(train, cfg.cot.batch_size, derive_seed(cfg.run.seed, seeds.BATCH_G),
                                         cfg.data.shuffle)
         # G's copy of the mediator (CoT only): only ever evaluated, never trained here.
         self.mediator = None
@@ -318,17 +314,17 @@ class InnerMediatorLearner(_Learner):
         seed, level = self.cfg.run.seed, self.level
         self.device = torch.device(device)
         self.model, self.optim = _build(self.vocab_size, self.mcfg, self.ocfg,
-                                        stream_seed(seed, level_stream(level, _INIT_M)), self.device)
+                                        derive_seed(seed, seeds.level_stream(level, seeds.INIT_M)), self.device)
         if self.bf16:
             check_bf16(self.model, self.mcfg, "mediator" if level == 0 else "inner_mediator")
         self.dropout_gen = torch.Generator(device=self.device).manual_seed(
-            stream_seed(seed, level_stream(level, _DROPOUT_M)))
+            derive_seed(seed, seeds.level_stream(level, seeds.DROPOUT_M)))
         if self.nested:
             if inner is None:
                 raise ValueError(f"the nested mediator at level {level} needs its inner learner: "
                                  "build(device, inner=...) (see build_inner)")
             self.sample_gen = torch.Generator(device=self.device).manual_seed(
-                stream_seed(seed, level_stream(level, _SAMPLE_M)))
+                derive_seed(seed, seeds.level_stream(level, seeds.SAMPLE_M)))
             self.inner_model = build_model(self.vocab_size, self.cfg.inner_mediator, device=self.device).eval()
             self.inner_model.requires_grad_(False)
         self.inner = inner if self.nested else None
@@ -420,7 +416,7 @@ class MediatorLearner(InnerMediatorLearner):
         if train is None:
             raise ValueError("the mediator needs the training set: build(device, train)")
         super().build(device, inner)
-        self.batches = BatchSampler(train, self.cfg.cot.batch_size, stream_seed(self.cfg.run.seed, _BATCH_M),
+        self.batches = BatchSampler(train, self.cfg.cot.batch_size, derive_seed(self.cfg.run.seed, seeds.BATCH_M),
                                     self.cfg.data.shuffle)
 
     def build_here(self, device: str = "cpu", train: Optional[torch.Tensor] = None) -> None:

@@ -23,15 +23,34 @@ from typing import Callable, Optional
 
 import torch
 
-from .checkpoint import BEST, CHECKPOINT, CONFIG, G, M, learner_part, learner_weights, save_checkpoint
-from .config import Config, budgeted_eval_note, save_config, selection_metric, stop_reason
+from .checkpoint import (
+    BEST,
+    CHECKPOINT,
+    CONFIG,
+    G,
+    M,
+    learner_part,
+    learner_weights,
+    save_checkpoint,
+)
+from .config import Config, selection_metric
+from .config_loading import save_config
 from .data import Dataset, load_dataset, save_run_data
 from .group import LearnerGroup, local_group
 from .machine import resolve_threads, torch_threads
 from .metric_names import METRIC_KEYS
-from .metrics import Evaluator, eval_seed, make_evaluator
-from .rundir import RunLock, RunLog, check_vocab_size, format_values, open_run, run_checkpoint
+from .metrics import Evaluator, make_evaluator
+from .run_policy import budgeted_eval_note, stop_reason
+from .rundir import (
+    RunLock,
+    RunLog,
+    check_vocab_size,
+    format_values,
+    open_run,
+    run_checkpoint,
+)
 from .schedule import Schedule, make_schedule
+from .seeds import EVALUATION, derive_seed
 from .stopping import StopRequest
 
 # Called after each evaluation and the checkpoint that follows it:
@@ -347,7 +366,7 @@ class Trainer:
         self.echo(f"[{self.cfg.cot.algo}] evaluating iteration {self.iteration} ({what})...")
         t0 = time.perf_counter()
         with clock.paused():  # evaluation time is not training time
-            metrics = self.learners.evaluate(self.evaluator(), eval_seed(self.cfg.run.seed, self.iteration))
+            metrics = self.learners.evaluate(self.evaluator(), derive_seed(self.cfg.run.seed, self.iteration, EVALUATION))
         bad = first_nonfinite(metrics)
         if bad is not None:  # neither logged nor a candidate for best.pt
             raise DivergenceError(f"the evaluation's {bad} is {metrics[bad]} at iteration {self.iteration}")

@@ -45,7 +45,6 @@ import functools
 import math
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .bleu import BleuScorer, self_bleu
@@ -256,8 +255,3 @@ def make_evaluator(data, eval_cfg, num_samples: Optional[int] = None) -> Evaluat
     n = num_samples if num_samples is not None else eval_cfg.num_samples
     return Evaluator(data.test, data.seq_len, data.oracle, padding_mask_fn(data.eos_id), n, eval_cfg.num_test,
                      data.train, eval_cfg.num_train, data.test_logp, data.valid)
-
-
-def eval_seed(run_seed: int, iteration: int) -> int:
-    """A seed for the evaluation at ``iteration`` that no training stream shares."""
-    return int(np.random.SeedSequence([run_seed, iteration, 0xE7A1]).generate_state(1)[0])

@@ -15,9 +15,14 @@ import time
 from typing import Callable, Optional
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import (
+    PlacementGroup,
+    placement_group,
+    remove_placement_group,
+)
 
-from .config import ConfigError, RuntimeConfig
+from .config import RuntimeConfig
+from .errors import ConfigError
 
 
 class PlacementError(ConfigError):

@@ -25,9 +25,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
 
-from .checkpoint import BEST, CHECKPOINT, CONFIG, G, M, CheckpointError, learner_weights, load_checkpoint
-from .config import Config, ConfigError, flat_keys, from_dict, read_yaml
+from .checkpoint import (
+    BEST,
+    CHECKPOINT,
+    CONFIG,
+    CheckpointError,
+    G,
+    M,
+    learner_weights,
+    load_checkpoint,
+)
+from .config import Config
+from .config_loading import flat_keys, from_dict, read_yaml
 from .data import EVAL_FILE, VOCAB_FILE, run_vocab_path
+from .errors import ConfigError
 from .files import DiskFullError, atomic_file, is_disk_full, read_jsonl
 from .models import LanguageModel, model_from_weights, vocab_size_of
 
@@ -282,7 +293,9 @@ class RunLog:
     ``time/``) and metrics.jsonl, one row per evaluation."""
 
     def __init__(self, run_dir: str, echo: Callable[[str], None]):
-        from tensorboardX import SummaryWriter  # imported here: only runs that log need it
+        from tensorboardX import (
+            SummaryWriter,  # imported here: only runs that log need it
+        )
 
         self.writer = SummaryWriter(run_dir)
         self.metrics_path = os.path.join(run_dir, METRICS_FILE)

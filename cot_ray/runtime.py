@@ -28,24 +28,21 @@ Faults
     Actors restart up to ``runtime.max_restarts`` times, never retrying a task (a retried step on
     a fresh actor would silently diverge); a restarted actor reruns only the learner's cheap
     constructor. When a worker process dies mid-run, the Trainer is told so by
-    :func:`is_worker_failure`, :meth:`ActorRuntime.recover` waits until every actor answers
+    :func:`cot_ray.faults.is_worker_failure`, :meth:`ActorRuntime.recover` waits until every actor answers
     again and builds the learner of a restarted one, and the Trainer loads its last checkpoint
     (kept in memory) into them, so the run finishes every requested iteration and loses at most
     one checkpoint interval of work.
 
-This module, :mod:`cot_ray.placement` and the sweeps are the ones that import Ray; the CLI
-imports them lazily.
+This module, :mod:`cot_ray.placement`, :mod:`cot_ray.faults` (what a failure means),
+:mod:`cot_ray.connection` (where the driver runs) and the sweeps are the ones that import Ray;
+the CLI imports them lazily.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
 import ray
@@ -54,25 +51,33 @@ import torch
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from .checkpoint import CheckpointError
-from .config import Config, ConfigError, RuntimeConfig
+from .config import Config, RuntimeConfig
+from .connection import cluster_address, connect, local_ray_lost
 from .data import Dataset, load_dataset
+from .errors import ConfigError
+from .faults import WorkerLostError, actor_gone, input_error, is_worker_failure
 from .group import LearnerGroup
-from .learners import GeneratorLearner, LearnerNotBuiltError, MediatorLearner, InnerMediatorLearner
+from .learners import (
+    GeneratorLearner,
+    InnerMediatorLearner,
+    MediatorLearner,
+)
 from .loop import EvalHook, run_trainer
-from .machine import configure_process, cpu_count, resolve_threads
-from .stopping import StopRequest, keeping_handlers
+from .machine import configure_process, resolve_threads
 from .metrics import Evaluator
-from .placement import create_placement_group, given_bundle, wait_timeout, worker_bundle, worker_threads
+from .placement import (
+    create_placement_group,
+    given_bundle,
+    wait_timeout,
+    worker_bundle,
+    worker_threads,
+)
 from .rundir import open_run
+from .stopping import StopRequest
 
 
 class DeviceError(ConfigError):
     """A worker was given a GPU that torch cannot use: the message is one line with the fix."""
-
-
-class WorkerLostError(RuntimeError):
-    """A worker died and did not come back (no restarts left, or it never answered again)."""
 
 
 # ----------------------------------------------------------------------------- the actors
@@ -148,59 +153,6 @@ def learner_names(cfg: Config) -> list[str]:
     if cfg.cot.algo == "mle":
         return ["generator"]
     return ["generator", "mediator"] + (["inner"] if cfg.nested.enabled and cfg.runtime.inner_actor else [])
-
-
-def root_cause(exc: BaseException) -> BaseException:
-    """What was raised first, under the task errors that carried it from actor to actor to here
-    (a task fails when its argument, another task's result, failed)."""
-    seen = 0
-    while isinstance(exc, ray.exceptions.RayTaskError) and seen < 8:
-        cause = getattr(exc, "cause", None)
-        if cause is None or cause is exc:
-            break
-        exc, seen = cause, seen + 1
-    return exc
-
-
-def input_error(exc: BaseException) -> Optional[BaseException]:
-    """The project's own one-line input error (a :class:`ConfigError` or :class:`CheckpointError`)
-    that a learner raised in its actor, or None."""
-    cause = root_cause(exc)
-    return cause if isinstance(cause, (ConfigError, CheckpointError)) else None
-
-
-def actor_gone(actor) -> bool:
-    """Whether Ray has given up on an actor (no restarts left), by its state in Ray's control
-    store (GCS): the kind of error does not say so, since a process lost during a task can raise
-    ``ActorDiedError`` while the actor still restarts. ``ray.util.state`` would need the
-    dashboard, which a local Ray runs without; where the state cannot be read (Ray Client), an
-    ``ActorDiedError`` is taken at its word."""
-    try:
-        from ray._private.state import actors
-
-        state = actors(actor._actor_id.hex()).get("State")
-    except Exception:  # noqa: BLE001 - no control store to ask
-        try:
-            ray.get(actor.is_built.remote(), timeout=5)
-            return False
-        except ray.exceptions.ActorDiedError:
-            return True
-        except Exception:  # noqa: BLE001 - restarting, or slow
-            return False
-    return state == "DEAD"
-
-
-_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError,
-             ray.exceptions.NodeDiedError, LearnerNotBuiltError)
-
-
-def is_worker_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` means a worker process (or its node, or its results) was lost.
-
-    An ordinary exception raised inside a learner (a bug, bad input) is not a failure: it
-    propagates instead of being retried from a checkpoint.
-    """
-    return isinstance(root_cause(exc), _FAILURES)
 
 
 # ----------------------------------------------------------------------------- the runtime
@@ -410,100 +362,6 @@ class ActorRuntime:
         if self.pg is not None and self.given_pg is None:
             remove_placement_group(self.pg)
         self.pg = None
-
-
-def cluster_address(rcfg: RuntimeConfig) -> str:
-    """Ray's convention for where to run: ``runtime.address`` (``--address``), else
-    $RAY_ADDRESS (``ray job submit`` sets it for the job's driver), else "" (a private local Ray)."""
-    return rcfg.address or os.environ.get("RAY_ADDRESS", "")
-
-
-def code_runtime_env() -> Optional[dict]:
-    """The runtime environment a driver joining a cluster asks for, so that every worker runs
-    the driver's own cot_ray (the cluster's nodes need not have it installed, and a different
-    installed version never mixes with the driver's): ``py_modules`` with this package, except
-    for the driver of a ``ray job submit --working-dir DIR`` whose DIR holds this package (the
-    job already ships it: the driver runs in DIR's copy on the cluster). Ray merges a job's
-    runtime environment with the driver's."""
-    import cot_ray
-
-    package = os.path.dirname(os.path.abspath(cot_ray.__file__))
-    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray for a submitted job's driver
-    if job:
-        try:
-            working_dir = (json.loads(job).get("runtime_env") or {}).get("working_dir")
-        except (ValueError, AttributeError):
-            working_dir = None
-        if working_dir and os.path.commonpath([package, os.getcwd()]) == os.getcwd():
-            return None
-    return {"py_modules": [package]}
-
-
-LOOPBACK = "127.0.0.1"
-
-
-@contextmanager
-def _loopback_node():
-    """Ray binds every server of a node (GCS, raylet, object manager, workers, the driver) to the
-    node's IP address, and to loopback only when that address is 127.0.0.1; but it turns a
-    requested 127.0.0.1 into the machine's network address, except where it does not support
-    multi-node clusters (its constant ``ENABLE_RAY_CLUSTER``, $RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER,
-    read once at import). A private local Ray has no other node: it starts as it does on macOS."""
-    from ray._private import ray_constants
-
-    before = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before
-
-
-def local_ray_lost() -> bool:
-    """Whether a process of the private local Ray this driver started has died: a stop signal
-    sent to the whole process group (a terminal's Ctrl-C is not, Ray's servers ignore it; but
-    systemd's or a container's stop sends SIGTERM to every process) ends Ray's GCS and raylet
-    too, and asking them to remove the actors would wait a minute for a GCS that is gone."""
-    node = ray._private.worker._global_node
-    return node is not None and bool(node.dead_processes())
-
-
-def connect(rcfg: RuntimeConfig, min_cpus: float = 0.0) -> bool:
-    """Connect to Ray as :func:`cluster_address` says; -> whether this call started a local Ray.
-
-    An already connected driver (tests, notebooks) is used as it is. "" starts a private local
-    Ray in this process (never joining another cluster by accident), every server of it bound
-    to 127.0.0.1 (Ray has no authentication: nothing else on the network may reach it), with at least ``min_cpus``
-    logical CPUs (a sweep asks for one trial's worth, so that it runs even on a 2-core machine),
-    and keeps Ray quiet. "auto" joins the cluster of this machine; "HOST:PORT" a cluster's
-    head; "ray://HOST:PORT" joins through Ray Client; each ships this package to the cluster
-    (:func:`code_runtime_env`). When joining a cluster, Ray's warnings and the workers' output (tracebacks, the
-    autoscaler's progress, "waiting for resources") reach the driver's log (``ray job logs``).
-    """
-    if ray.is_initialized():
-        return False
-    address = cluster_address(rcfg)
-    if not address:
-        cpus = cpu_count()  # this process's CPUs: its affinity mask and its container's CPU quota
-        # Ray runs its workers at niceness 15 by default; here the workers are the training
-        # itself, so they get the priority that the in-process loop would have.
-        with _loopback_node(), keeping_handlers():
-            ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False,
-                     _system_config={"worker_niceness": 0},
-                     num_cpus=max(cpus, int(math.ceil(min_cpus))), log_to_driver=False, logging_level=logging.ERROR,
-                     configure_logging=True)
-        return True
-    runtime_env = code_runtime_env()
-    try:
-        with keeping_handlers():
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING,
-                     configure_logging=True)
-    except ConnectionError as e:
-        source = "config key 'runtime.address'" if rcfg.address else "$RAY_ADDRESS"
-        raise ConfigError(f"{source} {address!r}: cannot connect to a Ray cluster "
-                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__}): start one (ray start "
-                          "--head, ray up) or drop the address to train on a local Ray") from None
-    return False
 
 
 def train(cfg: Config, resume_dir: Optional[str] = None, echo: Optional[Callable[[str], None]] = None,

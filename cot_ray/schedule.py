@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Optional
 
-from .config import Config, ConfigError
+from .config import Config
+from .errors import ConfigError
 from .group import LearnerGroup
 
 

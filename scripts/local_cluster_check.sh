@@ -179,7 +179,7 @@ grep -q "autoscaler True" "$WORK/autoscaler.log" \
 say "autoscaler: $(grep "^node types" "$WORK/autoscaler.log")"
 
 # A driver started by hand with --address (not a `ray job submit`): it ships its own cot_ray to
-# the workers (runtime.code_runtime_env), so nodes without cot-ray installed can run it. It runs
+# the workers (connection.code_runtime_env), so nodes without cot-ray installed can run it. It runs
 # from outside the repository, and its workers must import the shipped copy, not the install.
 driver() {  # driver NAME COMMAND...: run in a fresh directory, output in $WORK/NAME.log
     local name=$1; shift
@@ -188,8 +188,8 @@ driver() {  # driver NAME COMMAND...: run in a fresh directory, output in $WORK/
     (cd "$WORK/$name.cwd" && env -u RAY_ADDRESS "$@") >"$WORK/$name.log" 2>&1 \
         || { tail -30 "$WORK/$name.log" >&2; return 1; }
 }
-driver shipped "$PY" -c "import ray; from cot_ray import runtime; from cot_ray.config import RuntimeConfig; \
-runtime.connect(RuntimeConfig(address='127.0.0.1:$GCS_PORT')); \
+driver shipped "$PY" -c "import ray; from cot_ray import connection; from cot_ray.config import RuntimeConfig; \
+connection.connect(RuntimeConfig(address='127.0.0.1:$GCS_PORT')); \
 print('worker cot_ray', ray.get(ray.remote(num_cpus=0)(lambda: __import__('cot_ray').__file__).remote()))"
 grep -q "^worker cot_ray .*runtime_resources/py_modules_files/" "$WORK/shipped.log" \
     || { say "the workers did not run the shipped cot_ray"; tail -20 "$WORK/shipped.log" >&2; exit 1; }

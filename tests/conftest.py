@@ -10,7 +10,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 
 # Small models and data: the oracle keeps its 5,000-token vocabulary and length 20.
 TINY = [

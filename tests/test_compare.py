@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cot_ray.compare import configuration, group_labels
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 
 
 def _groups(*override_lists):

@@ -15,7 +15,8 @@ import yaml
 
 pytest.importorskip("ray.tune")
 
-from cot_ray.config import ConfigError, load_config, save_config  # noqa: E402
+from cot_ray.config_loading import load_config, save_config  # noqa: E402
+from cot_ray.errors import ConfigError  # noqa: E402
 from cot_ray.model_config import LSTMConfig, TransformerConfig  # noqa: E402
 from cot_ray.sweep import spec as sweeps  # noqa: E402
 from cot_ray.sweep import trial as sweep_trial  # noqa: E402
@@ -337,7 +338,7 @@ def test_ray_client_sweeps_need_storage_the_cluster_can_name(tmp_path, monkeypat
 # ----------------------------------------------------------------------------- evaluation budget
 
 def test_a_short_time_budget_sizes_the_evaluation_and_given_sizes_are_kept():
-    from cot_ray.config import budgeted_eval_note
+    from cot_ray.run_policy import budgeted_eval_note
 
     two = load_config(None, values={"run.minutes": 2.0, "run.iters": 0})
     assert (two.eval.num_samples, two.eval.num_test, two.eval.num_train, two.eval.bleu_samples) == (1024, 1024, 256, 128)

@@ -18,8 +18,15 @@ import os
 import pytest
 import torch
 
-from cot_ray.checkpoint import G, learner_part, learner_weights, load_checkpoint, save_checkpoint
-from cot_ray.config import ConfigError, load_config
+from cot_ray.checkpoint import (
+    G,
+    learner_part,
+    learner_weights,
+    load_checkpoint,
+    save_checkpoint,
+)
+from cot_ray.config_loading import load_config
+from cot_ray.errors import ConfigError
 from cot_ray.learners import GeneratorLearner
 from cot_ray.model_config import ARCH_CONFIGS, arch_fields
 from cot_ray.models import ARCHITECTURES, build_model

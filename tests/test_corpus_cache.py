@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 import cot_ray.corpus as corpus_mod
 from cot_ray.cli import main
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 from cot_ray.data import BatchSampler, load_dataset
 from cot_ray.text import EOS_ID, PAD_ID, TokenRows, Vocab, read_corpus, trim_padding
 

@@ -17,7 +17,12 @@ from cot_ray.models.fused import (
     fused_mixture_loss,
     fused_mle_loss,
 )
-from cot_ray.models.losses import cot_generator_loss, mediator_loss, mixture_loss, mle_loss
+from cot_ray.models.losses import (
+    cot_generator_loss,
+    mediator_loss,
+    mixture_loss,
+    mle_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

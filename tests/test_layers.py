@@ -19,7 +19,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cot_ray"
 
 ORDER = [
     # foundation: files, settings, processes
-    "files", "memory", "metric_names", "errors", "model_config", "config", "checkpoint", "machine",
+    "files", "memory", "metric_names", "seeds", "errors", "model_config", "config", "run_policy", "config_loading",
+    "checkpoint", "machine",
     # models and their losses
     "stopping", "models.sampler", "models.interface", "models.lstm", "models.transformer", "models", "models.losses",
     "models.fused", "models.oracle",
@@ -30,13 +31,14 @@ ORDER = [
     # training, in one process
     "learners", "rundir", "group", "schedule", "loop",
     # Ray: placement, actors
-    "placement", "runtime",
+    "placement", "faults", "connection", "runtime",
     # sweeps
     "sweep", "sweep.spec", "sweep.results", "sweep.trial", "sweep.tune",
     # commands
     "compare", "cli",
 ]
-PLAIN = ["files", "metric_names", "errors", "model_config", "config", "stopping", "sweep.spec"]  # neither torch nor Ray
+PLAIN = ["files", "metric_names", "seeds", "errors", "model_config", "config", "run_policy", "config_loading", "stopping",
+         "sweep.spec"]  # neither torch nor Ray
 RAY_FREE = ORDER[:ORDER.index("placement")]
 
 

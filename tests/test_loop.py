@@ -8,13 +8,15 @@ import signal
 import pytest
 
 from cot_ray.checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint
-from cot_ray.config import ConfigError, read_yaml
+from cot_ray.config_loading import read_yaml
 from cot_ray.data import load_dataset
+from cot_ray.errors import ConfigError
 from cot_ray.loop import run_trainer
 from cot_ray.metric_names import metric_keys
-from cot_ray.metrics import eval_seed, make_evaluator
+from cot_ray.metrics import make_evaluator
 from cot_ray.models import model_from_weights
 from cot_ray.rundir import METRICS_FILE, read_metrics, resume_config
+from cot_ray.seeds import EVALUATION, derive_seed
 from cot_ray.stopping import StopRequest, stop_on_signals
 from tests.conftest import assert_same_tree, event_scalars
 
@@ -98,7 +100,7 @@ def test_run_directory_holds_config_checkpoint_metrics_and_namespaced_scalars(ti
     data = load_dataset(cfg.data)
     g, m = (model_from_weights(data.vocab_size, mcfg, state[k]["model"])
             for k, mcfg in (("g", cfg.generator), ("m", cfg.mediator)))
-    assert make_evaluator(data, cfg.eval).evaluate(g, m, eval_seed(cfg.run.seed, 2)) == out["metrics"]
+    assert make_evaluator(data, cfg.eval).evaluate(g, m, derive_seed(cfg.run.seed, 2, EVALUATION)) == out["metrics"]
     assert os.path.exists(os.path.join(run_dir, METRICS_FILE))
     tags = set(event_scalars(run_dir))
     assert {"train/m_mix_nll", "train/g_kl", "eval/nll_oracle", "eval/jsd", "eval/m_nll_test",

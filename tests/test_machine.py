@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cot_ray import machine
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 
 
 @pytest.mark.parametrize("cpus,busy,threads", [(2, 0.0, 2), (2, 0.4, 2), (2, 1.0, 1), (2, 1.6, 1), (2, 3.0, 1),

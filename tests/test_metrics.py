@@ -16,7 +16,6 @@ from cot_ray.metrics import (
     LN2,
     Evaluator,
     count_tokens,
-    eval_seed,
     jsd_monte_carlo,
     mediator_jsd,
     sample_with_log_probs,
@@ -165,12 +164,6 @@ def test_sample_with_log_probs_is_exact_and_seeded():
     x2, lp2 = sample_with_log_probs(G, 700, T, seed=5)
     assert torch.equal(x, x2) and torch.equal(lp, lp2)
     assert not torch.equal(x, sample_with_log_probs(G, 700, T, seed=6)[0])
-
-
-def test_eval_seed_is_deterministic_and_distinct():
-    seeds = {eval_seed(r, i) for r in range(3) for i in range(50)}
-    assert len(seeds) == 150
-    assert eval_seed(1, 7) == eval_seed(1, 7)
 
 
 # ----------------------------------------------------------------------------- Evaluator

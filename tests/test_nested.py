@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 from cot_ray.learners import MediatorLearner, build_inner
 from cot_ray.loop import run_trainer
 from cot_ray.model_config import LSTMConfig

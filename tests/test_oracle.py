@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from cot_ray.models.oracle import PARAM_NAMES, SEQ_LEN, VOCAB_SIZE, build_oracle, load_params, sample_oracle
+from cot_ray.models.oracle import (
+    PARAM_NAMES,
+    SEQ_LEN,
+    VOCAB_SIZE,
+    build_oracle,
+    load_params,
+    sample_oracle,
+)
 
 
 @pytest.fixture(scope="module")

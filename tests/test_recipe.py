@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint
-from cot_ray.config import ConfigError, load_config, save_config
+from cot_ray.config_loading import load_config, save_config
 from cot_ray.data import BatchSampler, load_dataset
+from cot_ray.errors import ConfigError
 from cot_ray.learners import GeneratorLearner
 from cot_ray.model_config import LSTMConfig
 from cot_ray.models import LSTMLM

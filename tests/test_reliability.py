@@ -19,9 +19,16 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from cot_ray.checkpoint import BEST, CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, save_checkpoint
+from cot_ray.checkpoint import (
+    BEST,
+    CHECKPOINT,
+    CONFIG,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from cot_ray.cli import main
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 from cot_ray.rundir import METRICS_FILE, open_run, read_metrics
 from tests.conftest import TINY, cpu_only_env
 

@@ -20,7 +20,7 @@ ray = pytest.importorskip("ray")
 
 from click.testing import CliRunner  # noqa: E402
 
-from cot_ray import loop, placement, rundir, runtime  # noqa: E402
+from cot_ray import faults, loop, placement, rundir, runtime  # noqa: E402
 from cot_ray.checkpoint import CHECKPOINT, load_checkpoint  # noqa: E402
 from cot_ray.cli import main  # noqa: E402
 from cot_ray.data import load_dataset  # noqa: E402
@@ -243,7 +243,7 @@ def test_worker_without_restarts_fails_with_a_clear_error(tiny):
     rt = runtime.ActorRuntime(cfg.runtime)
     echo, _ = _hook("it 2/", lambda: ray.kill(rt.actors["mediator"], no_restart=False))
     try:
-        with pytest.raises(runtime.WorkerLostError, match="max_restarts=0"):
+        with pytest.raises(faults.WorkerLostError, match="max_restarts=0"):
             loop.run_trainer(cfg, echo=echo, make_learners=rt.make_learners)
     finally:
         rt.shutdown()

@@ -15,8 +15,9 @@ from click.testing import CliRunner
 
 from cot_ray.checkpoint import CheckpointError
 from cot_ray.cli import main
-from cot_ray.config import ConfigError, load_config
+from cot_ray.config_loading import load_config
 from cot_ray.data import VOCAB_FILE, load_dataset
+from cot_ray.errors import ConfigError
 from cot_ray.loop import run_trainer
 from cot_ray.metric_names import TEXT_KEYS, metric_keys
 from cot_ray.metrics import make_evaluator

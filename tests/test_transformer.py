@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 from cot_ray.learners import GeneratorLearner, MediatorLearner
 from cot_ray.model_config import LSTMConfig, TransformerConfig
 from cot_ray.models import LSTMLM, TransformerLM, build_model
@@ -131,7 +131,7 @@ def test_bf16_autocast_trains_like_fp32_with_float32_weights(tiny, arch, data_ca
 
 
 def test_a_transformer_needs_a_width_its_heads_divide_evenly():
-    from cot_ray.config import ConfigError
+    from cot_ray.errors import ConfigError
 
     with pytest.raises(ConfigError, match="generator.num_heads' must divide generator.hidden_dim"):
         load_config(None, ["generator.arch=transformer", "generator.num_heads=3"])

@@ -23,12 +23,12 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from cot_ray.checkpoint import CHECKPOINT, CONFIG, load_checkpoint  # noqa: E402
 from cot_ray.cli import main  # noqa: E402
-from cot_ray.config import load_config, read_yaml  # noqa: E402
+from cot_ray.config_loading import load_config, read_yaml  # noqa: E402
 from cot_ray.placement import PlacementError  # noqa: E402
 from cot_ray.rundir import read_metrics  # noqa: E402
+from cot_ray.stopping import stop_signals_as_ctrl_c  # noqa: E402
 from cot_ray.sweep import spec as sweep_spec  # noqa: E402
 from cot_ray.sweep import trial as sweep_trial  # noqa: E402
-from cot_ray.stopping import stop_signals_as_ctrl_c  # noqa: E402
 from cot_ray.sweep import tune as sweeps  # noqa: E402
 from tests.conftest import CPU_ONLY_WORKERS, TINY  # noqa: E402
 

@@ -11,7 +11,7 @@ import itertools
 import pytest
 import torch
 
-from cot_ray.config import load_config
+from cot_ray.config_loading import load_config
 from cot_ray.data import load_dataset
 from cot_ray.group import LearnerGroup, local_group
 from cot_ray.learners import GeneratorLearner, MediatorLearner, build_inner

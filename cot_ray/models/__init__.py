@@ -1,5 +1,6 @@
 """The models and their losses: the language-model interface, its architectures, the sampler,
-the reference and fused losses, and the SeqGAN oracle. Imports only :mod:`cot_ray.config`.
+the reference and fused losses, and the SeqGAN oracle. Imports only the config schema
+(:mod:`cot_ray.config`, :mod:`cot_ray.model_config`).
 
 A new architecture implements :class:`LanguageModel` (interface.py) and registers its class in
 :data:`ARCHITECTURES` under the name its config dataclass is registered with

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..config import DEFAULT_CHUNK_ROWS  # rows per chunk when the caller gives none (why 256: there)
+from ..config import DEFAULT_CHUNK_ROWS
 from .sampler import output_logits
 
 

@@ -64,22 +64,19 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..config import (
-    TEXT_SOURCES,
-    Config,
-    ConfigError,
-    check,
-    default_config,
+from ..config import TEXT_SOURCES, Config, default_config
+from ..config_loading import (
     from_dict,
     nest_keys,
     overlay,
     parse_overrides,
     read_yaml,
-    smoke_budget,
     source_of,
 )
+from ..errors import ConfigError, check
 from ..metric_names import metric_keys
 from ..model_config import ARCH_CONFIGS, ModelConfig, arch_fields, arch_having
+from ..run_policy import smoke_budget
 
 SWEEP_SECTIONS = ("base", "search", "tune")
 SPEC_KINDS = ("uniform", "loguniform", "randint", "choice", "grid_search")
@@ -418,7 +415,7 @@ SMOKE_TRIALS = 2  # --smoke: at most this many samples of the search space
 
 def smoke_sweep(base: Config, t: TuneSpec) -> None:
     """Shrink a sweep's budget, and only its budget, for ``--smoke``: at most :data:`SMOKE_TRIALS`
-    samples, each trial with the smoke budget of a training run (:func:`cot_ray.config.smoke_budget`),
+    samples, each trial with the smoke budget of a training run (:func:`cot_ray.run_policy.smoke_budget`),
     and the scheduler's periods (ASHA's grace period and max_t, PBT's perturbation interval)
     derived again from that budget, so the sweep runs every stage of itself in seconds."""
     t.num_samples = min(t.num_samples, SMOKE_TRIALS)

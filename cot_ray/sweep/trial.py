@@ -21,11 +21,21 @@ import ray
 from ray import tune
 
 from .. import runtime
-from ..checkpoint import CHECKPOINT, CONFIG, G, M, learner_part, load_checkpoint, save_checkpoint
-from ..config import Config, save_config, stop_reason
+from ..checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    G,
+    M,
+    learner_part,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ..config import Config
+from ..config_loading import save_config
 from ..data import VOCAB_FILE
 from ..files import read_jsonl
 from ..memory import retain_freed_memory
+from ..run_policy import stop_reason
 from ..rundir import METRICS_FILE
 from .spec import Sweep, is_uri
 

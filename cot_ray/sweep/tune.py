@@ -31,9 +31,11 @@ from typing import Any, Callable, Optional
 import ray
 from ray import tune
 
-from .. import placement, runtime
-from ..config import ConfigError, RuntimeConfig, check_address, from_dict, load_yaml, nest_keys, read_yaml, write_yaml
+from .. import connection, placement, runtime
+from ..config import RuntimeConfig, check_address
+from ..config_loading import from_dict, load_yaml, nest_keys, read_yaml, write_yaml
 from ..data import load_dataset
+from ..errors import ConfigError
 from .results import best_config, best_row, format_table, trial_rows
 from .spec import PERTURBABLE, ParamSpec, Sweep, is_uri, plain
 from .trial import DRIVER_BUNDLE, make_trainable, trial_dirname, trial_resources
@@ -67,11 +69,11 @@ def tune_mutation(p: ParamSpec) -> Any:
 
 
 def connect(address: str, trial_cpus: float) -> bool:
-    """Connect to Ray as :func:`cot_ray.runtime.connect` does; -> whether a local Ray was started
+    """Connect to Ray as :func:`cot_ray.connection.connect` does; -> whether a local Ray was started
     here (then shut it down at the end). A local Ray gets at least one trial's worth of logical
     CPUs, so a sweep runs (one trial at a time) even on a 2-core machine."""
     check_address(address)  # a malformed address: one line
-    return runtime.connect(RuntimeConfig(address=address), min_cpus=trial_cpus)
+    return connection.connect(RuntimeConfig(address=address), min_cpus=trial_cpus)
 
 
 def _max_workers(sweep: Sweep) -> int:
