@@ -313,8 +313,8 @@ _TEMPERATURE_OPTION = click.option(
 @click.option("--max-concurrent", type=click.IntRange(min=0), help="Trials at once; 0: no limit (tune.max_concurrent).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of the base training config, e.g. --set data.cache_dir=/data (repeatable).")
-@click.option("--show-tune", is_flag=True, help="Show Ray Tune's own status tables here instead of in the "
-              "experiment's tune.log.")
+@click.option("--show-tune", is_flag=True, help="Show Ray Tune's own status tables here (the trials' table "
+              "goes to the experiment's tune.log otherwise).")
 @_SMOKE_OPTION
 def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_concurrent, overrides, show_tune,
              smoke):

@@ -223,9 +223,13 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(two_node
 
     res = CliRunner().invoke(main, ["tune", path, "--resume", exp, *sets], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    # cot-ray's own progress here; Ray Tune's status tables in the experiment's tune.log
+    # cot-ray's own progress here; the trials' status table in the experiment's tune.log, the
+    # last one written when the sweep ended: both trials done
     assert "[tune] trial" in res.output and "Trial status" not in res.output, res.output
-    assert "Trial status" in _read(os.path.join(exp, "tune.log"))
+    last = _read(os.path.join(exp, "tune.log")).strip().split("\n\n")[-1].splitlines()
+    assert last[0].startswith("Trial status: 2 TERMINATED  ("), last
+    assert last[1].split()[:2] == ["trial", "mediator.dropout"] and len(last) == 4, last
+    assert all(row.split()[-1] == "done" for row in last[2:]), last
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["trials"] == 2 and not summary["interrupted"] and os.path.exists(summary["best_config"])
     trials = _trials(exp)

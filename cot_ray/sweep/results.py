@@ -28,21 +28,23 @@ class TrialRow:
 
 def trial_rows(exp: str, sweep: Sweep) -> list[TrialRow]:
     """The trials of the experiment in ``exp``, from Tune's saved experiment state."""
-    analysis = tune.ExperimentAnalysis(exp)
-    rows = []
-    for t in sorted(analysis.trials, key=lambda t: t.trial_id):
-        r = t.last_result or {}
-        if t.status == "ERROR":
-            status = "error"
-        elif t.status == "TERMINATED":
-            status = "done" if r.get("budget_done") else "stopped"
-        else:
-            status = "unfinished"
-        metric = r.get(sweep.tune.metric)
-        rows.append(TrialRow(t.trial_id, {k: plain(t.config.get(k)) for k in sweep.varying},
-                             None if metric is None else float(metric), int(r.get("iteration", 0)),
-                             int(r.get("restores", 0)), status, dict(t.config)))
-    return rows
+    return [trial_row(t, sweep) for t in sorted(tune.ExperimentAnalysis(exp).trials, key=lambda t: t.trial_id)]
+
+
+def trial_row(trial, sweep: Sweep, live: bool = False) -> TrialRow:
+    """The row of one Tune trial. A trial that has not ended is "unfinished", or with ``live``
+    (a sweep in progress) its Tune status in lower case (running, pending, paused)."""
+    r = trial.last_result or {}
+    if trial.status == "ERROR":
+        status = "error"
+    elif trial.status == "TERMINATED":
+        status = "done" if r.get("budget_done") else "stopped"
+    else:
+        status = trial.status.lower() if live else "unfinished"
+    metric = r.get(sweep.tune.metric)
+    return TrialRow(trial.trial_id, {k: plain(trial.config.get(k)) for k in sweep.varying},
+                    None if metric is None else float(metric), int(r.get("iteration", 0)),
+                    int(r.get("restores", 0)), status, dict(trial.config))
 
 
 def best_row(rows: list[TrialRow], mode: str) -> Optional[TrialRow]:

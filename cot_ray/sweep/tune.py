@@ -18,12 +18,12 @@ This module imports Ray (and Ray Tune); the CLI imports it lazily.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import signal
 import sys
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -36,13 +36,14 @@ from ..config import RuntimeConfig, check_address
 from ..config_loading import from_dict, load_yaml, nest_keys, read_yaml, write_yaml
 from ..data import load_dataset
 from ..errors import ConfigError
-from .results import best_config, best_row, format_table, trial_rows
+from .results import best_config, best_row, format_table, trial_row, trial_rows
 from .spec import PERTURBABLE, ParamSpec, Sweep, is_uri, plain
 from .trial import DRIVER_BUNDLE, make_trainable, trial_dirname, trial_resources
 
 SWEEP_FILE = "sweep.yaml"
 BEST_CONFIG = "best_config.yaml"
-TUNE_LOG = "tune.log"  # Ray Tune's own status tables, unless --show-tune
+TUNE_LOG = "tune.log"  # the trials' status table every STATUS_EVERY_S, unless --show-tune
+STATUS_EVERY_S = 30.0
 
 
 def tune_domain(p: ParamSpec) -> Any:
@@ -232,6 +233,40 @@ class SweepProgress(tune.Callback):
         self.echo(f"[tune] trial {trial.trial_id} failed: see {trial.path}/error.txt  ({self._counts(trials)})")
 
 
+class StatusLog(tune.Callback):
+    """The trials' status table, appended to ``path`` every :data:`STATUS_EVERY_S` seconds and
+    when the sweep ends: a status line (``Trial status: 1 RUNNING | 2 PENDING``, the time, the
+    elapsed time) and :func:`format_table` of the trials, best first. What Ray Tune would print
+    on the terminal, written to a file without touching this process's stdout."""
+
+    def __init__(self, path: str, sweep: Sweep):
+        self.path, self.sweep = path, sweep
+        self.start = self.last = 0.0
+
+    def setup(self, **info):
+        self.start, self.last = time.time(), 0.0  # a restored sweep (this object unpickled) starts anew
+
+    def _write(self, trials) -> None:
+        now = time.time()
+        counts = {}
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        line = " | ".join(f"{n} {status}" for status, n in counts.items())
+        table = format_table([trial_row(t, self.sweep, live=True) for t in trials], self.sweep)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"Trial status: {line}  ({time.strftime('%Y-%m-%d %H:%M:%S')}, "
+                    f"{now - self.start:.0f} s)\n{table}\n\n")
+        self.last = now
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.time() - self.last >= STATUS_EVERY_S:
+            self._write(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self._write(trials)
+
+
 def _tune_log(exp: str, name: str) -> str:
     """Where Tune's own status tables go: the experiment directory, or beside it in the temp
     directory when the experiment lives in cloud storage."""
@@ -249,8 +284,9 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
     ``signal`` (SIGINT when interrupted). No signal handler is installed: Ray Tune stops the
     trials on SIGINT; ``cot-ray tune`` turns SIGTERM and SIGHUP into it
     (:func:`cot_ray.stopping.stop_signals_as_ctrl_c`) and reports the signal that came.
-    ``callbacks`` are Tune callbacks (tests use them). Progress is cot-ray's own lines; Tune's
-    status tables go to ``tune.log`` in the experiment directory unless ``show_tune``.
+    ``callbacks`` are Tune callbacks (tests use them). Progress is cot-ray's own lines, and the
+    trials' status table goes to ``tune.log`` in the experiment directory (:class:`StatusLog`);
+    ``show_tune`` lets Ray Tune print its own tables on stdout instead.
     """
     load_dataset(sweep.base.data)  # unusable data fails here, before any trial starts
     if resume_dir is not None:
@@ -259,6 +295,7 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
     else:
         storage_name = _experiment_dir(sweep, address)
         exp = _join(*storage_name)
+    log_path = _tune_log(exp, os.path.basename(exp.rstrip("/")))
     started = False
     try:
         started = connect(address, DRIVER_BUNDLE["CPU"] + _max_workers(sweep) * placement.requested_cpus(
@@ -288,18 +325,15 @@ def run_sweep(sweep: Sweep, address: str = "", resume_dir: Optional[str] = None,
                     trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id),
                     reuse_actors=True),  # a trial driver process serves the next trial (or session)
                 run_config=tune.RunConfig(
-                    name=storage_name[1], storage_path=storage_name[0], verbose=1,
-                    callbacks=[SweepProgress(sweep.tune.metric, echo)] + list(callbacks or []),
+                    name=storage_name[1], storage_path=storage_name[0], verbose=1 if show_tune else 0,
+                    callbacks=[SweepProgress(sweep.tune.metric, echo)] + list(callbacks or [])
+                    + ([] if show_tune else [StatusLog(log_path, sweep)]),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=t.keep_checkpoints),
                     failure_config=tune.FailureConfig(max_failures=t.max_failures)))
-        log_path = _tune_log(exp, os.path.basename(exp.rstrip("/")))
-        if show_tune:
-            tuner.fit()
-        else:
-            echo(f"[cot-ray] Ray Tune's status tables go to {log_path} (--show-tune shows them here)")
-            os.makedirs(os.path.dirname(log_path), exist_ok=True)
-            with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log):
-                tuner.fit()
+        if not show_tune:
+            echo(f"[cot-ray] the trials' status table goes to {log_path} every {STATUS_EVERY_S:.0f} s "
+                 "(--show-tune shows Ray Tune's own here)")
+        tuner.fit()
     finally:
         if started:
             ray.shutdown()
