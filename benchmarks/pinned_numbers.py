@@ -1,7 +1,7 @@
 """Pinned numbers: the bits of a few short runs, to show that a refactor changes no number.
 
-Runs a fixed set of tiny configurations in this process (one torch thread; CoT and MLE, nested
-at depth 2, the async pipeline, text data) and prints one JSON line: per configuration the
+Runs a fixed set of tiny configurations in this process (one torch thread; CoT, MLE, MixCE,
+TaiLr, CoT with the exact mediator, nested at depth 2, the async pipeline, text data) and prints one JSON line: per configuration the
 SHA-256 of every checkpointed tensor (both learners, their optimizers and RNG streams) and the
 final evaluation's metrics. ``--save FILE`` writes it; ``--check FILE`` compares with a saved
 one and exits 1 naming what differs. Bitwise equality holds on one machine and torch build.
@@ -32,6 +32,9 @@ TINY = ["generator.emb_dim=8", "generator.hidden_dim=8", "mediator.emb_dim=16", 
 CASES = {
     "cot": [],
     "mle": ["cot.algo=mle"],
+    "mixce": ["cot.algo=mixce", "mixce.eta=0.3"],
+    "tailr": ["cot.algo=tailr", "tailr.gamma=0.1"],
+    "cot_exact": ["cot.mediator=exact"],
     "cot_ratios": ["cot.m_steps=2", "cot.g_steps=2", "cot.sync_every=3"],
     "nested_depth2": ["nested.enabled=true", "nested.depth=2", "nested.m_steps=2",
                       "inner_mediator.emb_dim=8", "inner_mediator.hidden_dim=8"],

@@ -11,6 +11,7 @@ from typing import Optional
 import click
 
 from .checkpoint import CHECKPOINT, CheckpointError
+from .config import ALGOS
 from .config_loading import load_config
 from .errors import ConfigError
 from .files import DiskFullError
@@ -128,7 +129,8 @@ def _run_training(cfg, resume_dir: Optional[str]) -> dict:
 
 
 @main.command()
-@click.option("--algo", type=click.Choice(["cot", "mle"]), help="Training algorithm (config cot.algo).")
+@click.option("--algo", type=click.Choice(list(ALGOS)), help="Training algorithm (config cot.algo): CoT, MLE, "
+              "or MLE's reweighted rivals MixCE and TaiLr.")
 @click.option("--iters", type=int, help="Total training iterations (config run.iters).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this many minutes of training (config run.minutes).")

@@ -28,7 +28,7 @@ import time
 from typing import Callable, Optional
 
 from .checkpoint import BEST, CHECKPOINT
-from .config import Config
+from .config import Config, learned_mediator
 from .config_loading import flat_keys
 from .data import load_dataset
 from .errors import ConfigError
@@ -82,17 +82,21 @@ def parse_reference(text: str) -> dict:
 
 def configuration(cfg: Config) -> dict:
     """What a run trained, without its seed, its bookkeeping and the settings its algorithm
-    never reads (an MLE run's mediator, a plain CoT run's inner mediator): runs with equal
+    never reads (an MLE run's mediator, a MixCE run's TaiLr keys, a plain CoT run's inner
+    mediator): runs with equal
     configurations are seeds of one configuration."""
     d = cfg.to_dict()
     for section in _BOOKKEEPING:
         d.pop(section, None)
     for key in _DATA_BOOKKEEPING:
         d["data"].pop(key, None)
-    if cfg.cot.algo == "mle":
+    for section in ("mixce", "tailr"):
+        if cfg.cot.algo != section:
+            d.pop(section)
+    if not learned_mediator(cfg):
         for section in ("mediator", "m_optim", "nested", "inner_mediator", "inner_optim"):
             d.pop(section)
-        for key in ("m_steps", "sync_every"):
+        for key in ("m_steps", "sync_every") + (("mediator",) if cfg.cot.algo != "cot" else ()):
             d["cot"].pop(key)
     elif not cfg.nested.enabled:
         for section in ("inner_mediator", "inner_optim"):

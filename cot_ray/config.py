@@ -38,15 +38,46 @@ class OptimConfig:
     weight_decay: float = 0.0  # decoupled (AdamW): each step multiplies the weights by 1 - lr * weight_decay
 
 
+ALGOS = ("cot", "mle", "mixce", "tailr")
+# The algorithms that fit G to the training data directly, one weighted NLL per token: no mediator.
+LIKELIHOOD_ALGOS = ("mle", "mixce", "tailr")
+MEDIATORS = ("learned", "exact")
+
+
 @dataclass
 class CoTConfig:
     """The schedule of one training iteration."""
 
-    algo: str = "cot"  # "cot" (cooperative training) or "mle" (maximum likelihood baseline)
+    # "cot" (cooperative training), "mle" (maximum likelihood), or MLE's reweighted rivals "mixce"
+    # and "tailr" (their keys: the sections mixce and tailr)
+    algo: str = "cot"
+    # cot: "learned", M trained on real and G's samples (the paper's CoT); "exact" (oracle data
+    # only), no M is learned: G's step uses the exact mixture (P + G) / 2 computed from the oracle
+    # and G, CoT with a perfect mediator, its ceiling
+    mediator: str = "learned"
     batch_size: int = 64  # sequences per step; the mediator sees this many real plus as many generated
     g_steps: int = 1  # generator updates per iteration
     m_steps: int = 1  # mediator updates per iteration (cot only)
     sync_every: int = 1  # copy mediator weights to the generator every this many mediator updates
+
+
+@dataclass
+class MixCEConfig:
+    """MixCE (Zhang et al., ACL 2023), ``--algo mixce``: a mix of the forward cross-entropy (MLE)
+    and the reverse one, trained as each data token's NLL weighted by ``eta + (1 - eta) q``, q
+    the model's own probability of the token, held constant."""
+
+    eta: float = 0.5  # share of the forward cross-entropy, in [0, 1]: 1 is MLE; the paper tunes it per task
+
+
+@dataclass
+class TaiLrConfig:
+    """TaiLr (Ji et al., ICLR 2023), ``--algo tailr``: total-variation-motivated MLE, each data
+    token's NLL weighted by ``p / (gamma + (1 - gamma) p)``, p the model's own probability of the
+    token, held constant and clamped to [min_weight, 1]. Defaults: the paper's synthetic setup."""
+
+    gamma: float = 1e-7  # the proxy distribution's mixing coefficient, in [0, 1]; 0 is MLE (weight 1)
+    min_weight: float = 0.2  # lower clamp of the weights, in [0, 1]: a token's weight never falls below it
 
 
 @dataclass
@@ -99,7 +130,7 @@ class EvalConfig:
     # "auto": in G's process when G has a GPU
     where: str = "auto"
     # the metric that picks the best checkpoint (best.pt): "nll_valid", "balanced_valid" (oracle:
-    # nll_oracle + nll_valid), "none"; "auto": MLE nll_valid, CoT balanced_valid (text: nll_valid)
+    # nll_oracle + nll_valid), "none"; "auto": MLE, MixCE, TaiLr nll_valid, CoT balanced_valid (text: nll_valid)
     select: str = "auto"
 
 
@@ -183,6 +214,8 @@ class Config:
     (text data sources start from wider models: see :func:`default_config`)."""
 
     cot: CoTConfig = field(default_factory=CoTConfig)
+    mixce: MixCEConfig = field(default_factory=MixCEConfig)  # --algo mixce only
+    tailr: TaiLrConfig = field(default_factory=TaiLrConfig)  # --algo tailr only
     # G's model: the keys of the architecture its arch names, here the default's (an LSTM); every
     # architecture's keys are in the sections "Architecture ..." at the end
     generator: ModelConfig = field(default_factory=LSTMConfig)
@@ -203,7 +236,8 @@ class Config:
     def validate(self) -> "Config":
         """Raise ConfigError for impossible values; return self."""
         c = self
-        check(c.cot.algo in ("cot", "mle"), "cot.algo", f"must be 'cot' or 'mle', got {c.cot.algo!r}")
+        check(c.cot.algo in ALGOS, "cot.algo", f"must be one of {', '.join(ALGOS)}, got {c.cot.algo!r}")
+        self._validate_algo()
         check(c.data.source in DATA_SOURCES, "data.source",
                f"must be 'oracle', 'coco' or 'text', got {c.data.source!r}")
         for key in ("cot.batch_size", "cot.g_steps", "cot.sync_every", "data.num_train", "run.chunk_rows",
@@ -212,7 +246,7 @@ class Config:
             check(_get(c, key) >= 1, key, f"must be >= 1, got {_get(c, key)}")
         for key in ("cot.m_steps", "run.iters", "eval.every", "run.threads", "eval.num_train"):
             check(_get(c, key) >= 0, key, f"must be >= 0, got {_get(c, key)}")
-        check(c.cot.algo == "mle" or c.cot.m_steps >= 1, "cot.m_steps", "must be >= 1 for cot")
+        check(not learned_mediator(c) or c.cot.m_steps >= 1, "cot.m_steps", "must be >= 1 for cot")
         check(c.run.minutes >= 0, "run.minutes", f"must be >= 0, got {c.run.minutes}")
         check(c.run.progress_s >= 0, "run.progress_s", f"must be >= 0 (0: every run.log_every iterations), "
               f"got {c.run.progress_s}")
@@ -258,11 +292,27 @@ class Config:
         check(nested.depth <= 8, "nested.depth", f"must be <= 8 (each level trains a whole model), got {nested.depth}")
         if nested.enabled:
             check(self.cot.algo == "cot", "nested.enabled",
-                   "needs cot.algo 'cot' (an MLE run has no mediator): drop --nested or use --algo cot")
+                   f"needs cot.algo 'cot' ({self.cot.algo} trains no mediator): drop --nested or use --algo cot")
+            check(self.cot.mediator == "learned", "nested.enabled",
+                   "trains a learned mediator, and cot.mediator is 'exact': drop --nested or the exact mediator")
         check(nested.enabled or not self.runtime.inner_actor, "runtime.inner_actor",
                "places the inner mediator of a nested run: add --nested, or drop --inner-actor")
         check(not self.runtime.inner_actor or self.runtime.mode == "actors", "runtime.inner_actor",
                "needs actors (runtime.mode 'actors'): drop --local or drop --inner-actor")
+
+    def _validate_algo(self) -> None:
+        c = self.cot
+        check(c.mediator in MEDIATORS, "cot.mediator", f"must be 'learned' or 'exact', got {c.mediator!r}")
+        if c.mediator == "exact":
+            check(c.algo == "cot", "cot.mediator",
+                  f"'exact' is CoT's mediator and cot.algo is {c.algo!r}: use --algo cot, or drop cot.mediator")
+            check(self.data.source == "oracle", "cot.mediator",
+                  f"'exact' needs the data's own probabilities, which only the oracle has (data.source is "
+                  f"{self.data.source!r}): use --data oracle, or cot.mediator=learned")
+        check(0.0 <= self.mixce.eta <= 1.0, "mixce.eta", f"must be in [0, 1] (1: MLE), got {self.mixce.eta}")
+        check(0.0 <= self.tailr.gamma <= 1.0, "tailr.gamma", f"must be in [0, 1] (0: MLE), got {self.tailr.gamma}")
+        check(0.0 <= self.tailr.min_weight <= 1.0, "tailr.min_weight",
+              f"must be in [0, 1], got {self.tailr.min_weight}")
 
     def _validate_text_data(self) -> None:
         d = self.data
@@ -303,6 +353,11 @@ def check_address(address: str) -> None:
           "runtime.address", f"must be '', 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got {address!r}")
 
 
+def learned_mediator(cfg: Config) -> bool:
+    """Whether a run of ``cfg`` trains a mediator M (CoT with cot.mediator 'learned')."""
+    return cfg.cot.algo == "cot" and cfg.cot.mediator == "learned"
+
+
 def _get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
@@ -312,7 +367,7 @@ def _get(cfg: Any, dotted: str) -> Any:
 def selection_metric(cfg: Config) -> Optional[str]:
     """The evaluation metric that picks a run's best checkpoint (lower is better), or None.
 
-    "auto": MLE is early-stopped on its validation NLL, the usual practice. CoT on the oracle
+    "auto": MLE (and MixCE, TaiLr) is early-stopped on its validation NLL, the usual practice. CoT on the oracle
     on ``balanced_valid`` = NLL_oracle + NLL_valid: CoT trades sample quality against coverage
     (it minimises a symmetric divergence), and selecting on coverage alone would favour its
     early, high-entropy checkpoints; both terms are free of the test set (NLL_oracle scores G's
@@ -322,7 +377,7 @@ def selection_metric(cfg: Config) -> Optional[str]:
         return None
     if cfg.eval.select != "auto":
         return cfg.eval.select
-    if cfg.cot.algo == "mle" or cfg.data.source in TEXT_SOURCES:
+    if cfg.cot.algo in LIKELIHOOD_ALGOS or cfg.data.source in TEXT_SOURCES:
         return "nll_valid"
     return "balanced_valid"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from .checkpoint import G, M, learner_part
-from .config import Config
+from .config import Config, learned_mediator
 from .data import Dataset
 from .learners import GeneratorLearner, MediatorLearner
 from .metrics import Evaluator
@@ -116,7 +116,7 @@ def local_group(cfg: Config, data: Dataset, device: Optional[str] = None) -> Lea
     g = GeneratorLearner(*args)
     g.build(device, data.train)
     m = None
-    if cfg.cot.algo == "cot":
+    if learned_mediator(cfg):
         m = MediatorLearner(*args)
         m.build_here(device, data.train)
     return LearnerGroup(cfg, data.vocab_size, g, m, where=f"learners in this process on {device}")

@@ -20,13 +20,14 @@ them, never a learner.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 
 from . import seeds
 from .checkpoint import WEIGHTS, CheckpointError
-from .config import Config, ModelConfig, OptimConfig
+from .config import LIKELIHOOD_ALGOS, Config, ModelConfig, OptimConfig, learned_mediator
 from .data import BatchSampler
 from .errors import ConfigError
 from .models import (
@@ -36,9 +37,27 @@ from .models import (
     cpu_weights,
     model_from_weights,
 )
-from .models.fused import fused_cot_generator_loss, fused_mixture_loss, fused_mle_loss
+from .models.fused import (
+    fused_cot_generator_loss,
+    fused_kl_to_log_probs,
+    fused_mixture_loss,
+    fused_mle_loss,
+    fused_weighted_mle_loss,
+)
+from .models.losses import exact_mixture_log_probs, mixce_weights, tailr_weights
+from .models.oracle import build_oracle
 from .seeds import derive_seed
 from .text import loss_mask, trim_padding
+
+
+def token_weighting(cfg: Config):
+    """The token weights of ``cfg``'s reweighted MLE (a function of the model's probabilities of
+    the data tokens), or None for plain MLE and CoT."""
+    if cfg.cot.algo == "mixce":
+        return functools.partial(mixce_weights, eta=cfg.mixce.eta)
+    if cfg.cot.algo == "tailr":
+        return functools.partial(tailr_weights, gamma=cfg.tailr.gamma, min_weight=cfg.tailr.min_weight)
+    return None
 
 
 def level_prefix(level: int) -> str:
@@ -209,15 +228,20 @@ class GeneratorLearner(_Learner):
             check_bf16(self.model, cfg.generator, "generator")
         self.sample_gen = torch.Generator(device=self.device).manual_seed(derive_seed(cfg.run.seed, seeds.SAMPLE_G))
         self.batches = None
-        if cfg.cot.algo == "mle":
+        if cfg.cot.algo in LIKELIHOOD_ALGOS:
             if train is None:
-                raise ValueError("an MLE generator needs the training set: build(device, train)")
+                raise ValueError(f"an {cfg.cot.algo} generator needs the training set: build(device, train)")
             self.batches = BatchSampler(train, cfg.cot.batch_size, derive_seed(cfg.run.seed, seeds.BATCH_G),
                                         cfg.data.shuffle)
+        self.token_weight = token_weighting(cfg)
         # G's copy of the mediator (CoT only): only ever evaluated, never trained here.
         self.mediator = None
-        if cfg.cot.algo == "cot":
+        if learned_mediator(cfg):
             self.mediator = build_model(self.vocab_size, cfg.mediator, device=self.device).eval().requires_grad_(False)
+        # The exact mediator's data distribution (cot.mediator exact): the oracle, on G's device.
+        self.oracle = None
+        if cfg.cot.algo == "cot" and cfg.cot.mediator == "exact":
+            self.oracle = build_oracle().to(self.device).eval().requires_grad_(False)
         self.steps = 0
 
     def sample(self, n: int) -> torch.Tensor:
@@ -243,18 +267,38 @@ class GeneratorLearner(_Learner):
         """One CoT update on ``fake[start:start+size]``, G's own samples: minimise KL(pi_G || pi_M)."""
         self._need_built()
         fake, = trim_padding([fake[start:start + (size or len(fake))].to(self.device)], self.eos_id)
-        stats = _cot_update(self.model, self.optim, self.mediator, fake, loss_mask(fake, self.eos_id),
-                            self.cfg.g_optim.grad_clip, self.chunk, bf16=self.bf16)
+        if self.oracle is not None:
+            stats = self._exact_cot_update(fake)
+        else:
+            stats = _cot_update(self.model, self.optim, self.mediator, fake, loss_mask(fake, self.eos_id),
+                                self.cfg.g_optim.grad_clip, self.chunk, bf16=self.bf16)
         self.steps += 1
         return _to_floats(stats, "g_")
 
+    def _exact_cot_update(self, fake: torch.Tensor) -> dict:
+        """CoT's generator update against the exact mixture (P + G) / 2 of the oracle and G as
+        it is now (:func:`exact_mixture_log_probs`), held fixed during the update."""
+        self.model.eval()
+        with torch.no_grad():
+            m_log_probs = exact_mixture_log_probs(self.oracle(fake), self.model(fake), fake)  # (B, T, V)
+        self.model.train()
+        loss, stats = fused_kl_to_log_probs(_hidden(self.model, fake, bf16=self.bf16), *self.model.output_layer(),
+                                            m_log_probs, loss_mask(fake, self.eos_id), self.chunk)
+        stats["grad_norm"] = _update(self.model, self.optim, loss, self.cfg.g_optim.grad_clip)
+        self.model.eval()
+        return stats
+
     def step_mle(self) -> dict:
-        """One MLE update on a batch of real sequences."""
+        """One update on a batch of real sequences: MLE, or MixCE's or TaiLr's reweighted MLE."""
         self._need_built()
         real, = trim_padding([self.batches.next().to(self.device)], self.eos_id)
         self.model.train()
-        loss, stats = fused_mle_loss(_hidden(self.model, real, bf16=self.bf16), *self.model.output_layer(), real,
-                                     loss_mask(real, self.eos_id), self.chunk)
+        hidden, mask = _hidden(self.model, real, bf16=self.bf16), loss_mask(real, self.eos_id)
+        if self.token_weight is None:
+            loss, stats = fused_mle_loss(hidden, *self.model.output_layer(), real, mask, self.chunk)
+        else:
+            loss, stats = fused_weighted_mle_loss(hidden, *self.model.output_layer(), real, self.token_weight,
+                                                  mask, self.chunk)
         stats["grad_norm"] = _update(self.model, self.optim, loss, self.cfg.g_optim.grad_clip)
         self.steps += 1
         return _to_floats(stats, "g_")

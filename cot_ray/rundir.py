@@ -35,7 +35,7 @@ from .checkpoint import (
     learner_weights,
     load_checkpoint,
 )
-from .config import Config
+from .config import Config, learned_mediator
 from .config_loading import flat_keys, from_dict, read_yaml
 from .data import EVAL_FILE, VOCAB_FILE, run_vocab_path
 from .errors import ConfigError
@@ -124,8 +124,9 @@ def default_run_name(cfg: Config) -> str:
     (oracle, coco, or the training file's name) and the architecture (G's, and M's where it
     differs), e.g. ``cot-oracle-lstm``, ``mle-coco-transformer``, ``cot-nested-mytext-lstm``."""
     algo = f"{cfg.cot.algo}-nested" if cfg.nested.enabled else cfg.cot.algo
+    algo += "-exact" if cfg.cot.mediator == "exact" and cfg.cot.algo == "cot" else ""
     data = cfg.data.source if cfg.data.source != "text" else Path(cfg.data.train_path).stem or "text"
-    archs = [cfg.generator.arch] + ([cfg.mediator.arch] if cfg.cot.algo == "cot" and
+    archs = [cfg.generator.arch] + ([cfg.mediator.arch] if learned_mediator(cfg) and
                                     cfg.mediator.arch != cfg.generator.arch else [])
     name = "-".join([algo, data, *archs])
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)

@@ -51,7 +51,7 @@ import torch
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from .config import Config, RuntimeConfig
+from .config import Config, RuntimeConfig, learned_mediator
 from .connection import cluster_address, connect, local_ray_lost
 from .data import Dataset, load_dataset
 from .errors import ConfigError
@@ -150,7 +150,7 @@ LEARNER_CLASSES = {"generator": GeneratorLearner, "mediator": MediatorLearner, "
 
 def learner_names(cfg: Config) -> list[str]:
     """The actors a run of ``cfg`` needs, in placement-bundle order (one bundle each)."""
-    if cfg.cot.algo == "mle":
+    if not learned_mediator(cfg):
         return ["generator"]
     return ["generator", "mediator"] + (["inner"] if cfg.nested.enabled and cfg.runtime.inner_actor else [])
 

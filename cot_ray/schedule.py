@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Optional
 
-from .config import Config
+from .config import LIKELIHOOD_ALGOS, Config
 from .errors import ConfigError
 from .group import LearnerGroup
 
@@ -44,8 +44,9 @@ class Schedule:
     (t minus the G version of M's batch) and ``train/staleness_weights`` (t + 1 minus the M
     version G uses, in iterations) are K once the pipeline is full. In-flight work at a
     checkpoint (the K queued sample batches and the snapshots G has not loaded yet) is stored
-    in the checkpoint, not regenerated, so resuming is exact. MLE has no mediator: its
-    iteration is ``cot.g_steps`` MLE updates.
+    in the checkpoint, not regenerated, so resuming is exact. MLE (and MixCE, TaiLr) has no mediator: its
+    iteration is ``cot.g_steps`` updates on real batches; CoT with the exact mediator has none
+    to train: its iteration is ``cot.g_steps`` CoT updates, each on B fresh samples.
     """
 
     def __init__(self, staleness: int = 0):
@@ -57,8 +58,10 @@ class Schedule:
     def iteration(self, learners: LearnerGroup, cfg: Config, t: int, m_updates: int) -> tuple[list, int]:
         """Submit iteration ``t``; -> (stats or their refs, the new mediator update count)."""
         c = cfg.cot
-        if c.algo == "mle" or learners.m is None:
+        if c.algo in LIKELIHOOD_ALGOS:
             return [learners.g_step_mle() for _ in range(c.g_steps)], m_updates
+        if learners.m is None:  # CoT against the exact mediator, which G computes itself
+            return [learners.g_step_cot(learners.sample(c.batch_size)) for _ in range(c.g_steps)], m_updates
         B, S = c.batch_size, c.m_steps
         while len(self.samples) < self.k:  # priming, at a fresh start only
             self.samples.append((t, learners.sample(S * B)))

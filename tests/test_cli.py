@@ -16,7 +16,7 @@ from cot_ray.data import load_dataset
 from cot_ray.metrics import make_evaluator
 from cot_ray.models import model_from_weights
 from cot_ray.rundir import resume_config
-from tests.conftest import TINY
+from tests.conftest import TINY, event_scalars
 
 # Flags every CLI training run here gets: the in-process loop keeps this module Ray-free.
 LOCAL: list[str] = []
@@ -76,6 +76,30 @@ def test_train_eval_sample_end_to_end(cli):
     assert res.exit_code == 0, res.output
     rows = [list(map(int, line.split())) for line in res.output.strip().splitlines()]
     assert len(rows) == 4 and all(len(r) == 20 and all(0 <= t < 5000 for t in r) for r in rows)
+
+
+@pytest.mark.parametrize("args,name,train_tags", [
+    (["--algo", "mixce", "--set", "mixce.eta=0.2"], "mixce-oracle-lstm", {"g_loss", "g_nll", "g_weight"}),
+    (["--algo", "tailr", "--set", "tailr.gamma=0.5"], "tailr-oracle-lstm", {"g_loss", "g_nll", "g_weight"}),
+    (["--set", "cot.mediator=exact"], "cot-exact-oracle-lstm", {"g_kl"}),
+])
+def test_the_rivals_and_the_exact_mediator_train_evaluate_and_sample(cli, args, name, train_tags):
+    """``--algo mixce``, ``--algo tailr`` and ``cot.mediator=exact`` through the front door: no
+    mediator is trained or scored, the run says what it is, eval and sample read it back."""
+    out = _summary(cli("train", *args, "--iters", "2"))
+    run_dir = out["run_dir"]
+    assert os.path.basename(run_dir).startswith(name + "-")
+    assert "m_nll_test" not in out["metrics"] and "nll_oracle" in out["metrics"]
+    tags = {t.split("/", 1)[1] for t in event_scalars(run_dir) if t.startswith("train/")}
+    assert train_tags <= tags and not any(t.startswith("m_") for t in tags), tags
+    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
+    assert state["m"] is None
+    res = cli("eval", run_dir, "--json")
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.output.strip().splitlines()[-1])
+    assert ev["nll_test"] == pytest.approx(out["metrics"]["nll_test"], rel=1e-6) and ev["jsd_mediator"] is None
+    res = cli("sample", run_dir, "-n", "2", "--ids")
+    assert res.exit_code == 0 and len(res.output.strip().splitlines()) == 2, res.output
 
 
 def test_resume_continues_to_more_iterations(cli):
@@ -162,6 +186,15 @@ def test_data_synthetic_writes_token_files(cli, tmp_path):
     (["--inner-actor"], "config key 'runtime.inner_actor' places the inner mediator of a nested run"),
     (["--nested", "--algo", "mle"], "config key 'nested.enabled' needs cot.algo 'cot'"),
     (["--nested", "--local", "--inner-actor"], "config key 'runtime.inner_actor' needs actors"),
+    (["--algo", "mixce", "--set", "mixce.eta=1.5"], "config key 'mixce.eta' must be in [0, 1] (1: MLE), got 1.5"),
+    (["--algo", "tailr", "--set", "tailr.gamma=-0.1"], "config key 'tailr.gamma' must be in [0, 1] (0: MLE)"),
+    (["--algo", "tailr", "--set", "tailr.min_weight=2"], "config key 'tailr.min_weight' must be in [0, 1]"),
+    (["--set", "cot.mediator=perfect"], "config key 'cot.mediator' must be 'learned' or 'exact', got 'perfect'"),
+    (["--algo", "mle", "--set", "cot.mediator=exact"], "config key 'cot.mediator' 'exact' is CoT's mediator"),
+    (["--data", "coco", "--set", "cot.mediator=exact"], "'exact' needs the data's own probabilities, which only "
+                                                        "the oracle has (data.source is 'coco')"),
+    (["--nested", "--set", "cot.mediator=exact"], "config key 'nested.enabled' trains a learned mediator"),
+    (["--nested", "--algo", "tailr"], "config key 'nested.enabled' needs cot.algo 'cot' (tailr trains no mediator)"),
 ])
 def test_bad_config_is_one_line_error(cli, args, message):
     res = CliRunner().invoke(main, ["train", *LOCAL, "--iters", "1", *args])

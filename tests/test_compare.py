@@ -26,6 +26,21 @@ def test_settings_an_algorithm_never_reads_neither_split_nor_label_it():
     assert labels == ["mle", "mle", "cot", "cot"]
 
 
+def test_the_rivals_and_the_exact_mediator_group_by_their_own_keys_only():
+    """A MixCE run reads mixce.eta, not TaiLr's keys nor M's; CoT with the exact mediator reads
+    no mediator model; their labels name what differs."""
+    labels, configs = _groups(["cot.algo=mixce", "mixce.eta=0.2", "tailr.gamma=0.5", "mediator.emb_dim=8"],
+                              ["cot.algo=mixce", "mixce.eta=0.2"],
+                              ["cot.algo=mixce", "mixce.eta=0.7"],
+                              ["cot.algo=tailr", "mixce.eta=0.7"], ["cot.algo=tailr"],
+                              ["cot.mediator=exact", "mediator.emb_dim=8", "m_optim.lr=0.01"],
+                              ["cot.mediator=exact"], [])
+    assert configs[0] == configs[1] and configs[3] == configs[4] and configs[5] == configs[6]
+    assert len({repr(c) for c in configs}) == 5
+    assert labels[0] == "mixce (mixce.eta=0.2)" and labels[2] == "mixce (mixce.eta=0.7)" and labels[3] == "tailr"
+    assert labels[5] == "cot (cot.mediator=exact)" and labels[7] == "cot (cot.mediator=learned)"
+
+
 def test_settings_that_are_read_split_groups_and_name_the_difference():
     labels, configs = _groups(["mediator.emb_dropout=0"], [], ["cot.algo=mle", "cot.g_steps=2"], ["cot.algo=mle"],
                               ["nested.enabled=true", "inner_mediator.emb_dropout=0"],

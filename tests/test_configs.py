@@ -147,7 +147,7 @@ def test_specs_become_tune_domains_and_bounds_are_kept(tmp_path):
     ("mediator", "{choice: [1]}", "{}", "names a section"),
     ("run.iters", "{choice: [10, 20]}", "{}", "use tune.per_trial"),
     ("cot.algo", "[cot, mle]", "{}", "write {choice:"),
-    ("cot.algo", "{choice: [cot, gan]}", "{}", "config key 'cot.algo' must be 'cot' or 'mle'"),
+    ("cot.algo", "{choice: [cot, gan]}", "{}", "config key 'cot.algo' must be one of cot, mle, mixce, tailr, got 'gan'"),
     ("cot.g_steps", "{normal: [1, 3]}", "{}", "give a plain value or one of"),
     ("cot.g_steps", "{choice: []}", "{}", "needs a non-empty list"),
     ("mediator.dropout", "{uniform: [0.1, 0.5]}", "{metric: eval/bleu4}", "config key 'tune.metric' must be a metric"),

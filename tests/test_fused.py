@@ -14,14 +14,19 @@ from cot_ray.models.fused import (
     DEFAULT_CHUNK_ROWS,
     chunk_rows,
     fused_cot_generator_loss,
+    fused_kl_to_log_probs,
     fused_mixture_loss,
     fused_mle_loss,
+    fused_weighted_mle_loss,
 )
 from cot_ray.models.losses import (
     cot_generator_loss,
     mediator_loss,
+    mixce_weights,
     mixture_loss,
     mle_loss,
+    tailr_weights,
+    weighted_mle_loss,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,6 +90,70 @@ def test_mle_equals_reference(B, T, H, V, chunk, mask_kind):
         assert_close(g, r)
     if mask_kind == "all_zero":
         assert loss.item() == 0.0
+
+
+# ----------------------------------------------------------------------------- MixCE and TaiLr
+
+WEIGHTINGS = {
+    "mixce": lambda p: mixce_weights(p, eta=0.3),
+    "tailr": lambda p: tailr_weights(p, gamma=0.4, min_weight=0.3),  # the clamp binds on some tokens here
+}
+
+
+@pytest.mark.parametrize("B,T,H,V,chunk", [(3, 4, 5, 7, 5), (4, 5, 3, 11, 4), (5, 2, 2, 9, 1)])
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("algo", list(WEIGHTINGS))
+def test_weighted_mle_equals_reference(B, T, H, V, chunk, mask_kind, algo):
+    gen = torch.Generator().manual_seed(B * 100 + V)
+    h, (w, b) = leaf(gen, B, T, H), layer(gen, V, H, dtype=torch.float64)
+    tok = torch.randint(0, V, (B, T), generator=gen)
+    mask = make_mask(mask_kind, B, T, gen)
+    loss, stats = fused_weighted_mle_loss(h, w, b, tok, WEIGHTINGS[algo], mask, chunk=chunk)
+    ref, ref_stats = weighted_mle_loss(F.linear(h, w, b), tok, WEIGHTINGS[algo], mask)
+    assert_close(loss, ref)
+    assert set(stats) == set(ref_stats) == {"loss", "nll", "weight"}
+    for k in stats:
+        assert not stats[k].requires_grad
+        assert_close(stats[k], ref_stats[k])
+    for g, r in zip(grads(loss, (h, w, b)), grads(ref, (h, w, b))):
+        assert_close(g, r)
+    if mask_kind != "all_zero":  # the weights are not all 1: this is not MLE
+        assert abs(stats["weight"].item() - 1.0) > 0.05
+        assert abs(loss.item() - stats["nll"].item()) > 1e-3
+
+
+def test_weights_of_one_give_mle_to_the_bit():
+    """MixCE with eta = 1 and TaiLr with gamma = 0 (no clamp) are MLE: the same bits as fused_mle_loss."""
+    gen = torch.Generator().manual_seed(11)
+    h, (w, b) = leaf(gen, 4, 5, 3, dtype=torch.float32), layer(gen, 9, 3, dtype=torch.float32)
+    tok = torch.randint(0, 9, (4, 5), generator=gen)
+    mask = padding_mask(4, 5, gen, dtype=torch.float32)
+    loss, stats = fused_mle_loss(h, w, b, tok, mask, chunk=3)
+    want = grads(loss, (h, w, b))
+    for fn in (lambda p: mixce_weights(p, 1.0), lambda p: tailr_weights(p, 0.0, 0.0)):
+        wloss, wstats = fused_weighted_mle_loss(h, w, b, tok, fn, mask, chunk=3)
+        assert torch.equal(wloss, loss) and torch.equal(wstats["nll"], stats["nll"])
+        assert wstats["weight"].item() == 1.0
+        for g, r in zip(grads(wloss, (h, w, b)), want):
+            assert torch.equal(g, r)
+
+
+def test_kl_to_log_probs_equals_the_reference_on_given_mediator_log_probs():
+    """CoT's generator loss against a mediator given as log-probabilities (the exact mixture's
+    path): value and G's gradients equal the reference, for any row offset of M's logits."""
+    gen = torch.Generator().manual_seed(12)
+    B, T, H, V = 3, 4, 5, 7
+    hg, (wg, bg) = leaf(gen, B, T, H), layer(gen, V, H)
+    m_logits = torch.randn(B, T, V, generator=gen, dtype=torch.float64)
+    mask = padding_mask(B, T, gen)
+    ref, _ = cot_generator_loss(F.linear(hg, wg, bg), m_logits, mask)
+    want = grads(ref, (hg, wg, bg))
+    for m in (m_logits, F.log_softmax(m_logits, -1)):
+        loss, stats = fused_kl_to_log_probs(hg, wg, bg, m, mask, chunk=5)
+        assert_close(loss, ref)
+        assert stats["kl"].item() == loss.item()
+        for g, r in zip(grads(loss, (hg, wg, bg)), want):
+            assert_close(g, r)
 
 
 # ----------------------------------------------------------------------------- mediator

@@ -34,9 +34,11 @@ TRANSFORMERS = ("generator.arch=transformer", "generator.num_layers=2", "generat
                 "mediator.arch=transformer", "mediator.num_heads=2")
 
 
-@pytest.mark.parametrize("algo,arch", [("cot", "lstm"), ("mle", "lstm"), ("cot", "transformer"), ("mle", "transformer")])
+@pytest.mark.parametrize("algo,arch", [("cot", "lstm"), ("mle", "lstm"), ("cot", "transformer"), ("mle", "transformer"),
+                                       ("mixce", "lstm"), ("tailr", "lstm"), ("cot-exact", "lstm")])
 def test_resumed_run_equals_uninterrupted_run(tiny, algo, arch):
-    overrides = (f"cot.algo={algo}", "cot.m_steps=2", "cot.g_steps=2", "eval.every=2", "run.checkpoint_every=100",
+    algo_keys = ("cot.algo=cot", "cot.mediator=exact") if algo == "cot-exact" else (f"cot.algo={algo}",)
+    overrides = (*algo_keys, "cot.m_steps=2", "cot.g_steps=2", "eval.every=2", "run.checkpoint_every=100",
                  *(TRANSFORMERS if arch == "transformer" else ()))
     full = run_trainer(tiny(*overrides, "run.iters=6", "run.name=full"), echo=_quiet)
     half = run_trainer(tiny(*overrides, "run.iters=3", "run.name=half"), echo=_quiet)

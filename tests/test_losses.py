@@ -17,10 +17,14 @@ from cot_ray.model_config import LSTMConfig
 from cot_ray.models import LSTMLM
 from cot_ray.models.losses import (
     cot_generator_loss,
+    exact_mixture_log_probs,
     mediator_loss,
+    mixce_weights,
     mle_loss,
     step_kl,
+    tailr_weights,
     token_nll,
+    weighted_mle_loss,
 )
 
 V, T = 3, 3
@@ -107,6 +111,93 @@ def test_mle_loss_gradient_is_softmax_minus_onehot():
     mle_loss(logits, tokens)[0].backward()
     expected = (logits.detach().softmax(-1) - F.one_hot(tokens, 5).double()) / tokens.numel()
     assert torch.allclose(logits.grad, expected, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- MixCE and TaiLr
+
+def mixce_formula(q, eta):
+    """MixCE's token weight as its paper writes it, on a Python float: eta + (1 - eta) q."""
+    return eta + (1 - eta) * q
+
+
+def tailr_formula(q, gamma, min_weight):
+    """TaiLr's token weight as its paper writes it: q / (gamma + (1 - gamma) q), clipped to [min_weight, 1]."""
+    return min(max(q / (gamma + (1 - gamma) * q), min_weight), 1.0)
+
+
+FORMULAS = {
+    "mixce": (lambda p: mixce_weights(p, 0.3), lambda q: mixce_formula(q, 0.3)),
+    "tailr": (lambda p: tailr_weights(p, 0.4, 0.3), lambda q: tailr_formula(q, 0.4, 0.3)),
+}
+
+
+def test_token_weights_are_the_papers_numbers():
+    p = torch.tensor([0.0, 0.1, 0.5, 1.0], dtype=torch.float64)
+    assert mixce_weights(p, 0.25).tolist() == pytest.approx([0.25, 0.325, 0.625, 1.0], abs=1e-15)
+    assert mixce_weights(p, 1.0).tolist() == [1.0] * 4  # eta = 1: MLE
+    # gamma 0.5: p / (0.5 + 0.5 p); clamped below at 0.2
+    assert tailr_weights(p, 0.5, 0.2).tolist() == pytest.approx([0.2, 0.2, 2 / 3, 1.0], abs=1e-15)
+    assert tailr_weights(p[1:], 0.0, 0.0).tolist() == [1.0] * 3  # gamma = 0: MLE
+    assert tailr_weights(p, 1.0, 0.0).tolist() == pytest.approx(p.tolist(), abs=1e-15)  # gamma = 1: p
+    q = p.clone().requires_grad_(True)
+    assert not mixce_weights(q, 0.3).requires_grad and not tailr_weights(q, 0.3, 0.1).requires_grad
+
+
+@pytest.mark.parametrize("algo", list(FORMULAS))
+def test_weighted_mle_value_and_gradient_follow_the_papers_formula_token_by_token(algo):
+    """Loss and d loss / d logits against a loop over the tokens in Python floats: each counted
+    token contributes w(q) * -log q to the mean, and w(q) * (softmax - onehot) to its gradient,
+    with q the model's probability of the token and w the paper's weight, a constant."""
+    weights, formula = FORMULAS[algo]
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(4, 3, 5, generator=gen, dtype=torch.float64) * 2).requires_grad_(True)
+    tokens = torch.randint(0, 5, (4, 3), generator=gen)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.float64)
+    loss, stats = weighted_mle_loss(logits, tokens, weights, mask)
+    loss.backward()
+    probs = logits.detach().softmax(-1)
+    count = int(mask.sum())
+    want_loss, want_nll, want_w = 0.0, 0.0, 0.0
+    want_grad = torch.zeros_like(probs)
+    clamped = 0
+    for b in range(4):
+        for t in range(3):
+            if not mask[b, t]:
+                continue
+            q = probs[b, t, tokens[b, t]].item()
+            w = formula(q)
+            clamped += algo == "tailr" and w == 0.3
+            want_loss += w * -math.log(q) / count
+            want_nll += -math.log(q) / count
+            want_w += w / count
+            want_grad[b, t] = w * (probs[b, t] - F.one_hot(tokens[b, t], 5).double()) / count
+    assert loss.item() == pytest.approx(want_loss, abs=1e-13)
+    assert stats["nll"].item() == pytest.approx(want_nll, abs=1e-13)
+    assert stats["weight"].item() == pytest.approx(want_w, abs=1e-13)
+    assert torch.allclose(logits.grad, want_grad, atol=1e-14)
+    assert algo == "mixce" or clamped >= 1  # the clamp is exercised
+
+
+@pytest.mark.parametrize("algo", list(FORMULAS))
+def test_expected_weighted_mle_gradient_over_the_data_is_the_papers_expectation(algo):
+    """On the enumerable problem, the loss weighted by the data's sequence probabilities gives
+    (1/T) E_{x~P} sum_t w(q_t) grad(-log q_t): checked against that sum, each token's gradient
+    taken by itself and scaled by its paper-formula weight."""
+    weights, formula = FORMULAS[algo]
+    p = seq_probs(tiny_lm(0))
+    G = tiny_lm(4, init_std=0.5)
+    loss, _ = weighted_mle_loss(G(ALL), ALL, weights, mask=as_mask(p))
+    got = torch.autograd.grad(loss, list(G.parameters()))
+    want = [torch.zeros_like(x) for x in G.parameters()]
+    log_q = G.log_probs(ALL).gather(2, ALL[..., None]).squeeze(-1)  # (27, T)
+    for i in range(len(ALL)):
+        for t in range(T):
+            w = formula(log_q[i, t].exp().item())
+            g = torch.autograd.grad(-log_q[i, t], list(G.parameters()), retain_graph=True)
+            for acc, gi in zip(want, g):
+                acc += p[i].item() * w * gi / T
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-13)
 
 
 # ----------------------------------------------------------------------------- mediator
@@ -315,3 +406,61 @@ def test_cot_against_the_exact_mixture_drives_jsd_to_zero():
     g = G.seq_probs().detach()
     assert exact_jsd(p, g) < 1e-4
     assert (g - p).abs().max().item() < 1e-3
+
+
+# ----------------------------------------------------------------------------- the exact mediator
+
+def test_exact_mixture_log_probs_are_the_conditionals_of_the_mixture():
+    """exact_mixture_log_probs from the two models' step logits equals the conditionals of
+    (P + G) / 2 obtained by marginalising its joint table: the prefix weights P(s), G(s) matter
+    (the per-step average of pi_P and pi_G is another distribution)."""
+    P, G = tiny_lm(0), tiny_lm(2)
+    p, g = seq_probs(P), seq_probs(G)
+    with torch.no_grad():
+        got = exact_mixture_log_probs(P(ALL), G(ALL), ALL)
+        naive = (0.5 * (P.log_probs(ALL).exp() + G.log_probs(ALL).exp())).log()
+    want = cond_log_probs(0.5 * (p + g))
+    assert torch.allclose(got, want, atol=1e-12)
+    assert torch.allclose(got[:, 0], naive[:, 0], atol=1e-12)  # at t = 0 both prefixes have probability 1
+    assert (got - naive).abs().max() > 0.05
+    # float32 models far apart: finite, and still normalised
+    with torch.no_grad():
+        far = exact_mixture_log_probs(P(ALL).float() * 30, G(ALL).float() * 30, ALL)
+    assert torch.isfinite(far).all() and torch.allclose(far.exp().sum(-1), torch.ones(27, T), atol=1e-5)
+
+
+def test_cot_with_the_exact_mediator_is_the_jsd_gradient_without_its_future_terms():
+    """The exact JSD gradient, 2 grad JSD(P || G) = E_G[sum_t grad log pi_G(x_t|s_t) sum_{k>=t} log r_k]
+    with r_k = pi_G(x_k|s_k) / pi_M*(x_k|s_k), splits into CoT's generator gradient against the
+    exact mediator M* (the k = t terms: E_G sum_t sum_v grad pi_G(v|s_t) log(pi_G / pi_M*), what
+    cot.mediator=exact trains with) and the terms k > t, which CoT (like GKD's on-policy
+    divergences) drops. Checked on the enumerable problem: CoT's part + the future part = the
+    autograd gradient of the exact JSD, the future part is not negligible, and CoT's loss is
+    KL(G || M*) per step."""
+    P, G = tiny_lm(0), tiny_lm(2)
+    p = seq_probs(P)
+    params = list(G.parameters())
+
+    g = G.sequence_log_prob(ALL).exp()  # (27,) with G's graph
+    m = 0.5 * (p + g)
+    jsd = 0.5 * ((p * (p / m).log()).sum() + (g * (g / m).log()).sum())
+    want = [2 * x for x in torch.autograd.grad(jsd, params)]
+
+    g_logits = G(ALL)
+    with torch.no_grad():
+        m_log = exact_mixture_log_probs(P(ALL), g_logits, ALL)
+    gd = g.detach()
+    loss, _ = cot_generator_loss(g_logits, m_log, mask=as_mask(gd))
+    kl = (gd * (gd / m.detach()).log()).sum().item()
+    assert T * loss.item() == pytest.approx(kl, abs=1e-12)  # KL(G || M*) = sum over steps
+    cot = torch.autograd.grad(T * loss, params, retain_graph=True)
+
+    log_g = g_logits.log_softmax(-1).gather(2, ALL[..., None]).squeeze(-1)  # (27, T) with G's graph
+    log_r = (log_g - m_log.gather(2, ALL[..., None]).squeeze(-1)).detach()
+    future = log_r.flip(1).cumsum(1).flip(1) - log_r  # sum over k > t
+    future_part = torch.autograd.grad((gd[:, None] * log_g * future).sum(), params)
+
+    for c, f, w in zip(cot, future_part, want):
+        assert torch.allclose(c + f, w, atol=1e-12)
+    norm = lambda xs: sum(x.pow(2).sum() for x in xs).sqrt().item()  # noqa: E731
+    assert norm(future_part) > 0.05 * norm(want)  # CoT's gradient is not the JSD gradient

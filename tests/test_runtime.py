@@ -59,13 +59,9 @@ def _differs(a: dict, b: dict) -> bool:
 # ----------------------------------------------------------------------------- schedules
 
 
-@pytest.mark.parametrize("arch", ["lstm", "transformer"])
-def test_sync_actors_equal_the_in_process_loop(tiny, arch):
-    """Same seed, N iterations: actors with the sync schedule == the in-process loop, bitwise
-    (LSTMs, and Transformer G and M with dropout in M)."""
-    common = ("cot.m_steps=2", "cot.g_steps=2", "cot.sync_every=3", "eval.every=2", "run.iters=5", ONE_THREAD,
-              *(("generator.arch=transformer", "generator.num_heads=2", "mediator.arch=transformer",
-                 "mediator.num_heads=2", "mediator.dropout=0.1") if arch == "transformer" else ()))
+def _local_and_actors(tiny, common):
+    """The run of ``tiny(*common)`` in process and on actors; -> (local summary, actors' summary,
+    the actors' placements)."""
     ref = loop.run_trainer(tiny(*common, "runtime.mode=local", "run.name=local"), echo=_quiet)
     cfg = tiny(*common, "run.name=actors")
     rt = runtime.ActorRuntime(cfg.runtime)
@@ -74,6 +70,17 @@ def test_sync_actors_equal_the_in_process_loop(tiny, arch):
         where = rt.placements()
     finally:
         rt.shutdown()
+    return ref, act, where
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_sync_actors_equal_the_in_process_loop(tiny, arch):
+    """Same seed, N iterations: actors with the sync schedule == the in-process loop, bitwise
+    (LSTMs, and Transformer G and M with dropout in M)."""
+    common = ("cot.m_steps=2", "cot.g_steps=2", "cot.sync_every=3", "eval.every=2", "run.iters=5", ONE_THREAD,
+              *(("generator.arch=transformer", "generator.num_heads=2", "mediator.arch=transformer",
+                 "mediator.num_heads=2", "mediator.dropout=0.1") if arch == "transformer" else ()))
+    ref, act, where = _local_and_actors(tiny, common)
     assert act["iteration"] == ref["iteration"] == 5
     assert_same_tree(_states(ref["run_dir"]), _states(act["run_dir"]))
     assert act["metrics"] == ref["metrics"]
@@ -81,6 +88,17 @@ def test_sync_actors_equal_the_in_process_loop(tiny, arch):
         {**r, "elapsed_s": a["elapsed_s"]} for r, a in zip(rundir.read_metrics(ref["run_dir"]), rundir.read_metrics(act["run_dir"]))]
     assert {p["device"] for p in where.values()} == {"cpu"}
     assert {p["threads"] for p in where.values()} == {1}
+
+
+@pytest.mark.parametrize("algo", ["cot.algo=mixce", "cot.mediator=exact"])
+def test_sync_actors_equal_the_in_process_loop_without_a_mediator(tiny, algo):
+    """MixCE (TaiLr shares its path) and CoT against the exact mediator: one generator actor,
+    equal to the in-process loop bitwise."""
+    common = (algo, "cot.g_steps=2", "eval.every=2", "run.iters=3", ONE_THREAD)
+    ref, act, where = _local_and_actors(tiny, common)
+    assert set(where) == {"generator"}
+    assert_same_tree(_states(ref["run_dir"]), _states(act["run_dir"]))
+    assert act["metrics"] == ref["metrics"]
 
 
 @pytest.mark.parametrize("gpus", ["-1", "1"])

@@ -131,8 +131,8 @@ def test_config_errors_name_the_key():
 # ------------------------------------------------------------------------------------ training
 
 
-@pytest.mark.parametrize("algo", ["cot", "mle"])
-def test_train_both_algorithms_on_text(tmp_path, corpus, algo):
+@pytest.mark.parametrize("algo", ["cot", "mle", "mixce", "tailr"])
+def test_train_every_algorithm_on_text(tmp_path, corpus, algo):
     cfg = _cfg(tmp_path, corpus, f"cot.algo={algo}", "run.iters=4", "eval.every=2", f"run.name={algo}",
                "eval.num_test=100000")  # more than the test set: all of it
     lines: list = []

@@ -201,3 +201,60 @@ def test_an_iteration_ships_at_most_one_weight_snapshot_the_newest_due(tiny, sch
         assert all(torch.equal(a, b) for a, b in zip(w.g.mediator.state_dict().values(),
                                                       w.m.model.state_dict().values()))
     assert m_updates == 9
+
+
+def test_the_exact_mediator_is_the_mixture_of_the_oracle_and_g_as_it_is_now(tiny, monkeypatch):
+    """Catches: the exact mediator built from anything but the oracle and the current G (a stale
+    copy of G, M's network, the per-step average of the two without prefix weights); an
+    iteration that samples for a mediator or steps on stale samples. With g_steps 2 an
+    iteration is two CoT steps, each on B fresh samples of the G that steps."""
+    from cot_ray.models.losses import cot_generator_loss, exact_mixture_log_probs
+    from cot_ray.models.oracle import build_oracle
+
+    cfg = tiny("cot.mediator=exact", "cot.g_steps=2")
+    w, rec, data, iteration = _recorded(cfg)
+    assert w.m is None
+    B, oracle = cfg.cot.batch_size, build_oracle()
+    want = []
+    real_step = GeneratorLearner.step_cot
+
+    def step_cot(self, fake, start=0, size=None):  # the reference loss of the G about to step
+        with torch.no_grad():
+            g_logits = self.model.eval()(fake)
+            want.append(cot_generator_loss(g_logits, exact_mixture_log_probs(oracle(fake), g_logits, fake))[0].item())
+        return real_step(self, fake, start, size)
+
+    monkeypatch.setattr(GeneratorLearner, "step_cot", step_cot)
+    iteration(0, 0)
+    assert [method for _, method, _, _ in rec.calls] == ["sample", "step_cot", "sample", "step_cot"]
+    samples = [out for _, method, _, out in rec.calls if method == "sample"]
+    assert [s.shape[0] for s in samples] == [B, B] and not torch.equal(samples[0], samples[1])
+    kls = [out["g_kl"] for _, method, _, out in rec.calls if method == "step_cot"]
+    assert kls == pytest.approx(want, rel=1e-5) and want[0] != pytest.approx(want[1], rel=1e-6)
+
+
+@pytest.mark.parametrize("algo,keys", [("mixce", {"mixce.eta": 0.2}), ("tailr", {"tailr.gamma": 0.5,
+                                                                                  "tailr.min_weight": 0.3})])
+def test_the_rivals_step_on_real_batches_with_their_configured_weights(tiny, algo, keys):
+    """Catches: a rival stepping on G's samples instead of real data, or ignoring its config keys
+    (plain MLE weights, another algorithm's): its step's loss is the reference weighted NLL of
+    the real batch under the configured weights."""
+    from cot_ray.learners import token_weighting
+    from cot_ray.models.losses import mixce_weights, tailr_weights, weighted_mle_loss
+
+    cfg = tiny(f"cot.algo={algo}", *(f"{k}={v}" for k, v in keys.items()))
+    w, rec, data, iteration = _recorded(cfg)
+    fn = token_weighting(cfg)
+    p = torch.tensor([0.05, 0.5])
+    direct = mixce_weights(p, 0.2) if algo == "mixce" else tailr_weights(p, 0.5, 0.3)
+    assert torch.equal(fn(p), direct)
+    state = w.g.batches.state()
+    real = w.g.batches.next()
+    w.g.batches.load_state(state)
+    with torch.no_grad():
+        ref, ref_stats = weighted_mle_loss(w.g.model.eval()(real), real, fn)
+    iteration(0, 0)
+    assert [method for _, method, _, _ in rec.calls] == ["step_mle"]
+    (stats,) = [out for _, _, _, out in rec.calls]
+    assert stats["g_loss"] == pytest.approx(ref.item(), rel=1e-5)
+    assert stats["g_weight"] == pytest.approx(ref_stats["weight"].item(), rel=1e-5)

@@ -76,19 +76,22 @@ def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
 
 # ----------------------------------------------------------------------------- weighted NLL
 
-def _nll_chunks(hidden, weight, bias, targets, coef, want, chunk):
+def _nll_chunks(hidden, weight, bias, targets, coef, want, chunk, token_weight=None):
     """Per-row NLL of ``targets`` under softmax(hidden @ weight.T + bias), and optionally the
-    gradients of ``sum_r coef_r nll_r``.
+    gradients of ``sum_r coef_r w_r nll_r``.
 
     hidden (N, H), weight (V, H), bias (V,), targets (N,) int64, coef (N,);
-    want: (hidden, weight, bias) booleans -> nll (N,), grad_hidden (N, H) | None,
-    grad_weight (V, H) | None, grad_bias (V,) | None.
+    want: (hidden, weight, bias) booleans; token_weight: None (w = 1) or a function of the
+    rows' target probabilities (n,) -> their weights w (n,), treated as constants
+    -> nll (N,), w (N,) | None, grad_hidden (N, H) | None, grad_weight (V, H) | None,
+    grad_bias (V,) | None.
 
     Per chunk, with e = exp(z - max z) the unnormalised probabilities and s their row sum:
     nll = log s + max z - z_target; d nll / d z = e / s - onehot(target).
     """
     N, H = hidden.shape
     nll = hidden.new_empty(N)
+    wts = hidden.new_empty(N) if token_weight is not None else None
     g_h = hidden.new_empty(N, H) if want[0] else None
     g_w = torch.zeros_like(weight) if want[1] else None
     g_b = torch.zeros_like(bias) if want[2] and bias is not None else None
@@ -104,9 +107,11 @@ def _nll_chunks(hidden, weight, bias, targets, coef, want, chunk):
         e = z.sub_(top).exp_()  # (n, V) in place: unnormalised probabilities
         s = e.sum(dim=1, keepdim=True)  # (n, 1)
         nll[i:i + n] = (s.log() + top - z_t).squeeze(1)
+        if wts is not None:
+            wts[i:i + n] = token_weight(torch.exp(-nll[i:i + n]))
         if not grad:
             continue
-        c = coef[i:i + n, None]  # (n, 1)
+        c = coef[i:i + n, None] if wts is None else (coef[i:i + n] * wts[i:i + n])[:, None]  # (n, 1)
         g = e.mul_(c / s).scatter_add_(1, t, -c)  # (n, V) in place: coef * (softmax - onehot)
         if g_h is not None:
             torch.mm(g, weight, out=g_h[i:i + n])
@@ -114,7 +119,7 @@ def _nll_chunks(hidden, weight, bias, targets, coef, want, chunk):
             g_w.addmm_(g.t(), h)
         if g_b is not None:
             g_b += g.sum(dim=0)
-    return nll, g_h, g_w, g_b
+    return nll, wts, g_h, g_w, g_b
 
 
 def _save_grads(ctx, want, grads) -> None:
@@ -130,31 +135,38 @@ def _saved_grads(ctx, grad_loss) -> list:
     return [next(saved) * grad_loss if w else None for w in ctx.want]
 
 
-class _FusedNLL(torch.autograd.Function):
-    """``sum_r coef_r nll_r`` with the output layer inside; also returns the detached nll (N,).
+def _row_loss(coef, wts, nll):
+    """``sum_r coef_r w_r nll_r`` (w = 1 when ``wts`` is None: then exactly ``coef . nll``)."""
+    return torch.dot(coef, nll) if wts is None else torch.dot(coef * wts, nll)
 
-    The gradients are computed in forward (the weights ``coef`` are known there) and saved;
-    backward scales them by the incoming gradient. Not twice differentiable.
+
+class _FusedNLL(torch.autograd.Function):
+    """``sum_r coef_r w_r nll_r`` with the output layer inside; also returns the detached nll (N,)
+    and token weights w (N,) (None without ``token_weight``).
+
+    The gradients are computed in forward (the weights are known there) and saved; backward
+    scales them by the incoming gradient. Not twice differentiable.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, coef, chunk):
+    def forward(ctx, hidden, weight, bias, targets, coef, chunk, token_weight):
         want = ctx.needs_input_grad[:3]
-        nll, *grads = _nll_chunks(hidden, weight, bias, targets, coef, want, chunk)
+        nll, wts, *grads = _nll_chunks(hidden, weight, bias, targets, coef, want, chunk, token_weight)
         _save_grads(ctx, want, grads)
-        ctx.mark_non_differentiable(nll)
-        return torch.dot(coef, nll), nll
+        ctx.mark_non_differentiable(nll, *([wts] if wts is not None else []))  # one call: each replaces the last
+        return _row_loss(coef, wts, nll), nll, wts
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss, _grad_nll):
-        return (*_saved_grads(ctx, grad_loss), None, None, None)
+    def backward(ctx, grad_loss, _grad_nll, _grad_wts):
+        return (*_saved_grads(ctx, grad_loss), None, None, None, None)
 
 
-def _weighted_nll(hidden, weight, bias, targets, coef, chunk):
-    """hidden (..., H), targets (...) -> (scalar sum_r coef_r nll_r, detached nll (N,)).
+def _weighted_nll(hidden, weight, bias, targets, coef, chunk, token_weight=None):
+    """hidden (..., H), targets (...) -> (scalar sum_r coef_r w_r nll_r, detached nll (N,),
+    detached token weights w (N,) or None without ``token_weight``).
 
-    Rows of weight 0 are never computed (:func:`_counted_rows`); their nll is reported as 0.
+    Rows of weight 0 are never computed (:func:`_counted_rows`); their nll and w are reported as 0.
     """
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
     t = targets.reshape(-1)  # (N,)
@@ -163,14 +175,16 @@ def _weighted_nll(hidden, weight, bias, targets, coef, chunk):
     if keep is not None:  # (K,) counted rows only; index_select carries the gradient back to (N, H)
         h, t, coef = h.index_select(0, keep), t[keep], coef[keep]
     if _needs_grad(hidden, weight, bias):
-        loss, nll = _FusedNLL.apply(h, weight, bias, t, coef, chunk)
+        loss, nll, wts = _FusedNLL.apply(h, weight, bias, t, coef, chunk, token_weight)
     else:
         with torch.no_grad():
-            nll = _nll_chunks(h, weight, bias, t, coef, (False, False, False), chunk)[0]
-        loss = torch.dot(coef, nll)
+            nll, wts = _nll_chunks(h, weight, bias, t, coef, (False, False, False), chunk, token_weight)[:2]
+        loss = _row_loss(coef, wts, nll)
     if keep is not None:
-        nll = nll.new_zeros(hidden.shape[:-1].numel()).index_copy_(0, keep, nll)
-    return loss, nll
+        N = hidden.shape[:-1].numel()
+        nll = nll.new_zeros(N).index_copy_(0, keep, nll)
+        wts = wts.new_zeros(N).index_copy_(0, keep, wts) if wts is not None else None
+    return loss, nll, wts
 
 
 def fused_mle_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, tokens: torch.Tensor,
@@ -181,8 +195,22 @@ def fused_mle_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     -> (scalar mean per-token NLL, {"nll": detached loss}).
     """
     coef = _row_weights(mask, tokens.numel(), 1.0, hidden)
-    loss, _ = _weighted_nll(hidden, weight, bias, tokens, coef, chunk)
+    loss, _, _ = _weighted_nll(hidden, weight, bias, tokens, coef, chunk)
     return loss, {"nll": loss.detach()}
+
+
+def fused_weighted_mle_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, tokens: torch.Tensor,
+                            token_weight, mask: Optional[torch.Tensor] = None, chunk: Optional[int] = None):
+    """``weighted_mle_loss(F.linear(hidden, weight, bias), tokens, token_weight, mask)`` (losses.py,
+    MixCE and TaiLr) without the (B, T, V) logits: each counted token's NLL weighted by
+    ``token_weight`` of the model's own probability of it, held constant.
+
+    hidden (B, T, H), weight (V, H), bias (V,), tokens (B, T), mask (B, T) or None
+    -> (scalar, {"loss": the loss, "nll": mean per-token NLL, "weight": mean token weight}, detached).
+    """
+    coef = _row_weights(mask, tokens.numel(), 1.0, hidden)
+    loss, nll, wts = _weighted_nll(hidden, weight, bias, tokens, coef, chunk, token_weight)
+    return loss, {"loss": loss.detach(), "nll": torch.dot(coef, nll), "weight": torch.dot(coef, wts)}
 
 
 def _group_nll(hidden, tokens, sizes, weights, masks, weight, bias, chunk):
@@ -198,7 +226,7 @@ def _group_nll(hidden, tokens, sizes, weights, masks, weight, bias, chunk):
     counts = [n * T for n in sizes]
     means = [_row_weights(m, c, 1.0, hidden) for m, c in zip(masks, counts)]  # per group: (n_k T,)
     coef = torch.cat([w * r for w, r in zip(weights, means)])  # (S T,)
-    loss, nll = _weighted_nll(hidden, weight, bias, tokens, coef, chunk)
+    loss, nll, _ = _weighted_nll(hidden, weight, bias, tokens, coef, chunk)
     return loss, [torch.dot(r, part) for r, part in zip(means, nll.split(counts))]
 
 
@@ -222,7 +250,9 @@ def fused_mixture_loss(hidden: torch.Tensor, tokens: list, weights: list, weight
 
 def _kl_chunks(g_hidden, g_weight, g_bias, m_hidden, m_weight, m_bias, coef, want, chunk):
     """Per-row KL(softmax(zg) || softmax(zm)) and optionally the gradients of ``sum_r coef_r kl_r``
-    w.r.t. G's hidden, weight and bias; zg = g_hidden @ g_weight.T + g_bias, zm likewise for M.
+    w.r.t. G's hidden, weight and bias; zg = g_hidden @ g_weight.T + g_bias, zm likewise for M,
+    or, when ``m_weight`` is None, zm = m_hidden: M's logits (N, V) themselves (any row offset:
+    log-probabilities will do).
 
     g_hidden (N, Hg), m_hidden (N, Hm), weights (V, Hg) / (V, Hm), coef (N,)
     -> kl (N,), grad_g_hidden (N, Hg) | None, grad_g_weight (V, Hg) | None, grad_g_bias (V,) | None.
@@ -243,7 +273,8 @@ def _kl_chunks(g_hidden, g_weight, g_bias, m_hidden, m_weight, m_bias, coef, wan
         h = g_hidden[i:i + chunk]  # (n, Hg)
         n = h.shape[0]
         zg = output_logits(h, g_weight.t(), g_bias, slabs[0, :n])  # (n, V) G's logits
-        zm = output_logits(m_hidden[i:i + n], m_weight.t(), m_bias, slabs[1, :n])  # (n, V) M's logits
+        zm = (output_logits(m_hidden[i:i + n], m_weight.t(), m_bias, slabs[1, :n]) if m_weight is not None
+              else slabs[1, :n].copy_(m_hidden[i:i + n]))  # (n, V) M's logits
         zg.sub_(zg.amax(dim=1, keepdim=True))
         zm.sub_(zm.amax(dim=1, keepdim=True))
         d = torch.sub(zg, zm, out=slabs[2, :n])  # (n, V)
@@ -297,9 +328,24 @@ def fused_cot_generator_loss(g_hidden: torch.Tensor, g_weight: torch.Tensor, g_b
     or None -> (scalar mean per-position KL(pi_G || pi_M), {"kl": detached loss}).
     The mediator is held fixed: its tensors are detached, no gradient reaches them.
     """
-    g_h = g_hidden.reshape(-1, g_hidden.shape[-1])  # (N, Hg)
-    m_h = m_hidden.detach().reshape(-1, m_hidden.shape[-1])  # (N, Hm)
     m_w, m_b = m_weight.detach(), m_bias.detach() if m_bias is not None else None
+    return _fused_kl(g_hidden, g_weight, g_bias, m_hidden, m_w, m_b, mask, chunk)
+
+
+def fused_kl_to_log_probs(g_hidden: torch.Tensor, g_weight: torch.Tensor, g_bias: torch.Tensor,
+                          m_log_probs: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                          chunk: Optional[int] = None):
+    """``cot_generator_loss(F.linear(g_hidden, g_weight, g_bias), m_log_probs, mask)``: CoT's
+    generator loss against a mediator given by its next-token log-probabilities (B, T, V), such
+    as the exact mixture (:func:`cot_ray.models.losses.exact_mixture_log_probs`); G's side fused
+    as in :func:`fused_cot_generator_loss`."""
+    return _fused_kl(g_hidden, g_weight, g_bias, m_log_probs, None, None, mask, chunk)
+
+
+def _fused_kl(g_hidden, g_weight, g_bias, m_hidden, m_w, m_b, mask, chunk):
+    """The mean per-position KL(pi_G || pi_M) of :func:`_kl_chunks` over the counted rows."""
+    g_h = g_hidden.reshape(-1, g_hidden.shape[-1])  # (N, Hg)
+    m_h = m_hidden.detach().reshape(-1, m_hidden.shape[-1])  # (N, Hm) or (N, V) logits
     coef = _row_weights(mask, g_h.shape[0], 1.0, g_hidden)
     chunk = chunk_rows(chunk)
     keep = _counted_rows(coef)

@@ -79,3 +79,62 @@ def cot_generator_loss(g_logits: torch.Tensor, m_logits: torch.Tensor, mask: Opt
     """
     loss = _masked_mean(step_kl(g_logits, m_logits), mask)
     return loss, {"kl": loss.detach()}
+
+
+# ----------------------------------------------------------------------------- reweighted MLE
+
+def mixce_weights(p: torch.Tensor, eta: float) -> torch.Tensor:
+    """MixCE's token weights (Zhang et al., ACL 2023): ``eta + (1 - eta) * p``, where ``p`` is
+    the model's own probability of the data token, detached. ``eta`` is the share of the forward
+    cross-entropy (MLE) in the mix; the ``(1 - eta) p`` part is the paper's token-level
+    approximation of the reverse cross-entropy's gradient."""
+    return eta + (1.0 - eta) * p.detach()
+
+
+def tailr_weights(p: torch.Tensor, gamma: float, min_weight: float) -> torch.Tensor:
+    """TaiLr's token weights (Ji et al., ICLR 2023): ``p / (gamma + (1 - gamma) p)``, the
+    density ratio of the model to its proxy mixture with the data, detached and clamped to
+    ``[min_weight, 1]``. gamma = 0 gives weight 1 (MLE); gamma = 1 gives ``p``."""
+    p = p.detach()
+    return (p / (gamma + (1.0 - gamma) * p)).clamp(min_weight, 1.0)
+
+
+def weighted_mle_loss(logits: torch.Tensor, tokens: torch.Tensor, token_weight, mask: Optional[torch.Tensor] = None):
+    """MLE with a weight on each token's NLL computed from the model's own (detached)
+    probability of that token: ``mean over counted (b, t) of w(p_bt) * nll_bt``, where
+    ``token_weight`` maps probabilities to weights (:func:`mixce_weights`,
+    :func:`tailr_weights`). The mean divides by the number of counted tokens, not the weights'
+    sum (as both papers' code does). Stats: the loss, the plain mean NLL and the mean weight."""
+    nll = token_nll(logits, tokens)
+    w = token_weight(torch.exp(-nll.detach()))
+    loss = _masked_mean(w * nll, mask)
+    return loss, {"loss": loss.detach(), "nll": _masked_mean(nll.detach(), mask), "weight": _masked_mean(w, mask)}
+
+
+# ----------------------------------------------------------------------------- the exact mediator
+
+def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T) with column t the sum of columns < t (column 0: 0)."""
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1].cumsum(1)], dim=1)
+
+
+def exact_mixture_log_probs(p_logits: torch.Tensor, g_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The next-token log-probabilities of the exact mixture M* = (P + G) / 2 along ``tokens``.
+
+    p_logits, g_logits (B, T, V): the data distribution's (the oracle's) and G's next-token
+    logits at every position of tokens (B, T) -> (B, T, V) log pi_M*(v | s_t), where s_t is the
+    prefix x_<t and, with P(s), G(s) the prefix probabilities,
+
+        pi_M*(v | s) = (P(s) pi_P(v | s) + G(s) pi_G(v | s)) / (P(s) + G(s)),
+
+    the conditional of the mixture (the 1/2s cancel), computed in log space: a prefix weight is
+    a sigmoid of log P(s) - log G(s), which float32 holds for any length. Detached: the mediator
+    is held fixed in CoT's generator step.
+    """
+    log_p = F.log_softmax(p_logits.detach(), dim=-1)
+    log_g = F.log_softmax(g_logits.detach(), dim=-1)
+    idx = tokens.unsqueeze(-1)
+    step_p, step_g = log_p.gather(-1, idx).squeeze(-1), log_g.gather(-1, idx).squeeze(-1)  # (B, T)
+    prefix_p, prefix_g = _exclusive_cumsum(step_p), _exclusive_cumsum(step_g)  # (B, T) log P(x_<t), log G(x_<t)
+    norm = torch.logaddexp(prefix_p, prefix_g).unsqueeze(-1)  # (B, T, 1)
+    return torch.logaddexp(prefix_p.unsqueeze(-1) + log_p, prefix_g.unsqueeze(-1) + log_g) - norm

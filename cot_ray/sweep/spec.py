@@ -64,7 +64,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..config import TEXT_SOURCES, Config, default_config
+from ..config import TEXT_SOURCES, Config, default_config, learned_mediator
 from ..config_loading import (
     from_dict,
     nest_keys,
@@ -303,7 +303,7 @@ def _parse_param(key: str, spec: Any) -> ParamSpec:
 
 def reported_metrics(cfg: Config) -> list[str]:
     """The metric names a trial of ``cfg`` reports to Tune (besides iteration and elapsed_s)."""
-    keys = metric_keys(cfg.data.source in TEXT_SOURCES, cfg.cot.algo == "cot", cfg.eval.num_train > 0,
+    keys = metric_keys(cfg.data.source in TEXT_SOURCES, learned_mediator(cfg), cfg.eval.num_train > 0,
                        cfg.data.num_valid != 0)
     return [f"eval/{k}" for k in keys]
 
