@@ -298,6 +298,10 @@ def _load_data(cfg, run_dir, need):
 _CHECKPOINT_OPTION = click.option(
     "--checkpoint", "which", type=click.Choice(["last", "best"]), default="last", show_default=True,
     help="The run's last checkpoint, or the best one by its validation metric (eval.select; never the test set).")
+_LM_SCORE_OPTION = click.option(
+    "--lm-score", "lm_run", type=click.Path(file_okay=False), metavar="MODEL_RUN",
+    help="Text: also the LM score (lm_score), the per-token NLL of the samples under the generator of "
+    "MODEL_RUN, an MLE run on the same training split (Caccia et al., ICLR 2020).")
 _TEMPERATURE_OPTION = click.option(
     "--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
     help="Sample from softmax(logits / T), and score G at T (its NLL of the test set is the tempered model's).")
@@ -368,12 +372,14 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation samples.")
 @_CHECKPOINT_OPTION
 @_TEMPERATURE_OPTION
-def eval_cmd(run_dir, as_json, samples, seed, which, temperature):
+@_LM_SCORE_OPTION
+def eval_cmd(run_dir, as_json, samples, seed, which, temperature, lm_run):
     """Evaluate a checkpoint of RUN_DIR (oracle metrics, or on text NLL_test, BLEU and self-BLEU)."""
     import time
 
+    from .lm_score import load_lm_scorer
     from .machine import configure_process, resolve_threads
-    from .metric_names import METRIC_KEYS, metric_keys
+    from .metric_names import LM_SCORE_KEYS, METRIC_KEYS, metric_keys
     from .metrics import make_evaluator
     from .rundir import checkpoint_models, load_run
 
@@ -384,8 +390,9 @@ def eval_cmd(run_dir, as_json, samples, seed, which, temperature):
     cfg.run.threads = 0  # this machine's free CPUs now, not the ones the run had
     cfg, note = resolve_threads(cfg)
     configure_process(cfg.run.threads)
+    lm = load_lm_scorer(lm_run, data)[0] if lm_run else None
     g, m = checkpoint_models(cfg, state, data.vocab_size)
-    ev = make_evaluator(data, cfg.eval, samples)
+    ev = make_evaluator(data, cfg.eval, samples, lm)
     n = ev.num_samples
     click.echo(f"[cot-ray] evaluating {run_dir} ({which} checkpoint, iteration {state['iteration']}"
                + (f", temperature {temperature:g}" if temperature != 1.0 else "")
@@ -400,7 +407,7 @@ def eval_cmd(run_dir, as_json, samples, seed, which, temperature):
         click.echo(json.dumps(out))
     else:
         shown = ("iteration",) + metric_keys(data.is_text, m is not None, cfg.eval.num_train > 0,
-                                             data.valid is not None)
+                                             data.valid is not None) + (LM_SCORE_KEYS if lm else ())
         for k in shown:
             v = out[k]
             click.echo(f"{k:>14}  {'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else v)}")
@@ -443,7 +450,8 @@ def sample(run_dir, num, ids, seed, which, temperature):
               help="A published point to mark in the plot and list in the table, e.g. 'CoT (paper)=8.19/8.03' "
               "(NLL_oracle / NLL_test; on text BLEU-4 / self-BLEU-4). Repeatable.")
 @click.option("--no-plot", is_flag=True, help="Skip the plot (it needs matplotlib).")
-def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, references, no_plot):
+@_LM_SCORE_OPTION
+def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, references, no_plot, lm_run):
     """Compare runs over a temperature grid: best and last checkpoints, seeds grouped (mean ± std),
     a table and a quality-diversity plot."""
     from .compare import (
@@ -473,7 +481,7 @@ def compare_cmd(run_dirs, temperatures, out_dir, checkpoints, samples, seed, ref
     click.echo(f"[compare] {len(run_dirs)} run(s) x {len(which)} checkpoint(s) x {len(temps)} temperature(s) "
                f"({', '.join(f'{t:g}' for t in temps)}); {note}", err=True)
     result = compare_runs(list(run_dirs), temps, which, samples, seed,
-                          echo=lambda s: click.echo(s, err=True), references=refs)
+                          echo=lambda s: click.echo(s, err=True), references=refs, lm_run=lm_run)
     plot = not no_plot and can_plot()
     paths = write_outputs(result, out_dir, plot=plot)
     click.echo(markdown_table(result))

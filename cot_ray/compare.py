@@ -19,7 +19,6 @@ checkpoints are gone (a curve committed without its weights) can still be compar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,8 @@ from .config import Config, learned_mediator
 from .config_loading import flat_keys
 from .data import load_dataset
 from .errors import ConfigError
+from .files import file_sha256
+from .lm_score import load_lm_scorer
 from .metrics import make_evaluator
 from .rundir import checkpoint_models, resume_config, run_checkpoint
 
@@ -129,12 +130,15 @@ def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
 
 def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("best", "last"),
                  samples: Optional[int] = None, seed: int = 0,
-                 echo: Callable[[str], None] = lambda s: None, references: tuple = ()) -> dict:
+                 echo: Callable[[str], None] = lambda s: None, references: tuple = (),
+                 lm_run: Optional[str] = None) -> dict:
     """Evaluate every run's checkpoints at every temperature; -> {"runs": [...], "groups": [...],
     "references": [...], "text": bool, "seconds": float}. Each run entry holds its directory,
     group, seed and, per checkpoint, the iteration and the metrics per temperature; each group
     entry the mean and standard deviation over its seeds; ``references`` (from
-    :func:`parse_reference`) are kept under the metric names of the data set."""
+    :func:`parse_reference`) are kept under the metric names of the data set. ``lm_run`` (text):
+    also the LM score under that MLE run's generator (:mod:`cot_ray.lm_score`); a saved sweep is
+    reused only when it was scored by the same checkpoint of that model."""
     if not run_dirs:
         raise ConfigError("give at least one run directory to compare")
     t_all = time.perf_counter()
@@ -149,13 +153,14 @@ def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("b
         keys.append(k)
         labels.setdefault(k, label)
     data = load_dataset(cfgs[0].data, run_dirs[0], "eval", max(c.eval.num_train for c in cfgs))
+    lm, lm_digest = load_lm_scorer(lm_run, data) if lm_run else (None, None)
     runs = []
     for i, (run_dir, cfg) in enumerate(zip(run_dirs, cfgs)):
-        ev = make_evaluator(data, cfg.eval, samples)
+        ev = make_evaluator(data, cfg.eval, samples, lm)
         entry = {"run_dir": run_dir, "group": labels[keys[i]], "seed": cfg.run.seed, "checkpoints": {}}
         for which in checkpoints:
             path = os.path.join(run_dir, BEST if which == "best" else CHECKPOINT)
-            settings = {"num_samples": ev.num_samples, "seed": seed}
+            settings = {"num_samples": ev.num_samples, "seed": seed, **({"lm_score": lm_digest} if lm else {})}
             saved = read_sweep(run_dir, which)
             digest = file_sha256(path) if os.path.exists(path) else None
             reused = sweep_covers(saved, settings, temperatures, digest)
@@ -206,15 +211,6 @@ def compare_runs(run_dirs: list[str], temperatures: list[float], checkpoints=("b
 
 
 SWEEP = "sweep_{}.json"  # a checkpoint's saved temperature sweep, beside it in the run directory
-
-
-def file_sha256(path: str) -> str:
-    """The SHA-256 of a file: which checkpoint a saved sweep belongs to."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_sweep(run_dir: str, which: str) -> Optional[dict]:

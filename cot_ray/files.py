@@ -10,6 +10,7 @@ file (:class:`DiskFullError`), the file before it kept.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -99,3 +100,12 @@ def read_jsonl(path: str, on_torn: Optional[Callable[[str], None]] = None) -> li
             raise DamagedFileError(f"'{path}' line {i + 1} is not a JSON object: fix or remove that line")
         rows.append(row)
     return rows
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file (which checkpoint a saved sweep or score belongs to)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -10,7 +10,8 @@ TEXT_KEYS = ("nll_test",) + tuple(f"bleu{n}" for n in BLEU_ORDERS) + tuple(f"sel
     + ("nll_train", "nll_valid")  # text runs
 MEDIATOR_KEYS = ("jsd_mediator", "m_nll_train", "m_nll_test", "m_nll_fake")  # runs with a mediator (oracle)
 TEXT_MEDIATOR_KEYS = ("m_nll_train", "m_nll_test")  # runs with a mediator (text)
-METRIC_KEYS = tuple(dict.fromkeys(ORACLE_KEYS + TEXT_KEYS + MEDIATOR_KEYS))  # every key, in display order
+LM_SCORE_KEYS = ("lm_score",)  # text, given an LM-score model (eval/compare --lm-score MODEL_RUN)
+METRIC_KEYS = tuple(dict.fromkeys(ORACLE_KEYS + TEXT_KEYS + MEDIATOR_KEYS + LM_SCORE_KEYS))  # every key, in display order
 
 
 def metric_keys(text: bool, mediator: bool, train: bool = True, valid: bool = True) -> tuple:

@@ -209,7 +209,10 @@ class Evaluator:
 
 
 class TextEvaluator(Evaluator):
-    """NLL_test, BLEU-2..5 against the test set and self-BLEU-2..5 of generated sentences.
+    """NLL_test, BLEU-2..5 against the test set and self-BLEU-2..5 of generated sentences; with
+    ``lm`` (a model trained by MLE on the same training split) also Caccia et al.'s LM score,
+    ``lm_score``: the per-token NLL of the same sentences under ``lm``, each counted up to and
+    with its <eos> (on the oracle, NLL_oracle is that score under the true distribution).
 
     The reference tables are built once here (one evaluator per run), so each evaluation only
     samples ``bleu_samples`` sentences and scores them.
@@ -217,7 +220,8 @@ class TextEvaluator(Evaluator):
 
     def __init__(self, test: torch.Tensor, seq_len: int, references: Sequence[Sequence[str]],
                  to_tokens: Callable[[list], list], eos_id: int, bleu_samples: int = 1000, num_test: int = 9984,
-                 train: Optional[torch.Tensor] = None, num_train: int = 0, valid: Optional[torch.Tensor] = None):
+                 train: Optional[torch.Tensor] = None, num_train: int = 0, valid: Optional[torch.Tensor] = None,
+                 lm: Optional[LanguageModel] = None):
         if bleu_samples < 2:
             raise ValueError(f"bleu_samples must be >= 2 (self-BLEU needs two sentences), got {bleu_samples}")
         super().__init__(test, seq_len, None, padding_mask_fn(eos_id), bleu_samples, num_test, train, num_train,
@@ -225,6 +229,7 @@ class TextEvaluator(Evaluator):
         self.to_tokens = to_tokens
         self.eos_id = eos_id  # sampling stops once every sentence has ended (the words are the same)
         self.scorer = BleuScorer(references, max_n=max(BLEU_ORDERS))
+        self.lm = lm
 
     def evaluate_temperatures(self, generator: LanguageModel, mediator: Optional[LanguageModel], seed: int,
                               temperatures) -> list[dict]:
@@ -238,20 +243,30 @@ class TextEvaluator(Evaluator):
                 res[f"bleu{n}"] = self.scorer.score(hyps, n)
             for n in BLEU_ORDERS:
                 res[f"self_bleu{n}"] = self_bleu(hyps, n)
+            if self.lm is not None:
+                res["lm_score"] = lm_score(self.lm, samples, self.mask_fn)
         return out
 
 
-def make_evaluator(data, eval_cfg, num_samples: Optional[int] = None) -> Evaluator:
+def lm_score(lm: LanguageModel, samples: torch.Tensor, mask_fn: MaskFn) -> float:
+    """Mean per-token NLL of ``samples`` (N, T) under ``lm``, over the tokens ``mask_fn`` counts."""
+    tokens = float(mask_fn(samples).sum())
+    return float(-sequence_log_probs(lm, samples, mask_fn).sum() / max(tokens, 1.0))
+
+
+def make_evaluator(data, eval_cfg, num_samples: Optional[int] = None, lm: Optional[LanguageModel] = None) -> Evaluator:
     """The evaluator of a ``Dataset`` under an ``EvalConfig``: exact oracle metrics or text metrics.
     On data with an EOS (``data.eos_id``), the padding after each sentence's end counts in no NLL.
 
     ``num_samples`` overrides the generated-sample count (``eval.num_samples`` for the oracle,
-    ``eval.bleu_samples`` for text).
+    ``eval.bleu_samples`` for text); ``lm`` (text only) adds the LM score (:class:`TextEvaluator`).
     """
     if data.vocab is not None and data.references is not None:
         n = num_samples if num_samples is not None else eval_cfg.bleu_samples
         return TextEvaluator(data.test, data.seq_len, data.references, data.tokens, data.eos_id, n,
-                             eval_cfg.num_test, data.train, eval_cfg.num_train, data.valid)
+                             eval_cfg.num_test, data.train, eval_cfg.num_train, data.valid, lm)
+    if lm is not None:
+        raise ValueError("the LM score is a text metric: on the oracle, nll_oracle is the exact one")
     n = num_samples if num_samples is not None else eval_cfg.num_samples
     return Evaluator(data.test, data.seq_len, data.oracle, padding_mask_fn(data.eos_id), n, eval_cfg.num_test,
                      data.train, eval_cfg.num_train, data.test_logp, data.valid)

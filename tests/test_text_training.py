@@ -245,3 +245,53 @@ def test_cli_bad_data_one_line_errors(cli, corpus, tmp_path):
     res = cli("train", "--data", corpus[0], "--iters", "1")
     assert res.exit_code != 0 and "needs --test-data" in res.output
     assert not os.path.exists(tmp_path / "runs")  # nothing was started
+
+
+def test_the_lm_score_is_the_nll_of_the_samples_under_an_mle_run_of_the_same_data(cli, corpus, tmp_path):
+    """``eval --lm-score MODEL_RUN`` and ``compare --lm-score MODEL_RUN``: the per-token NLL (up to
+    each sentence's <eos>) of the evaluated generator's samples under MODEL_RUN's generator, the
+    same samples as BLEU's; one-line errors for a model that cannot score them."""
+    from cot_ray.metrics import padding_mask_fn, sample_with_log_probs
+    from cot_ray.models import sequence_log_probs
+    from cot_ray.rundir import checkpoint_models, load_run
+
+    def train(*args):
+        res = cli("train", "--data", corpus[0], "--test-data", corpus[1], "--iters", "3", *args)
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output.strip().splitlines()[-1])["run_dir"]
+
+    lm_run, run = train("--algo", "mle", "--set", "run.name=lm"), train("--set", "run.name=cot", "--seed", "1")
+    res = cli("eval", run, "--json", "--samples", "16", "--lm-score", lm_run)
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.output.strip().splitlines()[-1])
+
+    cfg, state = load_run(run)
+    V = len(Vocab.load(os.path.join(run, VOCAB_FILE)))
+    g = checkpoint_models(cfg, state, V)[0]
+    lm_cfg, lm_state = load_run(lm_run)
+    lm = checkpoint_models(lm_cfg, lm_state, V)[0]
+    samples, _ = sample_with_log_probs(g, 16, MAX_LEN, 0, stop_id=EOS_ID)  # eval's draw: seed 0
+    mask = padding_mask_fn(EOS_ID)
+    want = -sequence_log_probs(lm, samples, mask).sum().item() / mask(samples).sum().item()
+    assert ev["lm_score"] == pytest.approx(want, rel=1e-9)
+    assert ev["lm_score"] != pytest.approx(ev["nll_test"], rel=1e-3)
+    assert cli("eval", run, "--json", "--samples", "16").output.strip().splitlines()[-1].count('"lm_score": null') == 1
+
+    out = tmp_path / "cmp"
+    res = cli("compare", run, "--out", str(out), "--checkpoints", "last", "--temperatures", "1", "--samples", "16",
+              "--no-plot", "--lm-score", lm_run)
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads((out / "compare.json").read_text())["groups"][0]["rows"]
+    assert row["lm_score"]["mean"] == pytest.approx(want, rel=1e-9)
+
+    for bad, message in ((run, "the LM-score model must be an MLE run on the training split (this one is cot)"),
+                         (str(tmp_path), "is not a cot-ray run directory")):
+        res = cli("eval", run, "--lm-score", bad)
+        assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output, res.output
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(["a b c d", "e f g"] * 20) + "\n", encoding="utf-8")
+    res = cli("train", "--data", str(other), "--test-data", str(other), "--iters", "1", "--algo", "mle",
+              "--set", "run.name=other")
+    other_run = json.loads(res.output.strip().splitlines()[-1])["run_dir"]
+    res = cli("eval", run, "--lm-score", other_run)
+    assert res.exit_code != 0 and "its vocabulary (" in res.output and "is not the evaluated run's" in res.output
