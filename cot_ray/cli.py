@@ -373,16 +373,22 @@ def tune_cmd(sweep_path, address, num_samples, resume_dir, storage, name, max_co
 @_CHECKPOINT_OPTION
 @_TEMPERATURE_OPTION
 @_LM_SCORE_OPTION
-def eval_cmd(run_dir, as_json, samples, seed, which, temperature, lm_run):
+@click.option("--reverse-lm", is_flag=True, help="With --lm-score: also the reverse-LM score, the NLL of the real "
+              "test split under a model trained by MODEL_RUN's recipe on the generator's samples (trains it).")
+@click.option("--reverse-lm-samples", type=click.IntRange(min=40), default=None, metavar="N",
+              help="Generated sentences the reverse-LM model trains on (default 10,000).")
+def eval_cmd(run_dir, as_json, samples, seed, which, temperature, lm_run, reverse_lm, reverse_lm_samples):
     """Evaluate a checkpoint of RUN_DIR (oracle metrics, or on text NLL_test, BLEU and self-BLEU)."""
     import time
 
-    from .lm_score import load_lm_scorer
+    from .lm_score import REVERSE_LM_SAMPLES, load_lm_scorer, reverse_lm_score
     from .machine import configure_process, resolve_threads
-    from .metric_names import LM_SCORE_KEYS, METRIC_KEYS, metric_keys
-    from .metrics import make_evaluator
+    from .metric_names import LM_SCORE_KEYS, METRIC_KEYS, REVERSE_LM_KEYS, metric_keys
+    from .metrics import make_evaluator, sample_with_log_probs
     from .rundir import checkpoint_models, load_run
 
+    if (reverse_lm or reverse_lm_samples) and not lm_run:
+        raise click.UsageError("--reverse-lm trains MODEL_RUN's recipe on the samples: give --lm-score MODEL_RUN")
     cfg, state = load_run(run_dir, which)
     data = _load_data(cfg, run_dir, "eval")
     if samples is not None and samples < (2 if data.is_text else 1):
@@ -400,6 +406,14 @@ def eval_cmd(run_dir, as_json, samples, seed, which, temperature, lm_run):
     t0 = time.perf_counter()
     res = ev.evaluate(g, m, seed, temperature=temperature)
     click.echo(f"[cot-ray] evaluated in {time.perf_counter() - t0:.0f} s", err=True)
+    if reverse_lm or reverse_lm_samples:
+        import tempfile
+
+        n_rev = reverse_lm_samples or REVERSE_LM_SAMPLES
+        fake, _ = sample_with_log_probs(g, n_rev, data.seq_len, seed, temperature=temperature, stop_id=data.eos_id)
+        click.echo(f"[cot-ray] reverse-LM score: training {lm_run}'s recipe on {n_rev:,} samples...", err=True)
+        with tempfile.TemporaryDirectory() as work:
+            res.update(reverse_lm_score(lm_run, fake, data, work, echo=lambda s: click.echo(s, err=True)))
     # --json: every key, null where it does not apply (oracle keys on text, BLEU keys on the oracle).
     out = {"iteration": state["iteration"], "checkpoint": which, "temperature": temperature,
            **{k: res.get(k) for k in METRIC_KEYS}}
@@ -407,7 +421,8 @@ def eval_cmd(run_dir, as_json, samples, seed, which, temperature, lm_run):
         click.echo(json.dumps(out))
     else:
         shown = ("iteration",) + metric_keys(data.is_text, m is not None, cfg.eval.num_train > 0,
-                                             data.valid is not None) + (LM_SCORE_KEYS if lm else ())
+                                             data.valid is not None) + (LM_SCORE_KEYS if lm else ()) \
+            + (REVERSE_LM_KEYS if "reverse_lm_score" in res else ())
         for k in shown:
             v = out[k]
             click.echo(f"{k:>14}  {'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else v)}")

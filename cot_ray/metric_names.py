@@ -11,7 +11,9 @@ TEXT_KEYS = ("nll_test",) + tuple(f"bleu{n}" for n in BLEU_ORDERS) + tuple(f"sel
 MEDIATOR_KEYS = ("jsd_mediator", "m_nll_train", "m_nll_test", "m_nll_fake")  # runs with a mediator (oracle)
 TEXT_MEDIATOR_KEYS = ("m_nll_train", "m_nll_test")  # runs with a mediator (text)
 LM_SCORE_KEYS = ("lm_score",)  # text, given an LM-score model (eval/compare --lm-score MODEL_RUN)
-METRIC_KEYS = tuple(dict.fromkeys(ORACLE_KEYS + TEXT_KEYS + MEDIATOR_KEYS + LM_SCORE_KEYS))  # every key, in display order
+REVERSE_LM_KEYS = ("reverse_lm_score", "reverse_lm_iteration")  # text, eval --lm-score MODEL_RUN --reverse-lm
+METRIC_KEYS = tuple(dict.fromkeys(ORACLE_KEYS + TEXT_KEYS + MEDIATOR_KEYS + LM_SCORE_KEYS
+                                  + REVERSE_LM_KEYS))  # every key, in display order
 
 
 def metric_keys(text: bool, mediator: bool, train: bool = True, valid: bool = True) -> tuple:

@@ -29,7 +29,7 @@ ORDER = [
     # data and evaluation
     "text", "corpus", "data", "bleu", "metrics",
     # training, in one process
-    "learners", "rundir", "lm_score", "group", "schedule", "loop",
+    "learners", "rundir", "group", "schedule", "loop", "lm_score",
     # Ray: placement, actors
     "placement", "faults", "connection", "runtime",
     # sweeps
