@@ -1,16 +1,20 @@
-"""CoT against MLE, fairly: equal wall-clock, several seeds, MLE early-stopped on validation,
-both swept over the softmax temperature (Caccia et al., ICLR 2020).
+"""CoT against MLE (and MLE's rivals), fairly: equal wall-clock, several seeds, the likelihood
+family early-stopped on validation, all swept over the softmax temperature (Caccia et al., ICLR 2020).
 
-For each seed, a CoT run and an MLE run train at the same time (one torch thread each, so the
-machine's load hits both alike) for ``--minutes`` of training each, evaluating along the way
-on the validation set only; each keeps its best checkpoint by its selection metric (MLE: NLL on
-validation; CoT: NLL_oracle + NLL_valid on the oracle, NLL_valid on text). Then
-``cot-ray compare`` evaluates every run's best and last checkpoints over ``--temperatures`` on
-the test set, groups the seeds (mean ± std) and draws the quality-diversity curves.
+For each seed, one run per algorithm of ``--algos`` (default CoT and MLE; MixCE and TaiLr too)
+trains at the same time (one torch thread each, so the machine's load hits them alike) for
+``--minutes`` of training each, evaluating along the way on the validation set only; each keeps
+its best checkpoint by its selection metric (MLE, MixCE, TaiLr: NLL on validation; CoT:
+NLL_oracle + NLL_valid on the oracle, NLL_valid on text). Then ``cot-ray compare`` evaluates
+every run's best and last checkpoints over ``--temperatures`` on the test set, groups the seeds
+(mean ± std) and draws the quality-diversity curves; on text, ``--lm-score MODEL_RUN`` adds the
+LM score of every sample under a separately trained MLE run.
 
     python benchmarks/fair_comparison.py --data oracle --minutes 15 --seeds 0,1,2 --out docs/fair_oracle
     python benchmarks/fair_comparison.py --data coco --minutes 20 --seeds 0,1,2 --compare-samples 1000 --out docs/fair_coco
     python benchmarks/fair_comparison.py --data oracle --config configs/transformer_oracle.yaml ...   # other models
+    python benchmarks/fair_comparison.py --data PATH/train.txt --test-data PATH/test.txt \
+        --algos cot,mle,mixce,tailr --set mixce.eta=0.3 --lm-score runs/lm --out cmp_mine   # your corpus
 
 Runs go to ``--logdir`` (default ``runs/fair_<data>``); running the command again continues
 unfinished runs (``--resume``) and re-does the comparison. Prints one JSON line: the budget,
@@ -39,27 +43,30 @@ import os
 import subprocess
 import sys
 
-from cot_ray.compare import compare_runs, parse_temperatures, write_outputs
+from cot_ray.compare import can_plot, compare_runs, parse_temperatures, write_outputs
+from cot_ray.config import ALGOS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def train_pair(seed: int, args, logdir: str) -> None:
-    """CoT and MLE of one seed, at the same time (one thread each); continued if present."""
+def train_seed(seed: int, args, logdir: str) -> None:
+    """Every algorithm's run of one seed, at the same time (one thread each, so they share the
+    machine alike); continued if present."""
     procs = []
-    for algo in ("cot", "mle"):
+    for algo in args.algos:
         run_dir = os.path.join(logdir, f"{algo}-seed{seed}")
         common = ["--json", "--local"]
         if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
             cmd = ["train", "--resume", run_dir, "--minutes", str(args.minutes)]
         else:
-            every = args.cot_eval_every if algo == "cot" else args.mle_eval_every
+            every = args.cot_eval_every if algo == "cot" else args.mle_eval_every  # the likelihood family as MLE
             cmd = ["train", "--algo", algo, "--minutes", str(args.minutes), "--seed", str(seed),
                    "--logdir", logdir, "--set", f"run.name={algo}-seed{seed}", "--set", "run.threads=1",
                    "--set", f"eval.every={every}", "--set", f"eval.num_samples={args.train_eval_samples}",
                    "--set", f"eval.num_test={args.train_eval_samples}", "--set", "run.log_every=250"]
-            if args.data == "coco":
-                cmd += ["--data", "coco", "--set", "eval.bleu_samples=200"]
+            if args.data != "oracle":
+                cmd += ["--data", args.data, "--set", "eval.bleu_samples=200"]
+                cmd += ["--test-data", os.path.abspath(args.test_data)] if args.test_data else []
             if args.config:
                 cmd += ["--config", os.path.abspath(args.config)]
             cmd += [a for kv in args.overrides for a in ("--set", kv)]
@@ -83,7 +90,7 @@ def best_temperatures(result: dict) -> dict:
 
         rows = [r for r in g["rows"] if ("bleu4" in r if result["text"] else "nll_oracle" in r)]
         best = min(rows, key=score)
-        keys = ("bleu4", "self_bleu4", "nll_test") if result["text"] else \
+        keys = ("bleu4", "self_bleu4", "nll_test", "lm_score") if result["text"] else \
             ("nll_oracle", "nll_test", "kl_forward", "kl_reverse")
         out[f"{g['group']}/{g['checkpoint']}"] = {
             "temperature": best["temperature"], "seeds": len(g["seeds"]), "iterations": g["iterations"],
@@ -94,7 +101,13 @@ def best_temperatures(result: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", choices=["oracle", "coco"], default="oracle")
+    ap.add_argument("--data", default="oracle", help="oracle, coco, or a training file of your own (one sentence "
+                    "per line; then --test-data)")
+    ap.add_argument("--test-data", default="", help="with --data PATH: the held-out file")
+    ap.add_argument("--algos", default="cot,mle", help="the algorithms compared, of cot, mle, mixce, tailr (their "
+                    "keys by --set, e.g. --set mixce.eta=0.3: each run reads only its own)")
+    ap.add_argument("--lm-score", default="", metavar="MODEL_RUN", help="text: score every sample with this MLE "
+                    "run too (Caccia et al.'s LM score; train it apart from the compared runs, e.g. with another seed)")
     ap.add_argument("--minutes", type=float, default=10.0, help="training minutes of every run (equal wall-clock)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--temperatures", default="0.7:1.3:0.1")
@@ -109,16 +122,25 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override of every run (repeatable)")
     args = ap.parse_args()
+    args.algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    bad = [a for a in args.algos if a not in ALGOS]
+    if bad or not args.algos:
+        raise SystemExit(f"--algos: {', '.join(bad) or 'none given'} is not one of {', '.join(ALGOS)}")
+    if args.data not in ("oracle", "coco") and not args.test_data:
+        raise SystemExit(f"--data {args.data}: a training file of your own needs --test-data PATH")
+    if args.lm_score and args.data == "oracle":
+        raise SystemExit("--lm-score is for text: on the oracle, nll_oracle is the exact LM score")
     seeds = [int(s) for s in args.seeds.split(",")]
-    logdir = os.path.abspath(args.logdir or os.path.join("runs", f"fair_{args.data}"))
+    name = args.data if args.data in ("oracle", "coco") else os.path.splitext(os.path.basename(args.data))[0]
+    logdir = os.path.abspath(args.logdir or os.path.join("runs", f"fair_{name}"))
     os.makedirs(logdir, exist_ok=True)
     for seed in seeds:
-        train_pair(seed, args, logdir)
-    runs = [os.path.join(logdir, f"{algo}-seed{s}") for algo in ("cot", "mle") for s in seeds]
+        train_seed(seed, args, logdir)
+    runs = [os.path.join(logdir, f"{algo}-seed{s}") for algo in args.algos for s in seeds]
     result = compare_runs(runs, parse_temperatures(args.temperatures), ("best", "last"), args.compare_samples,
-                          echo=lambda s: print(s, file=sys.stderr, flush=True))
+                          echo=lambda s: print(s, file=sys.stderr, flush=True), lm_run=args.lm_score or None)
     result["budget_minutes"] = args.minutes
-    paths = write_outputs(result, args.out)
+    paths = write_outputs(result, args.out, plot=can_plot())  # the plot needs matplotlib (the bench extra)
     print(json.dumps({"data": args.data, "minutes_per_run": args.minutes, "seeds": seeds,
                       "compare_seconds": result["seconds"], "best": best_temperatures(result),
                       "outputs": paths}))

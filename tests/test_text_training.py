@@ -336,3 +336,32 @@ def test_the_reverse_lm_score_trains_the_lm_recipe_on_the_samples_and_scores_the
 
     res = cli("eval", run, "--reverse-lm")
     assert res.exit_code != 0 and "give --lm-score MODEL_RUN" in res.output
+
+
+def test_the_fair_comparison_runs_every_algorithm_on_a_users_corpus(cli, corpus, tmp_path):
+    """benchmarks/fair_comparison.py on a corpus of one's own (--data PATH --test-data PATH):
+    one run per algorithm and seed, compared over temperatures with the LM score of a separate
+    MLE run; the groups are the algorithms, each run reading its own keys."""
+    import subprocess
+    import sys
+
+    res = cli("train", "--data", corpus[0], "--test-data", corpus[1], "--iters", "3", "--algo", "mle",
+              "--seed", "100", "--set", "run.name=lm")
+    lm_run = json.loads(res.output.strip().splitlines()[-1])["run_dir"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sets = [a for kv in TINY_TEXT + ["data.num_valid=8", "mixce.eta=0.3"] for a in ("--set", kv)]
+    out = tmp_path / "cmp"
+    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "fair_comparison.py"),
+                           "--data", corpus[0], "--test-data", corpus[1], "--algos", "cot,mle,mixce",
+                           "--minutes", "0.01", "--seeds", "0", "--temperatures", "0.8,1", "--compare-samples", "8",
+                           "--train-eval-samples", "8", "--cot-eval-every", "2", "--mle-eval-every", "2",
+                           "--logdir", str(tmp_path / "fair"), "--lm-score", lm_run, "--out", str(out), *sets],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(line["best"]) == ["cot/best", "cot/last", "mixce/best", "mixce/last", "mle/best", "mle/last"]
+    saved = yaml.safe_load((tmp_path / "fair" / "mixce-seed0" / "config.yaml").read_text())
+    assert saved["cot"]["algo"] == "mixce" and saved["mixce"]["eta"] == 0.3
+    assert all(v["iterations"][0] >= 1 for v in line["best"].values())
+    assert all("lm_score" in v and math.isfinite(v["lm_score"][0]) for v in line["best"].values())
+    assert json.loads((out / "compare.json").read_text())["text"] is True
