@@ -165,13 +165,18 @@ def test_the_shipped_benchmark_sets_are_draws_of_the_oracle(oracle):
 
 @pytest.mark.pinned
 def test_the_shipped_benchmark_sets_are_the_seed_88_draw_of_the_torch_that_drew_them(oracle):
-    """With the torch release that drew them, today's sampler still draws the shipped sets bit
-    for bit (the first chunk of 4,096 sequences of the seed-88 stream); another release draws
-    other bits of the same distribution (the test above)."""
+    """With the torch release that drew them, today's sampler draws the shipped sets again (the
+    first chunk of 4,096 sequences of the seed-88 stream) up to the CPU's float rounding: the
+    same uniforms pick the same tokens except where a probability sum lands on the other side
+    of a uniform, after which that row goes its own way. On the machine that drew them every
+    row was equal; on a Xeon with AVX-512 and AMX, 6 rows of 4,096 part from some token on.
+    Another release draws other bits of the same distribution (the test above)."""
     from cot_ray.data import SHIPPED_TORCH, synthetic_sets
 
     installed = torch.__version__.split("+")[0]
     if installed != SHIPPED_TORCH:
         pytest.skip(f"the shipped sets were drawn with torch {SHIPPED_TORCH}; torch {installed} draws other bits")
     train, _, _ = synthetic_sets(9984, 9984, 88, cache_dir="/nonexistent")
-    assert torch.equal(sample_oracle(oracle, 4096, 88), torch.from_numpy(train[:4096]))
+    drawn, shipped = sample_oracle(oracle, 4096, 88), torch.from_numpy(train[:4096])
+    parted = int((drawn != shipped).any(dim=1).sum())
+    assert parted <= 20, parted  # at most 0.5% of the rows (another sampler or stream: nearly all)
