@@ -261,3 +261,25 @@ def test_an_interrupted_sweep_exits_128_plus_the_signal(tmp_path, data_cache, mo
     assert res.exit_code == code, res.output
     assert f"sweep interrupted ({'Ctrl-C' if code == 130 else 'SIGTERM'}): continue it with: cot-ray tune {path} " \
            f"--resume {tmp_path / 'exp'}" in res.output
+
+
+def test_a_trial_early_stopped_on_the_sweeps_metric_is_judged_by_its_best_evaluation():
+    """With run.patience and tune.metric the selection metric (tune_configs/mixce_eta.yaml), a
+    trial's row holds its best report, which its best.pt holds, not the last of the patience
+    evaluations after it; other sweeps keep the last report."""
+    from types import SimpleNamespace
+
+    from cot_ray.sweep.results import best_row, trial_row
+
+    def trial(tid, last, best):
+        return SimpleNamespace(trial_id=tid, status="TERMINATED", config={"mixce.eta": 0.1},
+                               last_result={"eval/nll_valid": last, "eval/balanced_nll": last + 9,
+                                            "iteration": 8000, "budget_done": False},
+                               metric_analysis={"eval/nll_valid": {"min": best, "max": 7.9, "last": last},
+                                                "eval/balanced_nll": {"min": best + 8, "last": last + 9}})
+
+    early = sweep_spec.load_sweep(os.path.join(ROOT, "tune_configs", "mixce_eta.yaml"))
+    rows = [trial_row(trial("a", 7.773, 7.699), early), trial_row(trial("b", 7.760, 7.720), early)]
+    assert [r.metric for r in rows] == [7.699, 7.720] and best_row(rows, "min").trial_id == "a"
+    plain = sweep_spec.load_sweep(os.path.join(ROOT, "tune_configs", "smoke.yaml"))  # no patience
+    assert trial_row(trial("a", 7.773, 7.699), plain).metric == 7.773 + 9

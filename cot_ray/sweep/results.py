@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from ray import tune
 
-from ..config import Config
+from ..config import Config, selection_metric
 from .spec import Sweep, plain
 
 
@@ -19,10 +19,10 @@ class TrialRow:
 
     trial_id: str
     values: dict  # the varying search keys -> this trial's (final) values
-    metric: Optional[float]  # the last reported value of tune.metric
+    metric: Optional[float]  # tune.metric as the trial is judged by it (see trial_metric)
     iteration: int  # training iterations done
     restores: int  # restarts from a Tune checkpoint (PBT, resume, failures)
-    status: str  # done (full budget) | stopped (by the scheduler) | error | unfinished
+    status: str  # done (full budget) | stopped (by the scheduler, or by its own early stopping) | error | unfinished
     config: dict  # the trial's whole Tune config
 
 
@@ -41,10 +41,24 @@ def trial_row(trial, sweep: Sweep, live: bool = False) -> TrialRow:
         status = "done" if r.get("budget_done") else "stopped"
     else:
         status = trial.status.lower() if live else "unfinished"
-    metric = r.get(sweep.tune.metric)
+    metric = trial_metric(trial, sweep)
     return TrialRow(trial.trial_id, {k: plain(trial.config.get(k)) for k in sweep.varying},
-                    None if metric is None else float(metric), int(r.get("iteration", 0)),
+                    metric, int(r.get("iteration", 0)),
                     int(r.get("restores", 0)), status, dict(trial.config))
+
+
+def trial_metric(trial, sweep: Sweep) -> Optional[float]:
+    """The value of ``tune.metric`` a trial is judged by: its last report; or, when the trials
+    stop early on that very metric (``run.patience`` > 0 and ``tune.metric`` is ``eval/`` of the
+    selection metric), its best report, the evaluation its best.pt holds."""
+    name = sweep.tune.metric
+    selected = selection_metric(sweep.base)
+    if sweep.base.run.patience > 0 and selected is not None and name == f"eval/{selected}":
+        best = (getattr(trial, "metric_analysis", None) or {}).get(name, {}).get(sweep.tune.mode)
+        if best is not None:
+            return float(best)
+    last = (trial.last_result or {}).get(name)
+    return None if last is None else float(last)
 
 
 def best_row(rows: list[TrialRow], mode: str) -> Optional[TrialRow]:
