@@ -23,11 +23,16 @@ from .rundir import checkpoint_models, resume_config, run_checkpoint
 from .text import Vocab
 
 
-def load_lm_scorer(model_run: str, data) -> tuple[LanguageModel, str]:
-    """The generator of the run in ``model_run`` (its best checkpoint, else its last) as the
-    LM-score model for runs on the text data set ``data``; -> (model in eval mode, SHA-256 of the
-    checkpoint it came from). One-line :class:`ConfigError` when it cannot score them: oracle data,
-    a run that is not MLE, or another vocabulary."""
+def _best_or_last(run_dir: str) -> str:
+    """A run's best checkpoint (best.pt), else its last."""
+    path = os.path.join(run_dir, BEST)
+    return path if os.path.exists(path) else os.path.join(run_dir, CHECKPOINT)
+
+
+def check_lm_run(model_run: str, data):
+    """The config of the MLE run ``model_run``, checked to be able to score runs on the text data
+    set ``data``; one-line :class:`ConfigError` otherwise: oracle data, a run that is not MLE, or
+    another vocabulary."""
     what = f"--lm-score {model_run}"
     if not data.is_text:
         raise ConfigError(f"{what}: the LM score is a text metric; on the oracle, nll_oracle is the exact one")
@@ -40,9 +45,15 @@ def load_lm_scorer(model_run: str, data) -> tuple[LanguageModel, str]:
         theirs = "none saved" if vocab is None else f"{len(vocab):,} tokens"
         raise ConfigError(f"{what}: its vocabulary ({theirs}) is not the evaluated run's ({len(data.vocab):,} "
                           "tokens): train the LM-score model on the same training file and settings")
-    path = os.path.join(model_run, BEST)
-    if not os.path.exists(path):
-        path = os.path.join(model_run, CHECKPOINT)
+    return cfg
+
+
+def load_lm_scorer(model_run: str, data) -> tuple[LanguageModel, str]:
+    """The generator of the run in ``model_run`` (its best checkpoint, else its last) as the
+    LM-score model for runs on the text data set ``data`` (checked by :func:`check_lm_run`);
+    -> (model in eval mode, SHA-256 of the checkpoint it came from)."""
+    cfg = check_lm_run(model_run, data)
+    path = _best_or_last(model_run)
     g, _ = checkpoint_models(cfg, run_checkpoint(cfg, path), data.vocab_size)
     return g.eval(), file_sha256(path)
 
@@ -59,8 +70,7 @@ def reverse_lm_score(lm_run: str, samples: torch.Tensor, data, workdir: str,
     cover the data. The run goes under ``workdir`` (the caller's to keep or delete);
     -> {"reverse_lm_score": per-token NLL of the test split, "reverse_lm_iteration": the best
     checkpoint's iteration}."""
-    load_lm_scorer(lm_run, data)  # the same checks as the LM score's model
-    cfg = copy.deepcopy(resume_config(lm_run))
+    cfg = copy.deepcopy(check_lm_run(lm_run, data))
     cfg.run.logdir, cfg.run.name, cfg.run.minutes = workdir, "reverse_lm", 0.0
     cfg.eval.num_train, cfg.eval.select = 0, "nll_valid"
     if cfg.run.patience == 0:  # an MLE run without early stopping: the usual rule
@@ -69,9 +79,8 @@ def reverse_lm_score(lm_run: str, samples: torch.Tensor, data, workdir: str,
     on_samples = dataclasses.replace(data, train=samples[n_valid:], valid=samples[:n_valid], references=None,
                                      valid_rows=None, notes=[], summary=f"{len(samples):,} generated sentences")
     out = run_trainer(cfg, data=on_samples, echo=echo)
-    path = os.path.join(out["run_dir"], BEST)
     best_cfg = resume_config(out["run_dir"])
-    state = run_checkpoint(best_cfg, path if os.path.exists(path) else os.path.join(out["run_dir"], CHECKPOINT))
+    state = run_checkpoint(best_cfg, _best_or_last(out["run_dir"]))
     model = checkpoint_models(best_cfg, state, data.vocab_size)[0]
     evaluator = make_evaluator(dataclasses.replace(data, references=None, valid=None), cfg.eval)
     return {"reverse_lm_score": evaluator.evaluate(model, None, 0)["nll_test"],
